@@ -1,0 +1,105 @@
+"""The task contract: problems, splits and the clean reward, plus a registry that config strings select from.
+
+A task owns its data and its verifier and nothing else: noise (`dvpo_lab.noise`) wraps the clean score it
+returns, and the training loop decides what to do with either.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One prompt and what a verifier needs to judge responses to it.
+
+    Attributes:
+        prompt: the text the policy sees, already templated.
+        answer: the reference final answer as a normalised string (e.g. ``"579"``); responses are compared
+            against it after extraction.
+        solution: a full response text for supervised warm-start, a worked solution that ends in
+            ``"#### <answer>"``; ``None`` where the task has none.
+    """
+
+    prompt: str
+    answer: str
+    solution: str | None = None
+
+
+class Task(abc.ABC):
+    """A source of problems with a clean verifier.
+
+    Attributes:
+        name: the registry name (``task=<name>`` in the config); set by :func:`register_task`.
+        max_response_len: tokens a response may take, EOS included (characters for the char tokenizer).
+    """
+
+    name: str = "base"
+    max_response_len: int
+
+    @abc.abstractmethod
+    def train_problems(self, indices: Sequence[int]) -> list[Problem]:
+        """Training problems by index, a pure function of the task's seed and the index.
+
+        Generated tasks accept any non-negative index; file-backed tasks wrap with ``index % num_train()``.
+        """
+
+    @abc.abstractmethod
+    def num_train(self) -> int | None:
+        """Size of the training split, or ``None`` when it is unbounded (generated tasks)."""
+
+    @abc.abstractmethod
+    def test_problems(self) -> list[Problem]:
+        """The clean held-out split, fixed for the task's configuration."""
+
+    @abc.abstractmethod
+    def sft_problems(self) -> list[Problem]:
+        """Demonstrations for the supervised warm-start; every one has a ``solution``."""
+
+    @abc.abstractmethod
+    def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:
+        """Clean reward of each response against its problem.
+
+        Args:
+            responses: ``B`` decoded responses (special tokens removed).
+            problems: the ``B`` problems they answer, aligned with ``responses``.
+
+        Returns:
+            ``[B]`` float32 tensor with values in ``{0, 1}``.
+        """
+
+
+TASKS: dict[str, type[Task]] = {}
+
+_T = TypeVar("_T", bound=type[Task])
+
+
+def register_task(name: str) -> Callable[[_T], _T]:
+    """Class decorator: register a :class:`Task` subclass under ``name`` and set its ``name`` attribute."""
+
+    def deco(cls: _T) -> _T:
+        if name in TASKS and TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is already registered by {TASKS[name].__qualname__}")
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_task(name: str, **kwargs: Any) -> Task:
+    """Instantiate the task registered as ``name`` with its constructor keyword arguments."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
+    return TASKS[name](**kwargs)
+
+
+def check_aligned(responses: Sequence[str], problems: Sequence[Problem]) -> None:
+    """Raise if responses and problems cannot be paired one to one (a silent zip would drop rows)."""
+    if len(responses) != len(problems):
+        raise ValueError(f"score() got {len(responses)} responses for {len(problems)} problems")

@@ -1,0 +1,157 @@
+"""``task=gsm8k``: grade-school math from the hub (``openai/gsm8k``, config ``main``) or local JSONL files.
+
+Prompts and rewards follow veRL's GSM8K recipe (``examples/data_preprocess/gsm8k.py`` and the strict
+``####`` rule) so results compare with veRL runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dvpo_lab.tasks.base import Problem, Task, check_aligned, register_task
+from dvpo_lab.tasks.reward import score_batch
+
+log = logging.getLogger(__name__)
+
+HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
+SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
+# veRL's instruction, appended after one space.
+INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+
+
+def reference_answer(answer_text: str) -> str | None:
+    """The normalised final answer of a GSM8K ``answer`` field: text after the last ``####``, no commas."""
+    if "####" not in answer_text:
+        return None
+    return answer_text.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def make_problem(row: Mapping[str, Any], where: str) -> Problem:
+    """Turn one ``{"question", "answer"}`` row into a :class:`Problem`; ``where`` names it in errors."""
+    for key in ("question", "answer"):
+        if key not in row:
+            raise ValueError(f"{where}: missing key {key!r} (each row needs 'question' and 'answer')")
+        if not isinstance(row[key], str):
+            # every bad-data problem is a ValueError with a location, so callers catch one type
+            raise ValueError(  # noqa: TRY004
+                f"{where}: {key!r} must be a string, got {type(row[key]).__name__}"
+            )
+    answer = reference_answer(row["answer"])
+    if not answer:
+        raise ValueError(f"{where}: 'answer' must end with '#### <number>', got ...{row['answer'][-60:]!r}")
+    return Problem(prompt=f"{row['question']} {INSTRUCTION}", answer=answer, solution=row["answer"])
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[Problem]:
+    """Read GSM8K-format JSONL (one object per line; blank lines skipped), at most ``limit`` rows.
+
+    Raises:
+        ValueError: naming ``path:lineno`` for a line that is not a JSON object or lacks a valid row.
+    """
+    problems: list[Problem] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if limit is not None and len(problems) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
+            problems.append(make_problem(row, where))
+    return problems
+
+
+def _load_local(data_dir: str | Path, split: str, limit: int | None) -> list[Problem]:
+    folder = Path(data_dir).expanduser()
+    path = folder / SPLIT_FILES[split]
+    if not path.is_file():
+        what = "folder does not exist" if not folder.is_dir() else f"{path.name} is missing"
+        raise FileNotFoundError(
+            f"task.data_dir={str(data_dir)!r} (resolved to {folder.resolve()}): {what}. It must contain "
+            f"{' and '.join(SPLIT_FILES.values())}, one JSON object per line with 'question' and 'answer' "
+            f"(answer ending in '#### <number>'). Fix: point task.data_dir at such a folder (here: "
+            f"../shared/data/gsm8k), or set task.data_dir=null to download {HUB_ID} from the hub."
+        )
+    return read_jsonl(path, limit)
+
+
+def _load_hub(split: str, limit: int | None) -> list[Problem]:
+    import datasets  # deferred: importing it costs about a second and local runs never need it
+
+    try:
+        ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not load {HUB_ID} ({HUB_CONFIG}, split {split}) from the hub: {err}. Offline, set "
+            f"task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())}."
+        ) from err
+    rows: Iterable[Mapping[str, Any]] = itertools.islice(ds, limit)
+    return [make_problem(row, f"{HUB_ID}[{split}][{i}]") for i, row in enumerate(rows)]
+
+
+@register_task("gsm8k")
+class GSM8KTask(Task):
+    """GSM8K with veRL's prompt and strict ``####`` reward; both splits are loaded at construction so a bad
+    path or row fails at start, not after an hour of training.
+
+    Args:
+        data_dir: folder with ``train.jsonl`` and ``test.jsonl``; ``None`` loads ``openai/gsm8k`` from the hub.
+        max_train: keep only the first ``max_train`` training rows (for speed); ``None`` keeps all.
+        max_test: keep only the first ``max_test`` test rows; ``None`` keeps all.
+        max_response_len: tokens a response may take, EOS included.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        max_train: int | None = None,
+        max_test: int | None = None,
+        max_response_len: int = 256,
+    ) -> None:
+        for name, value in (("max_train", max_train), ("max_test", max_test)):
+            if value is not None and value < 1:
+                raise ValueError(f"task.{name} must be >= 1 or null, got {value}")
+        self.data_dir = data_dir
+        self.max_response_len = max_response_len
+        if data_dir is None:
+            self._train = _load_hub("train", max_train)
+            self._test = _load_hub("test", max_test)
+        else:
+            self._train = _load_local(data_dir, "train", max_train)
+            self._test = _load_local(data_dir, "test", max_test)
+        if not self._train or not self._test:
+            raise ValueError(f"gsm8k: empty split (train={len(self._train)}, test={len(self._test)})")
+        source = HUB_ID if data_dir is None else str(data_dir)
+        log.info("gsm8k from %s: %d train, %d test problems", source, len(self._train), len(self._test))
+
+    def train_problems(self, indices: Sequence[int]) -> list[Problem]:
+        """Training rows by index, wrapping around the split (``index % num_train()``)."""
+        n = len(self._train)
+        return [self._train[int(i) % n] for i in indices]
+
+    def num_train(self) -> int | None:
+        return len(self._train)
+
+    def test_problems(self) -> list[Problem]:
+        return list(self._test)
+
+    def sft_problems(self) -> list[Problem]:
+        """The training split itself: every row carries the dataset's worked solution."""
+        return list(self._train)
+
+    def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:
+        """veRL's strict rule against the reference answer; ``[B]`` float32 in ``{0, 1}``."""
+        check_aligned(responses, problems)
+        return score_batch(responses, [p.answer for p in problems], method="strict")

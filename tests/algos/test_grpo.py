@@ -1,0 +1,140 @@
+"""Spec 7.2 oracles 16-21 (group advantages, outcome broadcast, length bias) and the estimator registry."""
+
+import pytest
+import torch
+
+from dvpo_lab.algos import ADV_ESTIMATORS, agg_loss, get_adv_estimator, group_advantages, register_adv_est
+
+ONE_GROUP = torch.zeros(4, dtype=torch.long)
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0])
+
+
+def test_group_advantage_oracle():  # oracle 16
+    sign = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    grpo = group_advantages(REWARDS, ONE_GROUP)
+    torch.testing.assert_close(grpo, 0.8660254 * sign, atol=1e-4, rtol=0)
+    dr = group_advantages(REWARDS, ONE_GROUP, norm_by_std=False)
+    torch.testing.assert_close(dr, 0.5 * sign)
+    rloo = group_advantages(REWARDS, ONE_GROUP, norm_by_std=False, leave_one_out=True)
+    torch.testing.assert_close(rloo, 2.0 / 3.0 * sign)
+    # RLOO is the reward minus the mean of the other G-1 rewards.
+    loo_mean = (REWARDS.sum() - REWARDS) / 3
+    torch.testing.assert_close(rloo, REWARDS - loo_mean)
+
+
+def test_group_advantage_sums_and_std():  # oracle 17
+    scores = torch.tensor([1.0, 0.0, 0.3, 2.0, -1.0, 0.5, 0.5, 4.0])
+    index = torch.tensor([7, 7, 7, 3, 3, 42, 42, 42])  # arbitrary, non-contiguous ids
+    for kwargs in [
+        {},
+        {"norm_by_std": False},
+        {"norm_by_std": False, "leave_one_out": True},
+        {"leave_one_out": True},
+    ]:
+        adv = group_advantages(scores, index, **kwargs)
+        for gid in index.unique():
+            assert abs(adv[index == gid].sum().item()) < 1e-5
+    adv = group_advantages(scores, index)
+    for gid in index.unique():
+        assert adv[index == gid].std().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_group_advantage_constant_and_singleton():  # oracle 18
+    adv = group_advantages(torch.ones(4), ONE_GROUP)
+    assert torch.all(adv == 0) and torch.isfinite(adv).all()
+    single = group_advantages(torch.tensor([0.7, 1.0, 0.0]), torch.tensor([5, 9, 9]))
+    assert single[0].item() == pytest.approx(0.7, abs=1e-5)  # group of size 1: mean 0, std 1
+    for kwargs in [{"norm_by_std": False}, {"norm_by_std": False, "leave_one_out": True}]:
+        assert group_advantages(torch.tensor([0.7]), torch.tensor([0]), **kwargs).item() == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(("a", "b"), [(2.0, 0.5), (0.3, -1.0), (10.0, 3.0)])
+def test_group_advantage_affine(a, b):  # oracle 19
+    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.2, 0.9])
+    index = torch.tensor([0, 0, 0, 0, 1, 1])
+    base = group_advantages(scores, index)
+    torch.testing.assert_close(group_advantages(a * scores + b, index), base, atol=1e-4, rtol=0)
+    dr = group_advantages(scores, index, norm_by_std=False)
+    torch.testing.assert_close(group_advantages(a * scores + b, index, norm_by_std=False), a * dr)
+
+
+def test_grpo_estimator_broadcast():  # oracle 20
+    m = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]).float()
+    rewards = torch.zeros(4, 4)
+    last = torch.tensor([2, 1, 0, 3])
+    rewards[torch.arange(4), last] = REWARDS
+    adv, ret = get_adv_estimator("grpo")(rewards, m, group_index=ONE_GROUP)
+    expected = group_advantages(REWARDS, ONE_GROUP)
+    torch.testing.assert_close(adv, expected.unsqueeze(-1) * m)
+    torch.testing.assert_close(ret, adv)
+    dr, _ = get_adv_estimator("grpo")(rewards, m, group_index=ONE_GROUP, norm_adv_by_std=False)
+    torch.testing.assert_close(dr, torch.tensor([0.5, -0.5, -0.5, 0.5]).unsqueeze(-1) * m)
+
+
+def test_grpo_estimator_ignores_padded_rewards():
+    m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    rewards = torch.tensor([[0.0, 1.0, 5.0], [0.0, 9.0, 9.0]])  # junk beyond the mask
+    adv, _ = get_adv_estimator("grpo")(rewards, m, group_index=torch.tensor([0, 0]), norm_adv_by_std=False)
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5, 0.0], [-0.5, 0.0, 0.0]]))
+
+
+def test_grpo_estimator_requires_group_index():
+    with pytest.raises(ValueError, match="group_index"):
+        get_adv_estimator("grpo")(torch.zeros(2, 3), torch.ones(2, 3))
+
+
+def test_length_bias():  # oracle 21
+    t_max = 6
+    short = torch.zeros(2, t_max)
+    short[0, :2] = 1.0
+    long = torch.zeros(2, t_max)
+    long[0, :4] = 1.0
+    other = torch.zeros(2, t_max)
+    other[1, :3] = 1.0
+    loss = torch.ones(2, t_max)  # same per-token loss
+    for mode, factor in [("dr-grpo", 2.0), ("seq-mean-token-sum-norm", 2.0), ("seq-mean-token-mean", 1.0)]:
+        # Contribution of sequence 0 = loss with it minus loss without it (sequence 1 fixed).
+        c_short = agg_loss(loss, short + other, mode) - agg_loss(
+            loss * torch.tensor([[0.0], [1.0]]), short + other, mode
+        )
+        c_long = agg_loss(loss, long + other, mode) - agg_loss(
+            loss * torch.tensor([[0.0], [1.0]]), long + other, mode
+        )
+        assert c_long.item() == pytest.approx(factor * c_short.item()), mode
+
+
+def test_registry_lookup_and_errors():
+    assert {"gae", "grpo"} <= set(ADV_ESTIMATORS)
+    with pytest.raises(ValueError, match="'gae'"):
+        get_adv_estimator("nope")
+
+    def fake(token_rewards, mask, **_):
+        return token_rewards, token_rewards
+
+    try:
+        assert register_adv_est("_test_fake")(fake) is fake
+        assert register_adv_est("_test_fake")(fake) is fake  # re-registering the same function is fine
+        assert get_adv_estimator("_test_fake") is fake
+        with pytest.raises(ValueError, match="already registered"):
+            register_adv_est("_test_fake")(lambda token_rewards, mask, **_: (token_rewards, token_rewards))
+    finally:
+        ADV_ESTIMATORS.pop("_test_fake", None)
+
+
+@pytest.mark.parametrize("name", ["gae", "grpo"])
+def test_estimators_accept_common_signature(name):
+    m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    r = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    adv, ret = get_adv_estimator(name)(
+        r,
+        m,
+        values=torch.rand(2, 3),
+        group_index=torch.tensor([0, 0]),
+        gamma=1.0,
+        lam=0.95,
+        norm_adv_by_std=True,
+        eps=1e-6,
+        unknown_key="ignored",
+    )
+    assert adv.shape == ret.shape == (2, 3)
+    assert torch.all(adv[~m.bool()] == 0) and torch.isfinite(adv).all()
