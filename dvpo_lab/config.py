@@ -1,0 +1,185 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` lists `config_schema` first in its defaults, so every YAML file merges onto these
+dataclasses: a misspelt key or a value of the wrong type fails at start, with Hydra's message naming the
+key (e.g. ``Key 'gama' not in 'AlgoConfig'``). Groups whose options are Lightning objects (`trainer`,
+`logger`, `callbacks`) are `_target_` nodes, checked by their constructors' signatures instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class AlgoConfig:
+    """One RL algorithm: the estimator, the losses and their knobs (veRL names where veRL has one)."""
+
+    name: str = "ppo"
+    adv_estimator: str = "gae"  # registered name in dvpo_lab.algos (gae | grpo)
+    use_critic: bool = True  # build and train a critic (value model)
+    gamma: float = 1.0  # discount per token
+    lam: float = 0.95  # GAE lambda
+    norm_adv: bool = True  # whiten advantages over the batch (PPO, spec 1.5)
+    norm_adv_by_std: bool = True  # GRPO: divide group-centred rewards by the group std (False = Dr.GRPO)
+    use_kl_in_reward: bool = False  # subtract kl_coef * KL(old || ref) from per-token rewards
+    kl_penalty: str = "k1"  # estimator for KL in reward: k1 | k2 | k3 | abs
+    kl_ctrl: str = "fixed"  # fixed | adaptive (spec 1.3)
+    kl_coef: float = 0.001  # initial KL-in-reward coefficient
+    kl_target: float = 0.1  # adaptive controller target KL per sequence
+    kl_horizon: int = 10000  # adaptive controller horizon, in samples
+    use_kl_loss: bool = False  # add kl_loss_coef * KL(new || ref) to the actor loss
+    kl_loss_type: str = "k3"  # k1 | k2 | k3 | abs
+    kl_loss_coef: float = 0.001
+    clip_ratio_low: float = 0.2  # PPO clip eps below 1
+    clip_ratio_high: float = 0.2  # PPO clip eps above 1 (0.28 = DAPO clip-higher)
+    clip_ratio_c: float | None = 3.0  # dual-clip constant (> 1), null disables
+    cliprange_value: float | None = 0.5  # value clipping around the rollout values, null disables
+    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | ...
+    entropy_coeff: float = 0.0  # entropy bonus weight
+    ppo_epochs: int = 1  # passes over each rollout batch
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max grad norm for each optimizer
+    critic_warmup: int = 0  # RL steps that train only the critic
+
+
+@dataclass
+class TaskConfig:
+    """Fields every task has; each task's schema extends it with its constructor arguments."""
+
+    name: str = "arith"  # registered task
+    sft_max_steps: int | None = None  # overrides sft.max_steps for this task (null = keep)
+
+
+@dataclass
+class ArithTaskConfig(TaskConfig):
+    name: str = "arith"
+    digits: int = 3  # operand width
+    ops: str = "+"  # allowed operators: "+" or "+-"
+    n_test: int = 500  # clean held-out problems
+    train_seed: int = 1
+    test_seed: int = 2
+    n_sft: int = 2000  # fixed demonstrations for the warm-start
+    sft_label_noise: float = 0.0  # fraction of demonstrations with a wrong digit
+    reversed_solution: bool = True  # worked part least-significant digit first
+
+
+@dataclass
+class GSM8KTaskConfig(TaskConfig):
+    name: str = "gsm8k"
+    data_dir: str | None = None  # folder with train.jsonl / test.jsonl; null = hub openai/gsm8k
+    max_train: int | None = None
+    max_test: int | None = 200
+    max_response_len: int = 256
+
+
+TASK_SCHEMAS = {"arith": ArithTaskConfig, "gsm8k": GSM8KTaskConfig}
+
+
+@dataclass
+class NoiseConfig:
+    name: str = "none"
+    kind: str = "none"  # none | flip | asym_flip
+    p: float = 0.0  # flip probability (kind=flip)
+    fp: float = 0.0  # false-positive rate (kind=asym_flip)
+    fn: float = 0.0  # false-negative rate (kind=asym_flip)
+    granularity: str = "sample"  # sample | group (all samples of a prompt flip together)
+
+
+@dataclass
+class ArchConfig:
+    """Architecture of a model built from a config (no weights downloaded)."""
+
+    family: str = "llama"  # llama | qwen2
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # Hub id or local folder for AutoModelForCausalLM.from_pretrained; null = build `arch` from scratch.
+    name_or_path: str | None = None
+    tokenizer: str = "char"  # char (built by the project) | auto (AutoTokenizer from name_or_path)
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    init_seed: int = 0  # seed of the random init when built from `arch`
+    warm_start: bool = True  # run (or reuse the cached) supervised warm-start before RL
+    value_head_init_std: float = 0.0  # critic head init (0 = zeros, values start at 0)
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 16  # prompts drawn per RL step (per rank)
+    samples_per_prompt: int = 8  # responses sampled per prompt (the GRPO group size)
+    minibatch_size: int = 64  # responses per optimizer step; must divide prompts * samples
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    max_new_tokens: int | None = None  # null = the task's max_response_len
+    eval_batch_size: int = 256  # prompts per greedy evaluation batch
+    eval_limit: int | None = None  # evaluate on the first N test problems only (null = all)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm-start on the task's demonstrations; cached on disk, keyed by its config."""
+
+    lr: float = 2e-3
+    batch_size: int = 256
+    max_steps: int = 600
+    warmup_steps: int = 50
+    target_acc: float | None = 0.3  # stop once greedy test accuracy reaches this (null = run max_steps)
+    eval_every: int = 25  # steps between accuracy checks
+    eval_limit: int = 200  # test problems used for those checks
+    seed: int = 0
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "data"
+    log_dir: str = "outputs"
+    output_dir: str = "outputs"
+    work_dir: str = "."
+    cache_dir: str = ".cache"
+
+
+@dataclass
+class Config:
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    task: Any = None  # one of TASK_SCHEMAS, chosen by the task group
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    trainer: Any = None  # _target_: lightning.Trainer
+    logger: Any = None  # dict of _target_ loggers
+    callbacks: Any = None  # dict of _target_ callbacks
+    extras: Any = None
+    mode: str = "train"  # train (warm-start if needed, then RL) | sft (warm-start only) | eval
+    task_name: str = "train"
+    tags: list[str] = field(default_factory=list)
+    seed: int = 1
+    total_steps: int = 200  # RL steps
+    eval_every: int = 20  # RL steps between clean greedy evaluations
+    ckpt_every: int = 10  # RL steps between checkpoints (last.ckpt)
+    ckpt_path: str | None = None  # "last" resumes the newest matching run; or a path to a .ckpt
+    optimized_metric: str = "val/acc"
+    threads: int | None = None  # torch intra-op threads (null = torch default)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for name, node in TASK_SCHEMAS.items():
+        cs.store(group="task", name=f"{name}_schema", node=node)

@@ -1,0 +1,266 @@
+"""The LightningModule: holds the policy, the critic and the reference; one RL step per Lightning epoch.
+
+It orchestrates only (rollout -> reward -> noise -> scoring pass -> advantages -> update); the math lives
+in `dvpo_lab.algos`. Randomness per step is keyed by (seed, step, rank), so a resumed run draws exactly
+what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from dvpo_lab import algos
+from dvpo_lab.evaluate import greedy_scores
+from dvpo_lab.models.build import build_critic, build_reference
+from dvpo_lab.noise import RewardNoise
+from dvpo_lab.rollout import Rollout, response_logprobs, response_values, sample
+from dvpo_lab.tasks import Task
+
+log = logging.getLogger(__name__)
+_SEED_STRIDE = 1_000_003
+
+
+class RLModule(L.LightningModule):
+    def __init__(self, cfg: DictConfig, policy, tokenizer, task: Task, noise: RewardNoise) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg, self.acfg, self.rcfg = cfg, cfg.algo, cfg.rollout
+        self.tokenizer, self.task, self.noise = tokenizer, task, noise
+        self.policy = policy
+        self.critic = build_critic(policy, 1, cfg.model.value_head_init_std) if self.acfg.use_critic else None
+        self.needs_ref = self.acfg.use_kl_in_reward or self.acfg.use_kl_loss
+        self.reference = build_reference(policy) if self.needs_ref else None
+        if self.acfg.kl_ctrl == "adaptive":
+            self.kl_ctrl = algos.AdaptiveKLController(self.acfg.kl_coef, self.acfg.kl_target, self.acfg.kl_horizon)
+        else:
+            self.kl_ctrl = algos.FixedKLController(self.acfg.kl_coef)
+        self.estimator = algos.get_adv_estimator(self.acfg.adv_estimator)
+        self.max_new_tokens = self.rcfg.max_new_tokens or task.max_response_len
+        self.max_prompt_len = policy.config.max_position_embeddings - self.max_new_tokens
+        self.eval_problems = task.test_problems()[: self.rcfg.eval_limit]
+        self.history: list[dict[str, float]] = []  # val/acc per evaluated step, saved in checkpoints
+        self._val_scores: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ setup
+    def configure_optimizers(self):
+        a = self.acfg
+        opts = [torch.optim.AdamW(self.policy.parameters(), lr=a.actor_lr, weight_decay=a.weight_decay)]
+        if self.critic is not None:
+            opts.append(torch.optim.AdamW(self.critic.parameters(), lr=a.critic_lr, weight_decay=a.weight_decay))
+        return opts
+
+    @property
+    def rl_step(self) -> int:
+        return self.current_epoch
+
+    def step_seed(self, salt: int = 0) -> int:
+        return ((self.cfg.seed * _SEED_STRIDE + self.rl_step) * 4099 + self.global_rank) * 7 + salt
+
+    def prompt_indices(self) -> list[int]:
+        """Train indices for this step and rank: a seeded permutation of the split, epoch after epoch."""
+        B, world = self.rcfg.prompts_per_step, self.trainer.world_size
+        start = (self.rl_step * world + self.global_rank) * B
+        n = self.task.num_train()
+        if n is None:  # generated task: a fresh stream
+            return list(range(start, start + B))
+        out = []
+        for k in range(start, start + B):
+            epoch, pos = divmod(k, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch))
+            out.append(int(perm[pos]))
+        return out
+
+    # ------------------------------------------------------------------ one RL step
+    def training_step(self, batch, batch_idx):
+        a, G = self.acfg, self.rcfg.samples_per_prompt
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        problems = self.task.train_problems(self.prompt_indices())
+        rep = [p for p in problems for _ in range(G)]
+        ro = sample(self.policy, self.tokenizer, [p.prompt for p in rep], max_new_tokens=self.max_new_tokens,
+                    temperature=self.rcfg.temperature, top_k=self.rcfg.top_k, top_p=self.rcfg.top_p,
+                    seed=self.step_seed(), max_prompt_len=self.max_prompt_len)
+        timing["gen"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        clean = self.task.score(ro.texts, rep).to(self.device)
+        group_index = torch.arange(len(problems), device=self.device).repeat_interleave(G)
+        offset = self.global_rank * len(rep)
+        score, noise_metrics = self.noise.apply(clean, seed=self.cfg.seed, step=self.rl_step,
+                                                group_index=group_index + self.global_rank * len(problems),
+                                                sample_offset=offset)
+        score = score.to(self.device, torch.float32)
+        timing["reward"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        mask = ro.response_mask
+        with torch.no_grad():
+            old_logp, _ = response_logprobs(self.policy, ro, self.rcfg.temperature)
+            ref_logp = response_logprobs(self.reference, ro, self.rcfg.temperature)[0] if self.needs_ref else None
+            values = response_values(self.critic, ro)[..., 0] if self.critic is not None else None
+        kl = algos.kl_penalty(old_logp, ref_logp, a.kl_penalty) if a.use_kl_in_reward else None
+        token_rewards = algos.build_token_rewards(score, mask, kl, self.kl_ctrl.value)
+        adv, returns = self.estimator(token_rewards, mask, values=values, group_index=group_index, gamma=a.gamma,
+                                      lam=a.lam, norm_adv_by_std=a.norm_adv_by_std, whiten_advantages=a.norm_adv)
+        timing["old_log_prob"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        metrics = self.update(ro, old_logp, ref_logp, adv, returns, values)
+        timing["update"] = time.perf_counter() - t3
+        if kl is not None:
+            seq_kl = algos.masked_mean(kl, mask, dim=-1).mean()
+            self.kl_ctrl.update(float(seq_kl), n_steps=len(rep))
+            metrics["actor/reward_kl_penalty"] = float(seq_kl)
+            metrics["actor/reward_kl_penalty_coeff"] = self.kl_ctrl.value
+
+        n_tokens = float(mask.sum())
+        timing["step"] = time.perf_counter() - t0
+        metrics.update({
+            "critic/score/mean": float(score.mean()),
+            "critic/score_clean/mean": float(clean.mean()),
+            "critic/advantages/mean": float(algos.masked_mean(adv, mask)),
+            "critic/advantages/max": float(adv[mask.bool()].max()) if n_tokens else 0.0,
+            "critic/advantages/min": float(adv[mask.bool()].min()) if n_tokens else 0.0,
+            "critic/returns/mean": float(algos.masked_mean(returns, mask)),
+            "response_length/mean": float(mask.sum(-1).mean()),
+            "response_length/clip_ratio": float((mask[:, -1] > 0).float().mean()),
+            "perf/tokens_per_s": n_tokens / timing["step"],
+            **noise_metrics,
+            **{f"timing_s/{k}": v for k, v in timing.items()},
+        })
+        if values is not None:
+            metrics["critic/values/mean"] = float(algos.masked_mean(values, mask))
+            var_r = algos.masked_var(returns, mask)
+            metrics["critic/vf_explained_var"] = float(1 - algos.masked_var(returns - values, mask) / (var_r + 1e-8))
+        self.log_rl(metrics)
+        self.log("reward", metrics["critic/score_clean/mean"], prog_bar=True, logger=False)
+
+    def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_values) -> dict[str, float]:
+        """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (spec 1.10)."""
+        a = self.acfg
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        actor_opt, critic_opt = opts[0], (opts[1] if len(opts) > 1 else None)
+        n, mb = ro.input_ids.shape[0], self.rcfg.minibatch_size
+        mask = ro.response_mask
+        train_actor = self.rl_step >= a.critic_warmup
+        sums: dict[str, float] = {}
+        count = 0
+        gen = torch.Generator().manual_seed(self.step_seed(salt=1))
+        for _ in range(a.ppo_epochs):
+            for rows in torch.randperm(n, generator=gen).to(self.device).split(mb):
+                m = mask[rows]
+                out: dict[str, torch.Tensor] = {}
+                if train_actor:
+                    logp, ent = response_logprobs(self.policy, ro, self.rcfg.temperature,
+                                                  with_entropy=True, rows=rows)
+                    pg_loss, pg_m = algos.compute_policy_loss(
+                        logp, old_logp[rows], adv[rows], m, a.clip_ratio_low, a.clip_ratio_high,
+                        a.clip_ratio_c, a.loss_agg_mode)
+                    entropy = algos.agg_loss(ent, m, a.loss_agg_mode)
+                    loss = pg_loss - a.entropy_coeff * entropy
+                    out.update({"actor/pg_loss": pg_loss, "actor/entropy": entropy,
+                                "actor/pg_clipfrac": pg_m["pg_clipfrac"], "actor/ppo_kl": pg_m["ppo_kl"],
+                                "actor/pg_clipfrac_lower": pg_m["pg_clipfrac_lower"]})
+                    if a.use_kl_loss:
+                        kl_loss = algos.agg_loss(algos.kl_penalty(logp, ref_logp[rows], a.kl_loss_type), m,
+                                                 a.loss_agg_mode)
+                        loss = loss + a.kl_loss_coef * kl_loss
+                        out["actor/kl_loss"] = kl_loss
+                    self.check_finite(out, ("actor/pg_loss", "actor/kl_loss", "actor/entropy"))
+                    out["actor/grad_norm"] = self.optimizer_step(actor_opt, loss, self.policy)
+                if critic_opt is not None:
+                    v = response_values(self.critic, ro, rows=rows)[..., 0]
+                    vf_loss, vf_m = algos.compute_value_loss(v, old_values[rows], returns[rows], m,
+                                                             a.cliprange_value, a.loss_agg_mode)
+                    out.update({"critic/vf_loss": vf_loss, "critic/vf_clipfrac": vf_m["vf_clipfrac"]})
+                    self.check_finite(out, ("critic/vf_loss",))
+                    out["critic/grad_norm"] = self.optimizer_step(critic_opt, vf_loss, self.critic)
+                for k, val in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(val)
+                count += 1
+        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+        if "actor/kl_loss" in metrics:
+            metrics["actor/kl"] = metrics["actor/kl_loss"]
+        return metrics
+
+    def optimizer_step(self, opt, loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.trainer.world_size > 1:  # every rank sampled its own rollouts: average their gradients
+            self.all_reduce_grads(module)
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), self.acfg.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(
+                f"non-finite gradient norm in {type(module).__name__} at RL step {self.rl_step}; "
+                "the last good checkpoint is kept under checkpoints/; lower the learning rate")
+        opt.step()
+        return grad_norm
+
+    def all_reduce_grads(self, module: torch.nn.Module) -> None:
+        world = self.trainer.world_size
+        for p in module.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(world)
+
+    def check_finite(self, terms: dict[str, torch.Tensor], names: tuple[str, ...]) -> None:
+        for name in names:
+            if name in terms and not torch.isfinite(terms[name]).all():
+                raise FloatingPointError(
+                    f"{name} is {float(terms[name])} at RL step {self.rl_step}: training stopped before the "
+                    "optimizer step; the last good checkpoint is kept under checkpoints/ (resume with "
+                    "ckpt_path=last after lowering the learning rate)")
+
+    def log_rl(self, metrics: dict[str, float]) -> None:
+        """Log against the RL step (Lightning's global_step counts optimizer steps of both optimizers)."""
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["training/step"] = float(self.rl_step)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=self.rl_step)
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch, batch_idx):
+        problems = [self.eval_problems[i] for i in batch.tolist()]
+        scores, _ = greedy_scores(self.policy, self.tokenizer, self.task, problems, len(problems),
+                                  self.max_new_tokens, self.max_prompt_len)
+        self._val_scores.append(scores.to(self.device))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_scores = []
+
+    def on_validation_epoch_end(self) -> None:
+        scores = torch.cat(self._val_scores) if self._val_scores else torch.zeros(0, device=self.device)
+        total = torch.tensor([scores.sum().item(), float(len(scores))], device=self.device)
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        acc = float(total[0] / total[1]) if total[1] > 0 else math.nan
+        step = self.rl_step + 1 if self.trainer.state.fn == "fit" else self.rl_step
+        if self.trainer.state.fn == "fit" and self.trainer.sanity_checking:
+            return
+        if not self.history or self.history[-1]["step"] != step:
+            self.history.append({"step": step, "val/acc": acc})
+        self.log("val/acc", acc, prog_bar=True, logger=False, sync_dist=False)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({"val/acc": acc}, step=step)
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dvpo_lab"] = {"kl_ctrl": self.kl_ctrl.state_dict(), "history": self.history,
+                                  "torch_rng": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("dvpo_lab", {})
+        if "kl_ctrl" in extra:
+            self.kl_ctrl.load_state_dict(extra["kl_ctrl"])
+        self.history = list(extra.get("history", []))
+        if "torch_rng" in extra:
+            torch.set_rng_state(extra["torch_rng"])

@@ -1,0 +1,130 @@
+"""Batched sampling with a KV cache, and the per-token log-prob / entropy pass over (prompt, response).
+
+Layout of a rollout: prompts are left-padded to P tokens, responses right-padded to T tokens, so
+`input_ids = [B, P + T]`; position ids come from the attention mask, so padding never shifts positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dvpo_lab.algos import entropy_from_logits
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor  # [B, P + T]
+    attention_mask: torch.Tensor  # [B, P + T], 0 on left prompt padding and after EOS
+    position_ids: torch.Tensor  # [B, P + T]
+    response_ids: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor  # [B, T] float, 1 on generated tokens up to and including EOS
+    texts: list[str]  # decoded responses, special tokens removed
+
+    @property
+    def response_len(self) -> int:
+        return self.response_ids.shape[1]
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_prompt_len: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Left-padded prompt batch; prompts longer than `max_prompt_len` keep their last tokens."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    if max_prompt_len is not None and enc["input_ids"].shape[1] > max_prompt_len:
+        enc = {k: v[:, -max_prompt_len:] for k, v in enc.items()}
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+@torch.no_grad()
+def sample(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    max_prompt_len: int | None = None,
+) -> Rollout:
+    """Generate one response per prompt (repeat prompts for several samples). `seed` fixes the draw."""
+    enc = encode_prompts(tokenizer, prompts, max_prompt_len)
+    enc = {k: v.to(policy.device) for k, v in enc.items()}
+    was_training = policy.training
+    policy.eval()
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
+    else:
+        gen_kwargs.update(temperature=None, top_k=None, top_p=None)
+    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = policy.generate(**enc, **gen_kwargs)
+    policy.train(was_training)
+    P = enc["input_ids"].shape[1]
+    response = out[:, P:]
+    T = response.shape[1]
+    is_eos = response == tokenizer.eos_token_id
+    has_eos = is_eos.any(1)
+    first = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, T, dtype=torch.long))
+    response_mask = (torch.arange(T, device=out.device)[None, :] <= first[:, None]).float()
+    response = torch.where(response_mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
+    attention_mask = torch.cat([enc["attention_mask"], response_mask.long()], 1)
+    texts = tokenizer.batch_decode(response, skip_special_tokens=True)
+    return Rollout(
+        input_ids=torch.cat([enc["input_ids"], response], 1),
+        attention_mask=attention_mask,
+        position_ids=positions_from_mask(attention_mask),
+        response_ids=response,
+        response_mask=response_mask,
+        texts=texts,
+    )
+
+
+def response_logprobs(
+    model: PreTrainedModel,
+    rollout: Rollout,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    rows: torch.Tensor | slice = slice(None),
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs `[b, T]` of the response tokens (and entropies `[b, T]`) for the selected rows.
+
+    The logits at position p predict token p + 1, so the T response tokens are scored by the T positions
+    before them: only those `T + 1` positions' logits are computed (`logits_to_keep`).
+    """
+    T = rollout.response_len
+    logits = model(
+        input_ids=rollout.input_ids[rows],
+        attention_mask=rollout.attention_mask[rows],
+        position_ids=rollout.position_ids[rows],
+        use_cache=False,
+        logits_to_keep=T + 1,
+    ).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = torch.gather(F.log_softmax(logits, -1), 2, rollout.response_ids[rows].unsqueeze(-1)).squeeze(-1)
+    ent = entropy_from_logits(logits) if with_entropy else None
+    return logp, ent
+
+
+def response_values(critic, rollout: Rollout, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+    """Critic outputs `[b, T, n_out]` aligned with the response tokens: V(s_t) is read at the position
+    whose logits produce y_t (the last token of s_t), as veRL does."""
+    T = rollout.response_len
+    v = critic(
+        rollout.input_ids[rows], rollout.attention_mask[rows], rollout.position_ids[rows], num_positions=T + 1
+    )
+    return v[:, :-1]

@@ -1,0 +1,171 @@
+"""Compose -> build -> fit / eval. Returns the metric a sweeper optimises (`optimized_metric`)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dvpo_lab.data import RLDataModule
+from dvpo_lab.models.build import build_policy, build_tokenizer
+from dvpo_lab.module import RLModule
+from dvpo_lab.noise import build_noise
+from dvpo_lab.sft import warm_start
+from dvpo_lab.tasks import TASKS, build_task
+
+log = logging.getLogger("dvpo_lab")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the keys and the fix."""
+
+
+def check_batch_sizes(cfg: DictConfig) -> str:
+    r = cfg.rollout
+    for key in ("prompts_per_step", "samples_per_prompt", "minibatch_size"):
+        if r[key] < 1:
+            raise ConfigError(f"rollout.{key}={r[key]} must be >= 1")
+    n = r.prompts_per_step * r.samples_per_prompt
+    if n % r.minibatch_size:
+        raise ConfigError(
+            f"rollout.minibatch_size={r.minibatch_size} does not divide the {n} responses per step "
+            f"(rollout.prompts_per_step={r.prompts_per_step} x rollout.samples_per_prompt="
+            f"{r.samples_per_prompt}); pick a divisor of {n}")
+    if cfg.algo.adv_estimator == "grpo" and r.samples_per_prompt < 2:
+        raise ConfigError("algo=grpo needs rollout.samples_per_prompt >= 2 (a group of one has no baseline)")
+    if cfg.total_steps < 1 or cfg.eval_every < 1 or cfg.ckpt_every < 1:
+        raise ConfigError("total_steps, eval_every and ckpt_every must be >= 1")
+    return (f"batch: {r.prompts_per_step} prompts/step x {r.samples_per_prompt} samples/prompt = {n} responses"
+            f"/step per rank; minibatch {r.minibatch_size} -> {n // r.minibatch_size} optimizer steps per "
+            f"model per PPO epoch x {cfg.algo.ppo_epochs} epochs; {cfg.total_steps} RL steps")
+
+
+def make_task(cfg: DictConfig):
+    if cfg.task.name not in TASKS:
+        raise ConfigError(f"task.name={cfg.task.name!r} is not registered; choices: {sorted(TASKS)}")
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
+              if k not in ("name", "sft_max_steps")}
+    params = inspect.signature(TASKS[cfg.task.name].__init__).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(f"task {cfg.task.name!r} does not take {unknown}; it takes {sorted(set(params) - {'self'})}")
+    return build_task(cfg.task.name, **kwargs)
+
+
+def make_noise(cfg: DictConfig):
+    n = cfg.noise
+    if n.kind == "none":
+        return build_noise("none")
+    if n.kind == "flip":
+        return build_noise("flip", p=n.p, granularity=n.granularity)
+    if n.kind == "asym_flip":
+        return build_noise("asym_flip", fp=n.fp, fn=n.fn, granularity=n.granularity)
+    raise ConfigError(f"noise.kind={n.kind!r}: expected none | flip | asym_flip")
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """Identity of a run for `ckpt_path=last`: the resolved config minus paths, hydra and resume keys."""
+    c = OmegaConf.to_container(cfg, resolve=False)
+    for k in ("paths", "ckpt_path", "logger", "callbacks", "extras"):
+        c.pop(k, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    if cfg.ckpt_path in (None, ""):
+        return None
+    if cfg.ckpt_path != "last":
+        if not Path(cfg.ckpt_path).exists():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        return cfg.ckpt_path
+    own = out_dir / "checkpoints" / "last.ckpt"
+    if own.exists():
+        return str(own)
+    fp = config_fingerprint(cfg)
+    runs_root = Path(cfg.paths.log_dir) / cfg.task_name
+    candidates = [p for p in runs_root.glob("*/*/checkpoints/last.ckpt")
+                  if (p.parent.parent / "fingerprint.txt").exists()
+                  and (p.parent.parent / "fingerprint.txt").read_text().strip() == fp]
+    if not candidates:
+        log.warning("ckpt_path=last: no earlier run of this config under %s; starting fresh", runs_root)
+        return None
+    best = max(candidates, key=lambda p: p.stat().st_mtime)
+    log.info("ckpt_path=last: resuming %s", best)
+    return str(best)
+
+
+def run(cfg: DictConfig) -> float | None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # never prompt for a key
+    batch_line = check_batch_sizes(cfg)
+    task, noise = make_task(cfg), make_noise(cfg)
+    log.info(batch_line)
+
+    tokenizer = build_tokenizer(cfg.model)
+    path = None
+    if cfg.model.warm_start:
+        path = str(warm_start(cfg, task))
+        tokenizer = build_tokenizer(cfg.model, path) if cfg.model.tokenizer == "auto" else tokenizer
+    policy = build_policy(cfg.model, tokenizer, path)
+    if cfg.mode == "sft":
+        return None
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = RLModule(cfg, policy, tokenizer, task, noise)
+    dm = RLDataModule(len(module.eval_problems), cfg.rollout.eval_batch_size)
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values() if c is not None]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                      max_epochs=cfg.total_steps, check_val_every_n_epoch=cfg.eval_every,
+                                      _convert_="partial")
+    if cfg.mode == "eval":
+        ckpt = resolve_ckpt_path(cfg, out_dir)
+        res = trainer.validate(module, dm, ckpt_path=ckpt, verbose=False)
+        acc = res[0]["val/acc"] if res else math.nan
+        print(f"val/acc = {acc:.4f} on {len(module.eval_problems)} clean test problems")
+        return acc
+    if cfg.mode != "train":
+        raise ConfigError(f"mode={cfg.mode!r}: expected train | sft | eval")
+
+    (out_dir / "fingerprint.txt").write_text(config_fingerprint(cfg) + "\n")
+    ckpt = resolve_ckpt_path(cfg, out_dir)
+    if ckpt is None:
+        trainer.validate(module, dm, verbose=False)  # initial clean accuracy, logged at step 0
+    trainer.fit(module, dm, ckpt_path=ckpt)
+    if not module.history or module.history[-1]["step"] != cfg.total_steps:
+        trainer.validate(module, dm, verbose=False)
+    return summarize(cfg, module, out_dir)
+
+
+def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
+    hist = module.history
+    initial = hist[0]["val/acc"] if hist and hist[0]["step"] == 0 else math.nan
+    final = hist[-1]["val/acc"] if hist else math.nan
+    summary = {"algo": cfg.algo.name, "task": cfg.task.name, "noise": cfg.noise.name, "seed": cfg.seed,
+               "total_steps": cfg.total_steps, "initial/val_acc": initial, "final/val_acc": final,
+               "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan), "history": hist}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if module.trainer.is_global_zero:
+        w = 26
+        lines = ["", f"{'run':<{w}}{cfg.algo.name} | task={cfg.task.name} | noise={cfg.noise.name} | seed={cfg.seed}",
+                 f"{'clean greedy accuracy':<{w}}initial {initial:6.1%}  ->  final {final:6.1%}  "
+                 f"({100 * (final - initial):+.1f} points)",
+                 f"{'RL steps':<{w}}{cfg.total_steps}", f"{'run folder':<{w}}{out_dir}", ""]
+        print("\n".join(lines), file=sys.stdout, flush=True)
+    metric = summary["final/val_acc"] if cfg.optimized_metric == "val/acc" else summary.get(cfg.optimized_metric)
+    return metric

@@ -1,0 +1,147 @@
+"""Supervised warm-start: train the policy on the task's worked solutions, cache it on disk.
+
+The cache folder is keyed by everything that changes the result (model, task, SFT settings), so a run
+reuses an earlier warm-start and parallel jobs wait on a file lock instead of training it twice. The
+checkpoint is a plain `save_pretrained` folder, loaded back with `from_pretrained` like any hub model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, RandomSampler
+
+from dvpo_lab.evaluate import greedy_scores
+from dvpo_lab.models.build import build_policy, build_tokenizer
+from dvpo_lab.tasks import Problem, Task
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def warm_start_key(cfg: DictConfig) -> str:
+    """Hash of the config fields that determine the warm-started weights."""
+    spec = {
+        "v": CACHE_VERSION,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "sft": OmegaConf.to_container(cfg.sft, resolve=True),
+    }
+    spec["model"].pop("warm_start", None)
+    blob = json.dumps(spec, sort_keys=True).encode()
+    return f"{cfg.task.name}-{cfg.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def _encode_demos(tokenizer, demos: list[Problem]) -> list[tuple[list[int], int]]:
+    out = []
+    for p in demos:
+        prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        resp = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((prompt + resp, len(prompt)))
+    return out
+
+
+def _collate(pad_id: int):
+    def collate(batch: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad_id)
+        labels = torch.full((len(batch), width), -100)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, (seq, plen) in enumerate(batch):  # right padding: positions start at 0 for every row
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, plen : len(seq)] = ids[i, plen : len(seq)]
+            attn[i, : len(seq)] = 1
+        return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+    return collate
+
+
+class SFTModule(L.LightningModule):
+    """Next-token loss on response tokens only; stops early once greedy accuracy reaches the target."""
+
+    def __init__(self, policy, tokenizer, task: Task, cfg: DictConfig, max_steps: int) -> None:
+        super().__init__()
+        self.policy, self.tokenizer, self.task, self.cfg = policy, tokenizer, task, cfg
+        self.max_steps = max_steps
+        self.eval_problems = task.test_problems()[: cfg.sft.eval_limit]
+        self.last_acc = float("nan")
+
+    def training_step(self, batch, batch_idx):
+        loss = self.policy(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"sft/loss is {loss.item()} at step {self.global_step}; lower sft.lr")
+        self.log("sft/loss", loss, prog_bar=True)
+        step = self.global_step + 1
+        if step % self.cfg.sft.eval_every == 0 or step == self.max_steps:
+            self.last_acc = self.accuracy()
+            self.log("sft/acc", self.last_acc, prog_bar=True)
+            target = self.cfg.sft.target_acc
+            if target is not None and self.last_acc >= target:
+                log.info("warm-start reached acc %.3f >= target %.3f at step %d", self.last_acc, target, step)
+                self.trainer.should_stop = True
+        return loss
+
+    def accuracy(self) -> float:
+        scores, _ = greedy_scores(self.policy, self.tokenizer, self.task, self.eval_problems,
+                                  batch_size=256, max_new_tokens=self.task.max_response_len)
+        return float(scores.mean()) if len(scores) else float("nan")
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.sft.lr, weight_decay=0.0)
+        warmup = max(1, self.cfg.sft.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def warm_start(cfg: DictConfig, task: Task) -> Path:
+    """Return the folder of the warm-started policy, training it first if the cache has none."""
+    folder = Path(cfg.paths.cache_dir) / "warmstart" / warm_start_key(cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "warmstart.json").exists():
+            info = json.loads((folder / "warmstart.json").read_text())
+            log.info("warm-start: reusing %s (acc %.3f after %d steps)", folder, info["acc"], info["steps"])
+            return folder
+        max_steps = cfg.task.get("sft_max_steps") or cfg.sft.max_steps
+        log.info("warm-start: training %s for up to %d steps (cached for later runs)", folder.name, max_steps)
+        tokenizer = build_tokenizer(cfg.model)
+        policy = build_policy(cfg.model, tokenizer)
+        demos = [p for p in task.sft_problems() if p.solution]
+        if not demos:
+            raise ValueError(f"task {cfg.task.name!r} has no demonstrations for the warm-start; "
+                             "set model.warm_start=false")
+        gen = torch.Generator().manual_seed(cfg.sft.seed)
+        loader = DataLoader(
+            _encode_demos(tokenizer, demos),
+            batch_size=cfg.sft.batch_size,
+            sampler=RandomSampler(range(len(demos)), replacement=True,
+                                  num_samples=max_steps * cfg.sft.batch_size, generator=gen),
+            collate_fn=_collate(tokenizer.pad_token_id),
+        )
+        module = SFTModule(policy, tokenizer, task, cfg, max_steps)
+        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu" if cfg.trainer.accelerator == "cpu" else "auto",
+                            devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                            gradient_clip_val=1.0, enable_progress_bar=True, num_sanity_val_steps=0)
+        t0 = time.perf_counter()
+        L.seed_everything(cfg.sft.seed, verbose=False)
+        trainer.fit(module, train_dataloaders=loader)
+        if module.last_acc != module.last_acc:  # nan: never evaluated (tiny max_steps)
+            module.last_acc = module.accuracy()
+        tmp = folder.with_name(folder.name + ".tmp")
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"acc": module.last_acc, "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
+                "demos": len(demos)}
+        (tmp / "warmstart.json").write_text(json.dumps(info, indent=1))
+        tmp.rename(folder)
+        log.info("warm-start: acc %.3f after %d steps, %.0f s -> %s", info["acc"], info["steps"],
+                 info["seconds"], folder)
+        return folder
