@@ -183,7 +183,7 @@ class RLModule(L.LightningModule):
                     self.check_finite(out, ("critic/vf_loss",))
                     out["critic/grad_norm"] = self.optimizer_step(critic_opt, vf_loss, self.critic)
                 for k, val in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(val)
+                    sums[k] = sums.get(k, 0.0) + float(val.detach() if torch.is_tensor(val) else val)
                 count += 1
         metrics = {k: v / max(count, 1) for k, v in sums.items()}
         if "actor/kl_loss" in metrics:

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -104,7 +105,20 @@ def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
     return str(best)
 
 
+def quiet_lightning() -> None:
+    """Lightning adds its own console handler; Hydra already logs the root logger: print each line once."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+        lg.propagate = True
+    # the reference model is frozen in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+
+
 def run(cfg: DictConfig) -> float | None:
+    quiet_lightning()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.paths.output_dir)

@@ -1,0 +1,121 @@
+"""The config tree: every combination of options composes; bad keys, types and options fail at start."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import ValidationError
+
+from dvpo_lab.run import ConfigError, check_batch_sizes
+from tests.conftest import CONF, compose_cfg
+
+GROUPS = ["algo", "task", "noise", "model", "trainer", "logger", "experiment", "debug"]
+
+
+def options(group: str) -> list[str]:
+    found = sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+    assert found, f"conf/{group}/ has no options"
+    return found + (["null"] if group in ("experiment", "debug") else [])
+
+
+def walk(combos: list[tuple[str, ...]]) -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        for combo in combos:
+            overrides = [f"{g}={o}" for g, o in zip(GROUPS, combo, strict=True) if o != "null"]
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            with open_dict(cfg):
+                cfg.hydra.runtime.output_dir = "outputs/x"
+            HydraConfig().set_config(cfg)
+            resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+                        else cfg[k] for k in cfg if k != "hydra"}
+            assert resolved["algo"]["name"] == combo[0], overrides
+            assert resolved["noise"]["name"] == combo[2], overrides
+            check_batch_sizes(cfg)
+
+
+def test_every_combination_of_run_shaping_groups_composes():
+    """algo x task x noise x experiment x debug in full; model/trainer/logger options rotate through it, so
+    each of them meets every algo, task and noise option too (the full product is the slow test below)."""
+    shaping = {g: options(g) for g in ("algo", "task", "noise", "experiment", "debug")}
+    rotating = {g: options(g) for g in ("model", "trainer", "logger")}
+    combos = []
+    for i, (a, t, n, e, d) in enumerate(itertools.product(*shaping.values())):
+        m, tr, lg = (opts[i % len(opts)] for opts in rotating.values())
+        combos.append((a, t, n, m, tr, lg, e, d))
+    for g, opts in rotating.items():  # every rotating option is used
+        assert {c[GROUPS.index(g)] for c in combos} == set(opts)
+    walk(combos)
+
+
+@pytest.mark.slow
+def test_every_combination_composes():
+    """The full product of all options of all groups (~1300 compositions, a few minutes)."""
+    walk(list(itertools.product(*(options(g) for g in GROUPS))))
+
+
+def test_dotted_option_name_composes():
+    cfg = compose_cfg(["noise=flip0.2"])
+    assert cfg.noise.kind == "flip" and cfg.noise.p == pytest.approx(0.2)
+
+
+def test_default_is_ppo_on_the_offline_testbed():
+    cfg = compose_cfg([])
+    assert (cfg.algo.name, cfg.task.name, cfg.model.name) == ("ppo", "arith", "tiny")
+
+
+def test_debug_smoke_shrinks_the_run():
+    cfg = compose_cfg(["debug=smoke"])
+    assert cfg.total_steps <= 5 and cfg.rollout.prompts_per_step <= 4 and cfg.sft.max_steps <= 10
+
+
+def test_misspelt_key_names_the_key():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["algo.gama=0.9"])
+    assert "gama" in str(e.value) + str(e.value.__cause__)
+
+
+def test_misspelt_key_in_yaml_file_is_caught(tmp_path):
+    """A typo inside an option file (not only on the command line) fails against the schema."""
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    (conf / "algo" / "typo.yaml").write_text("defaults:\n  - ppo\n  - _self_\nname: typo\nlamda: 0.9\n")
+    GlobalHydra.instance().clear()
+    with pytest.raises(ConfigCompositionException) as e, initialize_config_dir(str(conf), version_base="1.3"):
+        compose("config", overrides=["algo=typo"])
+    assert "lamda" in str(e.value) + str(e.value.__cause__)
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose_cfg(["algo.lam=lots"])
+    msg = str(e.value) + str(e.value.__cause__)
+    assert "lam" in msg and "lots" in msg
+
+
+def test_unknown_option_lists_choices():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg(["algo=ppoo"])
+    msg = str(e.value)
+    assert "ppoo" in msg and "ppo" in msg and "grpo" in msg
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["rollout.minibatch_size=5"], ["minibatch_size=5", "divide"]),
+    (["rollout.prompts_per_step=0"], ["prompts_per_step=0"]),
+    (["algo=grpo", "rollout.samples_per_prompt=1", "rollout.minibatch_size=1"], ["samples_per_prompt"]),
+])
+def test_impossible_batch_sizes(overrides, words):
+    cfg = compose_cfg(overrides)
+    with pytest.raises(ConfigError) as e:
+        check_batch_sizes(cfg)
+    for w in words:
+        assert w in str(e.value)
