@@ -201,6 +201,12 @@ class RLModule(L.LightningModule):
                 f"non-finite gradient norm in {type(module).__name__} at RL step {self.rl_step}; "
                 "the last good checkpoint is kept under checkpoints/; lower the learning rate")
         opt.step()
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not all(torch.isfinite(n) for n in torch._foreach_norm(params)):
+            raise FloatingPointError(
+                f"{type(module).__name__} parameters became non-finite after the optimizer step at RL step "
+                f"{self.rl_step} (learning rate too high?); training stopped before this step was checkpointed, "
+                "the last good checkpoint is kept under checkpoints/")
         return grad_norm
 
     def all_reduce_grads(self, module: torch.nn.Module) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -21,14 +20,17 @@ from dvpo_lab.data import RLDataModule
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.module import RLModule
 from dvpo_lab.noise import build_noise
+from dvpo_lab.resume import (
+    ConfigError,
+    config_fingerprint,
+    merge_resumed_metrics,
+    prepare_resume,
+    resolve_ckpt_path,
+)
 from dvpo_lab.sft import warm_start
 from dvpo_lab.tasks import TASKS, build_task
 
 log = logging.getLogger("dvpo_lab")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the keys and the fix."""
 
 
 def check_batch_sizes(cfg: DictConfig) -> str:
@@ -72,37 +74,6 @@ def make_noise(cfg: DictConfig):
     if n.kind == "asym_flip":
         return build_noise("asym_flip", fp=n.fp, fn=n.fn, granularity=n.granularity)
     raise ConfigError(f"noise.kind={n.kind!r}: expected none | flip | asym_flip")
-
-
-def config_fingerprint(cfg: DictConfig) -> str:
-    """Identity of a run for `ckpt_path=last`: the resolved config minus paths, hydra and resume keys."""
-    c = OmegaConf.to_container(cfg, resolve=False)
-    for k in ("paths", "ckpt_path", "logger", "callbacks", "extras"):
-        c.pop(k, None)
-    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
-    if cfg.ckpt_path in (None, ""):
-        return None
-    if cfg.ckpt_path != "last":
-        if not Path(cfg.ckpt_path).exists():
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
-        return cfg.ckpt_path
-    own = out_dir / "checkpoints" / "last.ckpt"
-    if own.exists():
-        return str(own)
-    fp = config_fingerprint(cfg)
-    runs_root = Path(cfg.paths.log_dir) / cfg.task_name
-    candidates = [p for p in runs_root.glob("*/*/checkpoints/last.ckpt")
-                  if (p.parent.parent / "fingerprint.txt").exists()
-                  and (p.parent.parent / "fingerprint.txt").read_text().strip() == fp]
-    if not candidates:
-        log.warning("ckpt_path=last: no earlier run of this config under %s; starting fresh", runs_root)
-        return None
-    best = max(candidates, key=lambda p: p.stat().st_mtime)
-    log.info("ckpt_path=last: resuming %s", best)
-    return str(best)
 
 
 def quiet_lightning() -> None:
@@ -158,11 +129,14 @@ def run(cfg: DictConfig) -> float | None:
 
     (out_dir / "fingerprint.txt").write_text(config_fingerprint(cfg) + "\n")
     ckpt = resolve_ckpt_path(cfg, out_dir)
+    resumed_from = prepare_resume(ckpt, out_dir) if ckpt else None
     if ckpt is None:
         trainer.validate(module, dm, verbose=False)  # initial clean accuracy, logged at step 0
     trainer.fit(module, dm, ckpt_path=ckpt)
     if not module.history or module.history[-1]["step"] != cfg.total_steps:
         trainer.validate(module, dm, verbose=False)
+    if resumed_from is not None:
+        merge_resumed_metrics(out_dir, resumed_from)
     return summarize(cfg, module, out_dir)
 
 
