@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 
 import lightning as L
 import torch
 from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
 
 from dvpo_lab import algos
 from dvpo_lab.evaluate import greedy_scores
@@ -78,6 +80,13 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ one RL step
     def training_step(self, batch, batch_idx):
+        # Under DDP the gradients are averaged explicitly in optimizer_step (actor and critic losses touch
+        # disjoint parameters, which DDP's reducer cannot follow across several backward passes per step).
+        ddp = self.trainer.strategy.model
+        with ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else nullcontext():
+            self.rl_step_body()
+
+    def rl_step_body(self) -> None:
         a, G = self.acfg, self.rcfg.samples_per_prompt
         timing: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -73,6 +73,7 @@ class SFTModule(L.LightningModule):
         self.max_steps = max_steps
         self.eval_problems = task.test_problems()[: cfg.sft.eval_limit]
         self.last_acc = float("nan")
+        self.curve: list[tuple[int, float]] = []  # (SFT step, greedy accuracy), saved in warmstart.json
 
     def training_step(self, batch, batch_idx):
         loss = self.policy(**batch).loss
@@ -82,6 +83,7 @@ class SFTModule(L.LightningModule):
         step = self.global_step + 1
         if step % self.cfg.sft.eval_every == 0 or step == self.max_steps:
             self.last_acc = self.accuracy()
+            self.curve.append((step, self.last_acc))
             self.log("sft/acc", self.last_acc, prog_bar=True)
             target = self.cfg.sft.target_acc
             if target is not None and self.last_acc >= target:
@@ -139,7 +141,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         policy.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         info = {"acc": module.last_acc, "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
-                "demos": len(demos)}
+                "demos": len(demos), "curve": module.curve}
         (tmp / "warmstart.json").write_text(json.dumps(info, indent=1))
         tmp.rename(folder)
         log.info("warm-start: acc %.3f after %d steps, %.0f s -> %s", info["acc"], info["steps"],
