@@ -120,8 +120,8 @@ def run(cfg: DictConfig) -> float | None:
                                       _convert_="partial")
     if cfg.mode == "eval":
         ckpt = resolve_ckpt_path(cfg, out_dir)
-        res = trainer.validate(module, dm, ckpt_path=ckpt, verbose=False)
-        acc = res[0]["val/acc"] if res else math.nan
+        trainer.validate(module, dm, ckpt_path=ckpt, verbose=False)
+        acc = module.history[-1]["val/acc"] if module.history else math.nan
         print(f"val/acc = {acc:.4f} on {len(module.eval_problems)} clean test problems")
         return acc
     if cfg.mode != "train":

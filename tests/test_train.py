@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dvpo_lab import report
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.run import run
 from tests.conftest import SHARED_GSM8K
@@ -68,7 +69,7 @@ def _warm_dir(cfg) -> str:
     return str(Path(cfg.paths.cache_dir) / "warmstart" / warm_start_key(cfg))
 
 
-def test_same_seed_same_metrics(smoke_cfg):
+def test_same_seed_same_metrics(smoke_cfg, capsys):
     runs = []
     for name in ("a", "b"):
         cfg = smoke_cfg("algo=ppo", "noise=flip0.2", "seed=7", name=name)
@@ -78,6 +79,10 @@ def test_same_seed_same_metrics(smoke_cfg):
     other = smoke_cfg("algo=ppo", "noise=flip0.2", "seed=8", name="c")
     run(other)
     assert training_rows(read_metrics(Path(other.paths.output_dir))) != runs[0]
+
+    report.main([str(Path(other.paths.output_dir).parent)])  # the three runs above, aggregated
+    out = capsys.readouterr().out
+    assert "| arith | ppo | flip0.2 | 3 | 7,7,8 |" in out, out
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(smoke_cfg):
@@ -114,3 +119,8 @@ def test_wandb_offline_logger(smoke_cfg, monkeypatch):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs, f"no offline W&B run under {out / 'wandb'}"
     assert (out / "csv" / "metrics.csv").exists()
+
+
+def test_eval_mode_reports_clean_accuracy(smoke_cfg):
+    acc = run(smoke_cfg("mode=eval"))
+    assert 0.0 <= acc <= 1.0
