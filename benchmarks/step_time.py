@@ -17,14 +17,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from dvpo_lab.config import register_configs
+from dvpo_lab.config import compose_config
 from dvpo_lab.run import run
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PHASES = ["gen", "reward", "old_log_prob", "update", "step"]
 
 
@@ -34,16 +30,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="first steps excluded from the medians")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides")
     args = ap.parse_args()
-    register_configs()
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        total = args.steps + args.warmup
-        cfg = compose("config", return_hydra_config=True, overrides=[
+    total = args.steps + args.warmup
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config([
             "model.warm_start=false", "logger=csv", "callbacks=none", f"total_steps={total}",
-            f"eval_every={total + 1}", "rollout.eval_limit=1", *args.overrides])
-        with open_dict(cfg):
-            cfg.paths.output_dir = tmp
-            cfg.hydra.runtime.output_dir = tmp
-        HydraConfig().set_config(cfg)
+            f"eval_every={total + 1}", "rollout.eval_limit=1", *args.overrides], tmp)
         run(cfg)
         with (Path(tmp) / "csv" / "metrics.csv").open() as f:
             rows = [r for r in csv.DictReader(f) if r.get("training/step")]

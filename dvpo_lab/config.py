@@ -9,9 +9,16 @@ key (e.g. ``Key 'gama' not in 'AlgoConfig'``). Groups whose options are Lightnin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
@@ -176,6 +183,24 @@ class Config:
     ckpt_path: str | None = None  # "last" resumes the newest matching run; or a path to a .ckpt
     optimized_metric: str = "val/acc"
     threads: int | None = None  # torch intra-op threads (null = torch default)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the keys and the fix."""
+
+
+def compose_config(overrides: list[str], output_dir: str | Path, config_dir: str | Path = CONF_DIR) -> DictConfig:
+    """The config `python -m dvpo_lab OVERRIDES` would run, composed without `@hydra.main` (tests, benchmarks),
+    with its run folder set to output_dir so `${hydra:runtime.output_dir}` resolves."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    return cfg
 
 
 def register_configs() -> None:

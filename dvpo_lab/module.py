@@ -211,7 +211,7 @@ class RLModule(L.LightningModule):
                 "the last good checkpoint is kept under checkpoints/; lower the learning rate")
         opt.step()
         params = [p for p in module.parameters() if p.requires_grad]
-        if not all(torch.isfinite(n) for n in torch._foreach_norm(params)):
+        if not torch.stack(torch._foreach_norm(params)).isfinite().all():
             raise FloatingPointError(
                 f"{type(module).__name__} parameters became non-finite after the optimizer step at RL step "
                 f"{self.rl_step} (learning rate too high?); training stopped before this step was checkpointed, "

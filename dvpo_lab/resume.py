@@ -18,12 +18,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dvpo_lab.config import ConfigError
+
 log = logging.getLogger(__name__)
 BEFORE_RESUME = "metrics.before_resume.csv"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the keys and the fix."""
 
 
 def config_fingerprint(cfg: DictConfig) -> str:

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,12 +15,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.module import RLModule
 from dvpo_lab.noise import build_noise
 from dvpo_lab.resume import (
-    ConfigError,
     config_fingerprint,
     merge_resumed_metrics,
     prepare_resume,
@@ -122,7 +121,7 @@ def run(cfg: DictConfig) -> float | None:
         ckpt = resolve_ckpt_path(cfg, out_dir)
         trainer.validate(module, dm, ckpt_path=ckpt, verbose=False)
         acc = module.history[-1]["val/acc"] if module.history else math.nan
-        print(f"val/acc = {acc:.4f} on {len(module.eval_problems)} clean test problems")
+        log.info("val/acc = %.4f on %d clean test problems", acc, len(module.eval_problems))
         return acc
     if cfg.mode != "train":
         raise ConfigError(f"mode={cfg.mode!r}: expected train | sft | eval")
@@ -154,6 +153,6 @@ def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
                  f"{'clean greedy accuracy':<{w}}initial {initial:6.1%}  ->  final {final:6.1%}  "
                  f"({100 * (final - initial):+.1f} points)",
                  f"{'RL steps':<{w}}{cfg.total_steps}", f"{'run folder':<{w}}{out_dir}", ""]
-        print("\n".join(lines), file=sys.stdout, flush=True)
+        log.info("\n".join(lines))
     metric = summary["final/val_acc"] if cfg.optimized_metric == "val/acc" else summary.get(cfg.optimized_metric)
     return metric

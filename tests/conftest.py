@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from dvpo_lab.config import register_configs
+from dvpo_lab.config import compose_config, register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -30,15 +28,11 @@ register_configs()
 
 def compose_cfg(overrides: list[str] | None = None, out_dir: Path | None = None,
                 cache_dir: Path | None = None) -> DictConfig:
-    """The config `python -m dvpo_lab OVERRIDES` would run, with its output folder set to out_dir."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides or []), return_hydra_config=True)
+    """`compose_config` with the run's log and cache folders under the test's own tmp_path."""
+    cfg = compose_config(list(overrides or []), out_dir or ROOT / "outputs" / "unused")
     if out_dir is not None:
         with open_dict(cfg):
-            cfg.paths.output_dir = str(out_dir)
             cfg.paths.log_dir = str(out_dir.parent)
-            cfg.hydra.runtime.output_dir = str(out_dir)
             if cache_dir is not None:
                 cfg.paths.cache_dir = str(cache_dir)
         HydraConfig().set_config(cfg)

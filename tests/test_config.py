@@ -14,7 +14,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
-from dvpo_lab.run import ConfigError, check_batch_sizes
+from dvpo_lab.config import ConfigError
+from dvpo_lab.run import check_batch_sizes
 from tests.conftest import CONF, compose_cfg
 
 GROUPS = ["algo", "task", "noise", "model", "trainer", "logger", "experiment", "debug"]
