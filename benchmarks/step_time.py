@@ -1,5 +1,9 @@
 """Per-phase RL step time for any algo/model/batch: `python benchmarks/step_time.py [--steps N] [overrides]`.
 
+`--compare algo=ppo algo=dvpo` times several configurations side by side instead, alternating A B A B for
+`--pairs` rounds on the same machine in one process, and prints each phase's median per configuration and
+the per-round ratio of step times against the first one (the DVPO-overhead figure of the docs).
+
 Runs the real training loop (Lightning, the same code path as `python -m dvpo_lab`) for a few steps and
 prints the median seconds of each phase (generate, reward, scoring pass, update) and tokens/s, from the
 `timing_s/*` metrics the loop logs. Overrides are Hydra overrides, e.g.
@@ -24,22 +28,57 @@ from dvpo_lab.run import run
 PHASES = ["gen", "reward", "old_log_prob", "update", "step"]
 
 
+def time_steps(overrides: list[str], steps: int, warmup: int):
+    """Run `steps + warmup` RL steps of the real loop; returns (cfg, per-step metric rows after warmup)."""
+    total = steps + warmup
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config([
+            "model.warm_start=false", "logger=csv", "callbacks=none", f"total_steps={total}",
+            f"eval_every={total + 1}", "rollout.eval_limit=1", *overrides], tmp)
+        run(cfg)
+        with (Path(tmp) / "csv" / "metrics.csv").open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("training/step")]
+    return cfg, [r for r in rows if int(float(r["training/step"])) >= warmup]
+
+
+def medians(rows) -> dict[str, float]:
+    return {p: statistics.median(float(r[f"timing_s/{p}"]) for r in rows) for p in PHASES}
+
+
+def compare(configs: list[str], common: list[str], pairs: int, steps: int, warmup: int) -> None:
+    """Alternate the configurations round by round; print phase medians and step-time ratios vs the first."""
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    for _ in range(pairs):
+        for c in configs:
+            _, rows = time_steps([*common, *c.split()], steps, warmup)
+            results[c].append(medians(rows))
+    print(f"\n{pairs} rounds x {steps} timed steps, alternating; common overrides: {' '.join(common) or '-'}; "
+          f"threads={torch.get_num_threads()}")
+    print(f"  {'config':<28}" + "".join(f"{p:>14}" for p in PHASES))
+    for c, runs in results.items():
+        print(f"  {c:<28}" + "".join(f"{statistics.median(r[p] for r in runs):14.3f}" for p in PHASES))
+    base = configs[0]
+    for c in configs[1:]:
+        ratios = [r["step"] / b["step"] for r, b in zip(results[c], results[base], strict=True)]
+        upd = [r["update"] / b["update"] for r, b in zip(results[c], results[base], strict=True)]
+        print(f"  step-time ratio {c} / {base}: per round {', '.join(f'{x:.3f}' for x in ratios)}; "
+              f"median {statistics.median(ratios):.3f} (update phase {statistics.median(upd):.3f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6, help="RL steps to time (after --warmup)")
     ap.add_argument("--warmup", type=int, default=1, help="first steps excluded from the medians")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides")
+    ap.add_argument("--compare", nargs="+", default=None,
+                    help='configurations to alternate, each one quoted string of overrides, e.g. "algo=ppo"')
+    ap.add_argument("--pairs", type=int, default=3, help="rounds of the --compare alternation")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides (common to all configurations)")
     args = ap.parse_args()
-    total = args.steps + args.warmup
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config([
-            "model.warm_start=false", "logger=csv", "callbacks=none", f"total_steps={total}",
-            f"eval_every={total + 1}", "rollout.eval_limit=1", *args.overrides], tmp)
-        run(cfg)
-        with (Path(tmp) / "csv" / "metrics.csv").open() as f:
-            rows = [r for r in csv.DictReader(f) if r.get("training/step")]
-    rows = [r for r in rows if int(float(r["training/step"])) >= args.warmup]
-    med = {p: statistics.median(float(r[f"timing_s/{p}"]) for r in rows) for p in PHASES}
+    if args.compare:
+        compare(args.compare, args.overrides, args.pairs, args.steps, args.warmup)
+        return
+    cfg, rows = time_steps(args.overrides, args.steps, args.warmup)
+    med = medians(rows)
     tok = statistics.median(float(r["perf/tokens_per_s"]) for r in rows)
     length = statistics.median(float(r["response_length/mean"]) for r in rows)
     n = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt

@@ -22,12 +22,74 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
+class DVPOTermSwitches:
+    """On/off switch per DVPO critic-loss regulariser (spec 6.2 Eqs. 4-10); the QR core is always on."""
+
+    cons: bool = True  # Eq. 10 multi-head consistency
+    cvar: bool = True  # Eq. 5 lower-tail CVaR calibration
+    gain: bool = True  # Eq. 6 upper-tail gain calibration
+    shift: bool = True  # Eq. 7 mean-shift penalty (one-sided)
+    shape: bool = True  # Eq. 8 asymmetric tail shape: contract the lower tail, expand the upper one
+    curv: bool = True  # Eq. 9 tail curvature
+    risk: bool = False  # Eq. 4 risk-weighted quantiles (not in the paper's ablation; off by default)
+
+
+@dataclass
+class DVPOTermWeights:
+    """Weight per regulariser (spec 6.3 item 5 starting values)."""
+
+    cons: float = 0.1
+    cvar: float = 0.1
+    gain: float = 0.1
+    shift: float = 0.1
+    shape: float = 0.1
+    curv: float = 0.01
+    risk: float = 0.1
+
+
+@dataclass
+class DistLossConfig:
+    """The DVPO distributional critic loss (spec 6.2-6.3); read only when critic.kind=quantile."""
+
+    kappa: float = 0.02  # quantile Huber threshold; 0 = pinball. Keep << reward scale (expectile pitfall, spec 3.3)
+    qr_on: str = "heads"  # heads: fit every head (keeps the ensemble meaningful) | ensemble: fit the head mean
+    value_clip: str = "mean"  # mean: clip the mean shift | quantile: clip each quantile | none
+    tail_alpha: float = 0.1  # lower-tail fraction (k_a = max(1, floor(alpha N)))
+    tail_beta: float = 0.1  # upper-tail fraction
+    margin_low: float = 0.0  # shape term: lower-tail spread may not exceed (1 - m) x the target's
+    margin_up: float = 0.0  # shape term: upper-tail spread may not fall below (1 + m) x the target's
+    risk_eta: float = 1.0  # Eq. 4 weights exp(-eta (1 - tau)): eta > 0 favours upper quantiles
+    use: DVPOTermSwitches = field(default_factory=DVPOTermSwitches)
+    weights: DVPOTermWeights = field(default_factory=DVPOTermWeights)
+
+
+@dataclass
+class RobustConfig:
+    """Robust-Bellman PPO (spec 4.6); read only by adv_estimator=robust_gae."""
+
+    c: float = 1.0  # pessimism: vt = mean_k v_k - c * std_k v_k (c = 1 with K = 2 heads is min-aggregation)
+    rho: float = 0.2  # contamination of the bootstrap toward v_lo (rho = flip rate p bounds the TV shift)
+    v_lo: str = "zero"  # zero (known minimum return) | batch_min (batch minimum of vt)
+
+
+@dataclass
+class CriticConfig:
+    """The value model: a backbone initialised from the policy plus a linear head (`critic=<kind>`)."""
+
+    kind: str = "scalar"  # none | scalar | ensemble (K heads, RB-PPO) | quantile (H heads x N quantiles, DVPO)
+    n_heads: int = 1  # ensemble: K value heads; quantile: H quantile heads
+    n_quantiles: int = 1  # quantile: N per head
+    tau_grid: str = "mid"  # quantile levels: mid = (2j-1)/(2N) (QR-DQN) | paper = j/N
+    monotone: str = "none"  # none | sort | cumsoftplus (theta_1 + cumsum softplus): non-crossing quantiles
+    head_init_std: float = 0.0  # head weight init std (0 = zeros); > 0 keeps several heads apart
+
+
+@dataclass
 class AlgoConfig:
     """One RL algorithm: the estimator, the losses and their knobs (veRL names where veRL has one)."""
 
     name: str = "ppo"
-    adv_estimator: str = "gae"  # registered name in dvpo_lab.algos (gae | grpo)
-    use_critic: bool = True  # build and train a critic (value model)
+    adv_estimator: str = "gae"  # registered name: gae | dist_gae | robust_gae | grpo | dr_grpo | rloo | reinforce_pp
     gamma: float = 1.0  # discount per token
     lam: float = 0.95  # GAE lambda
     norm_adv: bool = True  # whiten advantages over the batch (PPO, spec 1.5)
@@ -53,6 +115,13 @@ class AlgoConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max grad norm for each optimizer
     critic_warmup: int = 0  # RL steps that train only the critic
+    actor_advantage: str = "mean"  # dist_gae: mean (paper) | cvar | wang (risk-aware, beyond the paper)
+    risk_alpha: float = 0.1  # CVaR level for actor_advantage=cvar
+    wang_eta: float = -0.5  # Wang distortion for actor_advantage=wang (< 0 risk-averse)
+    dist: DistLossConfig = field(default_factory=DistLossConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    viz_every: int = 0  # dump per-token advantages of a few responses every N RL steps (0 = off); see dvpo_lab.viz
+    viz_samples: int = 8  # responses per dump
 
 
 @dataclass
@@ -120,7 +189,6 @@ class ModelConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)
     init_seed: int = 0  # seed of the random init when built from `arch`
     warm_start: bool = True  # run (or reuse the cached) supervised warm-start before RL
-    value_head_init_std: float = 0.0  # critic head init (0 = zeros, values start at 0)
 
 
 @dataclass
@@ -163,6 +231,7 @@ class PathsConfig:
 @dataclass
 class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     task: Any = None  # one of TASK_SCHEMAS, chosen by the task group
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -7,10 +7,12 @@ what an uninterrupted one would.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -35,7 +37,9 @@ class RLModule(L.LightningModule):
         self.cfg, self.acfg, self.rcfg = cfg, cfg.algo, cfg.rollout
         self.tokenizer, self.task, self.noise = tokenizer, task, noise
         self.policy = policy
-        self.critic = build_critic(policy, 1, cfg.model.value_head_init_std) if self.acfg.use_critic else None
+        self.critic_spec = algos.Critic(cfg.critic, self.acfg)
+        self.critic = (build_critic(policy, self.critic_spec.n_out, cfg.critic.head_init_std)
+                       if self.critic_spec.kind != "none" else None)
         self.needs_ref = self.acfg.use_kl_in_reward or self.acfg.use_kl_loss
         self.reference = build_reference(policy) if self.needs_ref else None
         if self.acfg.kl_ctrl == "adaptive":
@@ -112,15 +116,19 @@ class RLModule(L.LightningModule):
         with torch.no_grad():
             old_logp, _ = response_logprobs(self.policy, ro, self.rcfg.temperature)
             ref_logp = response_logprobs(self.reference, ro, self.rcfg.temperature)[0] if self.needs_ref else None
-            values = response_values(self.critic, ro)[..., 0] if self.critic is not None else None
+            old_view = self.critic_spec.view(response_values(self.critic, ro)) if self.critic is not None else None
+        values = self.critic_spec.estimator_values(old_view) if old_view is not None else None
         kl = algos.kl_penalty(old_logp, ref_logp, a.kl_penalty) if a.use_kl_in_reward else None
         token_rewards = algos.build_token_rewards(score, mask, kl, self.kl_ctrl.value)
-        adv, returns = self.estimator(token_rewards, mask, values=values, group_index=group_index, gamma=a.gamma,
-                                      lam=a.lam, norm_adv_by_std=a.norm_adv_by_std, whiten_advantages=a.norm_adv)
+        adv, returns = self.estimator(
+            token_rewards, mask, values=values, group_index=group_index, gamma=a.gamma, lam=a.lam,
+            norm_adv_by_std=a.norm_adv_by_std, whiten_advantages=a.norm_adv, actor_advantage=a.actor_advantage,
+            risk_alpha=a.risk_alpha, wang_eta=a.wang_eta, robust_c=a.robust.c, robust_rho=a.robust.rho,
+            robust_v_lo=a.robust.v_lo)
         timing["old_log_prob"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        metrics = self.update(ro, old_logp, ref_logp, adv, returns, values)
+        metrics = self.update(ro, old_logp, ref_logp, adv, returns, old_view)
         timing["update"] = time.perf_counter() - t3
         if kl is not None:
             seq_kl = algos.masked_mean(kl, mask, dim=-1).mean()
@@ -136,7 +144,7 @@ class RLModule(L.LightningModule):
             "critic/advantages/mean": float(algos.masked_mean(adv, mask)),
             "critic/advantages/max": float(adv[mask.bool()].max()) if n_tokens else 0.0,
             "critic/advantages/min": float(adv[mask.bool()].min()) if n_tokens else 0.0,
-            "critic/returns/mean": float(algos.masked_mean(returns, mask)),
+            "critic/returns/mean": float(algos.masked_mean(algos.Critic.mean_value(returns), mask)),
             "response_length/mean": float(mask.sum(-1).mean()),
             "response_length/clip_ratio": float((mask[:, -1] > 0).float().mean()),
             "perf/tokens_per_s": n_tokens / timing["step"],
@@ -144,13 +152,37 @@ class RLModule(L.LightningModule):
             **{f"timing_s/{k}": v for k, v in timing.items()},
         })
         if values is not None:
-            metrics["critic/values/mean"] = float(algos.masked_mean(values, mask))
-            var_r = algos.masked_var(returns, mask)
-            metrics["critic/vf_explained_var"] = float(1 - algos.masked_var(returns - values, mask) / (var_r + 1e-8))
+            v_mean, r_mean = algos.Critic.mean_value(values), algos.Critic.mean_value(returns)
+            metrics["critic/values/mean"] = float(algos.masked_mean(v_mean, mask))
+            var_r = algos.masked_var(r_mean, mask)
+            metrics["critic/vf_explained_var"] = float(1 - algos.masked_var(r_mean - v_mean, mask) / (var_r + 1e-8))
+        if a.viz_every and self.global_rank == 0 and (self.rl_step % a.viz_every == 0):
+            self.dump_advantages(ro, rep, clean, score, adv, values)
         self.log_rl(metrics)
         self.log("reward", metrics["critic/score_clean/mean"], prog_bar=True, logger=False)
 
-    def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_values) -> dict[str, float]:
+    def dump_advantages(self, ro: Rollout, rep, clean, score, adv, values) -> None:
+        """Per-token advantages of the first `algo.viz_samples` responses -> advantages/step_XXXXX.json
+        (rendered by `python -m dvpo_lab.viz RUN_DIR ...`)."""
+        n = min(self.acfg.viz_samples, ro.response_ids.shape[0])
+        mean_v = algos.Critic.mean_value(values) if values is not None else None
+        rows = []
+        for i in range(n):
+            L_i = int(ro.response_mask[i].sum())
+            ids = ro.response_ids[i, :L_i].tolist()
+            row = {"prompt": rep[i].prompt, "answer": rep[i].answer,
+                   "tokens": [self.tokenizer.decode([t]) for t in ids],
+                   "advantages": [round(float(x), 5) for x in adv[i, :L_i]],
+                   "reward": float(score[i]), "reward_clean": float(clean[i])}
+            if mean_v is not None:
+                row["values"] = [round(float(x), 5) for x in mean_v[i, :L_i]]
+            rows.append(row)
+        out = Path(self.cfg.paths.output_dir) / "advantages"
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {"algo": self.acfg.name, "step": self.rl_step, "seed": self.cfg.seed, "responses": rows}
+        (out / f"step_{self.rl_step:05d}.json").write_text(json.dumps(payload))
+
+    def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view) -> dict[str, float]:
         """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (spec 1.10)."""
         a = self.acfg
         opts = self.optimizers()
@@ -185,11 +217,11 @@ class RLModule(L.LightningModule):
                     self.check_finite(out, ("actor/pg_loss", "actor/kl_loss", "actor/entropy"))
                     out["actor/grad_norm"] = self.optimizer_step(actor_opt, loss, self.policy)
                 if critic_opt is not None:
-                    v = response_values(self.critic, ro, rows=rows)[..., 0]
-                    vf_loss, vf_m = algos.compute_value_loss(v, old_values[rows], returns[rows], m,
-                                                             a.cliprange_value, a.loss_agg_mode)
-                    out.update({"critic/vf_loss": vf_loss, "critic/vf_clipfrac": vf_m["vf_clipfrac"]})
-                    self.check_finite(out, ("critic/vf_loss",))
+                    view = self.critic_spec.view(response_values(self.critic, ro, rows=rows))
+                    vf_loss, vf_m = self.critic_spec.loss(view, old_view[rows], returns[rows], m)
+                    out.update({f"critic/{k}": v for k, v in vf_m.items()})
+                    self.check_finite({"critic/vf_loss": vf_loss, **out},
+                                      ("critic/vf_loss", *(f"critic/loss_{t}" for t in ("qr", *algos.DVPO_TERMS))))
                     out["critic/grad_norm"] = self.optimizer_step(critic_opt, vf_loss, self.critic)
                 for k, val in out.items():
                     sums[k] = sums.get(k, 0.0) + float(val.detach() if torch.is_tensor(val) else val)

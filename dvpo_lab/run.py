@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dvpo_lab import algos
 from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
 from dvpo_lab.models.build import build_policy, build_tokenizer
@@ -30,6 +31,7 @@ from dvpo_lab.sft import warm_start
 from dvpo_lab.tasks import TASKS, build_task
 
 log = logging.getLogger("dvpo_lab")
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
 
 
 def check_batch_sizes(cfg: DictConfig) -> str:
@@ -43,13 +45,51 @@ def check_batch_sizes(cfg: DictConfig) -> str:
             f"rollout.minibatch_size={r.minibatch_size} does not divide the {n} responses per step "
             f"(rollout.prompts_per_step={r.prompts_per_step} x rollout.samples_per_prompt="
             f"{r.samples_per_prompt}); pick a divisor of {n}")
-    if cfg.algo.adv_estimator == "grpo" and r.samples_per_prompt < 2:
-        raise ConfigError("algo=grpo needs rollout.samples_per_prompt >= 2 (a group of one has no baseline)")
+    if cfg.algo.adv_estimator in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
+        raise ConfigError(f"algo={cfg.algo.name} needs rollout.samples_per_prompt >= 2 (a group of one has no "
+                          "baseline)")
     if cfg.total_steps < 1 or cfg.eval_every < 1 or cfg.ckpt_every < 1:
         raise ConfigError("total_steps, eval_every and ckpt_every must be >= 1")
     return (f"batch: {r.prompts_per_step} prompts/step x {r.samples_per_prompt} samples/prompt = {n} responses"
             f"/step per rank; minibatch {r.minibatch_size} -> {n // r.minibatch_size} optimizer steps per "
             f"model per PPO epoch x {cfg.algo.ppo_epochs} epochs; {cfg.total_steps} RL steps")
+
+
+def check_algo(cfg: DictConfig) -> None:
+    """The algorithm, its critic and their knobs fit together; each failure names the key and the fix."""
+    a, c = cfg.algo, cfg.critic
+    if a.adv_estimator not in algos.ADV_ESTIMATORS:
+        raise ConfigError(f"algo.adv_estimator={a.adv_estimator!r} is not registered; choices: "
+                          f"{sorted(algos.ADV_ESTIMATORS)}")
+    needed = algos.ESTIMATOR_CRITICS.get(a.adv_estimator)
+    if c.kind not in algos.CRITIC_KINDS:
+        raise ConfigError(f"critic.kind={c.kind!r}; choices: {list(algos.CRITIC_KINDS)}")
+    if needed is not None and c.kind != needed:
+        raise ConfigError(f"algo={a.name} (adv_estimator={a.adv_estimator}) reads a critic of kind {needed!r}, "
+                          f"but critic={c.kind}; drop the critic override or use critic={needed}")
+    if c.n_heads < 1 or c.n_quantiles < 1:
+        raise ConfigError(f"critic.n_heads={c.n_heads} and critic.n_quantiles={c.n_quantiles} must be >= 1")
+    for key, value, allowed in (("critic.tau_grid", c.tau_grid, algos.TAU_GRIDS),
+                                ("critic.monotone", c.monotone, algos.MONOTONE_MODES),
+                                ("algo.actor_advantage", a.actor_advantage, algos.ACTOR_ADVANTAGES),
+                                ("algo.dist.qr_on", a.dist.qr_on, ("heads", "ensemble")),
+                                ("algo.dist.value_clip", a.dist.value_clip, ("mean", "quantile", "none")),
+                                ("algo.robust.v_lo", a.robust.v_lo, ("zero", "batch_min"))):
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}; choices: {list(allowed)}")
+    for key in ("tail_alpha", "tail_beta"):
+        if not 0.0 < a.dist[key] <= 1.0:
+            raise ConfigError(f"algo.dist.{key}={a.dist[key]} must be in (0, 1]")
+    if a.dist.kappa < 0:
+        raise ConfigError(f"algo.dist.kappa={a.dist.kappa} must be >= 0 (0 = pinball loss)")
+    if a.actor_advantage != "mean" and a.adv_estimator != "dist_gae":
+        raise ConfigError(f"algo.actor_advantage={a.actor_advantage} needs a value distribution (algo=dvpo)")
+    if c.kind == "ensemble" and c.n_heads > 1 and c.head_init_std == 0:
+        raise ConfigError("critic=ensemble with critic.head_init_std=0: identical zero-initialised heads stay equal "
+                          "forever and the pessimism term is inert; set critic.head_init_std > 0 (e.g. 0.01)")
+    if c.kind == "quantile" and c.n_heads > 1 and c.head_init_std == 0:
+        raise ConfigError("critic=quantile with several heads and critic.head_init_std=0: identical heads stay "
+                          "equal forever; set critic.head_init_std > 0 (e.g. 0.01)")
 
 
 def make_task(cfg: DictConfig):
@@ -97,6 +137,7 @@ def run(cfg: DictConfig) -> float | None:
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # never prompt for a key
     batch_line = check_batch_sizes(cfg)
+    check_algo(cfg)
     task, noise = make_task(cfg), make_noise(cfg)
     log.info(batch_line)
 

@@ -38,20 +38,24 @@ def walk(combos: list[tuple[str, ...]]) -> None:
             HydraConfig().set_config(cfg)
             resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
                         else cfg[k] for k in cfg if k != "hydra"}
-            assert resolved["algo"]["name"] == combo[0], overrides
+            if not combo[6].startswith(("ablation_", "quantiles_")):  # those presets pick algo=dvpo themselves
+                assert resolved["algo"]["name"] == combo[0], overrides
             assert resolved["noise"]["name"] == combo[2], overrides
             check_batch_sizes(cfg)
 
 
 def test_every_combination_of_run_shaping_groups_composes():
-    """algo x task x noise x experiment x debug in full; model/trainer/logger options rotate through it, so
-    each of them meets every algo, task and noise option too (the full product is the slow test below)."""
-    shaping = {g: options(g) for g in ("algo", "task", "noise", "experiment", "debug")}
-    rotating = {g: options(g) for g in ("model", "trainer", "logger")}
+    """algo x task x noise in full; model/trainer/logger/experiment/debug options rotate through it, so each of
+    them meets every algo, task and noise option too (the full product is the slow test below)."""
+    shaping = {g: options(g) for g in ("algo", "task", "noise")}
+    rotating = {g: options(g) for g in ("model", "trainer", "logger", "experiment", "debug")}
+    n = max(len(list(itertools.product(*shaping.values()))), *(len(o) for o in rotating.values()))
+    product = list(itertools.product(*shaping.values()))
     combos = []
-    for i, (a, t, n, e, d) in enumerate(itertools.product(*shaping.values())):
-        m, tr, lg = (opts[i % len(opts)] for opts in rotating.values())
-        combos.append((a, t, n, m, tr, lg, e, d))
+    for i in range(n):
+        a, t, no = product[i % len(product)]
+        m, tr, lg, e, d = (opts[i % len(opts)] for opts in rotating.values())
+        combos.append((a, t, no, m, tr, lg, e, d))
     for g, opts in rotating.items():  # every rotating option is used
         assert {c[GROUPS.index(g)] for c in combos} == set(opts)
     walk(combos)
@@ -68,9 +72,24 @@ def test_dotted_option_name_composes():
     assert cfg.noise.kind == "flip" and cfg.noise.p == pytest.approx(0.2)
 
 
-def test_default_is_ppo_on_the_offline_testbed():
+def test_default_is_dvpo_on_the_offline_testbed():
     cfg = compose_cfg([])
-    assert (cfg.algo.name, cfg.task.name, cfg.model.name) == ("ppo", "arith", "tiny")
+    assert (cfg.algo.name, cfg.task.name, cfg.model.name) == ("dvpo", "arith", "tiny")
+    assert (cfg.critic.kind, cfg.critic.n_heads, cfg.critic.n_quantiles) == ("quantile", 3, 200)
+
+
+@pytest.mark.parametrize(("algo", "critic"), [("dvpo", "quantile"), ("ppo", "scalar"), ("rbppo", "ensemble"),
+                                              ("grpo", "none"), ("dr_grpo", "none"), ("rloo", "none"),
+                                              ("reinforce_pp", "none")])
+def test_each_algo_picks_its_critic(algo, critic):
+    assert compose_cfg([f"algo={algo}"]).critic.kind == critic
+
+
+def test_ablation_presets_switch_terms_on_cumulatively():
+    rows = ["ablation_1_qr", "ablation_2_cons", "ablation_3_calib", "ablation_4_shift", "ablation_5_full"]
+    on = [sum(bool(v) for v in compose_cfg([f"experiment={r}"]).algo.dist.use.values()) for r in rows]
+    assert on == [0, 1, 3, 4, 6]
+    assert compose_cfg(["experiment=quantiles_50"]).critic.n_quantiles == 50
 
 
 def test_debug_smoke_shrinks_the_run():
@@ -88,7 +107,8 @@ def test_misspelt_key_in_yaml_file_is_caught(tmp_path):
     """A typo inside an option file (not only on the command line) fails against the schema."""
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
-    (conf / "algo" / "typo.yaml").write_text("defaults:\n  - ppo\n  - _self_\nname: typo\nlamda: 0.9\n")
+    (conf / "algo" / "typo.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - ppo\n  - _self_\nalgo:\n  name: typo\n  lamda: 0.9\n")
     GlobalHydra.instance().clear()
     with pytest.raises(ConfigCompositionException) as e, initialize_config_dir(str(conf), version_base="1.3"):
         compose("config", overrides=["algo=typo"])
@@ -113,6 +133,7 @@ def test_unknown_option_lists_choices():
     (["rollout.minibatch_size=5"], ["minibatch_size=5", "divide"]),
     (["rollout.prompts_per_step=0"], ["prompts_per_step=0"]),
     (["algo=grpo", "rollout.samples_per_prompt=1", "rollout.minibatch_size=1"], ["samples_per_prompt"]),
+    (["algo=rloo", "rollout.samples_per_prompt=1", "rollout.minibatch_size=1"], ["samples_per_prompt"]),
 ])
 def test_impossible_batch_sizes(overrides, words):
     cfg = compose_cfg(overrides)
@@ -120,3 +141,28 @@ def test_impossible_batch_sizes(overrides, words):
         check_batch_sizes(cfg)
     for w in words:
         assert w in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["algo=dvpo", "critic=scalar"], ["algo=dvpo", "'quantile'", "critic=scalar"]),
+    (["algo=ppo", "critic=quantile"], ["algo=ppo", "'scalar'"]),
+    (["algo=grpo", "critic=scalar"], ["'none'"]),
+    (["critic.tau_grid=edges"], ["critic.tau_grid", "mid", "paper"]),
+    (["critic.monotone=isotonic"], ["critic.monotone", "cumsoftplus"]),
+    (["algo.actor_advantage=median"], ["algo.actor_advantage", "cvar", "wang"]),
+    (["algo=ppo", "algo.actor_advantage=cvar"], ["actor_advantage=cvar", "algo=dvpo"]),
+    (["algo.dist.kappa=-1"], ["algo.dist.kappa"]),
+    (["algo.dist.tail_alpha=0"], ["algo.dist.tail_alpha"]),
+    (["algo.dist.value_clip=both"], ["algo.dist.value_clip"]),
+    (["algo=rbppo", "critic.head_init_std=0"], ["critic.head_init_std", "inert"]),
+    (["algo=rbppo", "algo.robust.v_lo=min"], ["algo.robust.v_lo", "batch_min"]),
+    (["critic.n_quantiles=0"], ["critic.n_quantiles=0"]),
+    (["algo.adv_estimator=vtrace"], ["vtrace", "dist_gae"]),
+])
+def test_algorithm_and_critic_mismatches_fail_with_the_fix(overrides, words):
+    from dvpo_lab.run import check_algo
+
+    with pytest.raises(ConfigError) as e:
+        check_algo(compose_cfg(overrides))
+    for w in words:
+        assert w in str(e.value), str(e.value)

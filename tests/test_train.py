@@ -35,9 +35,21 @@ def training_rows(rows: list[dict[str, str]]) -> dict[int, dict[str, float]]:
     return out
 
 
-@pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_smoke_run_trains_and_logs(smoke_cfg, algo):
-    cfg = smoke_cfg(f"algo={algo}", "noise=flip0.2")
+ALGOS = ["dvpo", "ppo", "rbppo", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
+CRITIC_KEYS = {
+    "ppo": ("critic/vf_loss", "critic/vf_explained_var", "critic/vf_clipfrac"),
+    "rbppo": ("critic/vf_loss", "critic/head_disagreement", "critic/vf_explained_var"),
+    "dvpo": ("critic/vf_loss", "critic/loss_qr", "critic/loss_cons", "critic/loss_cvar", "critic/loss_gain",
+             "critic/loss_shift", "critic/loss_shape", "critic/loss_curv", "critic/quantile_spread_low",
+             "critic/quantile_spread_up", "critic/head_disagreement", "critic/crossed_frac",
+             "critic/vf_explained_var"),
+}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_algorithm_trains_20_steps_with_finite_metrics(smoke_cfg, algo):
+    cfg = smoke_cfg(f"algo={algo}", "noise=flip0.2", "total_steps=20", "eval_every=10", "ckpt_every=10",
+                    "critic.n_quantiles=16")
     out = Path(cfg.paths.output_dir)
     run(cfg)
     summary = json.loads((out / "summary.json").read_text())
@@ -51,10 +63,14 @@ def test_smoke_run_trains_and_logs(smoke_cfg, algo):
         for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "critic/score_clean/mean",
                     "noise/flip_rate", "response_length/mean"):
             assert key in row, f"{key} missing from {sorted(row)}"
-        if algo == "ppo":
-            assert "critic/vf_loss" in row and "critic/vf_explained_var" in row
-        else:
-            assert "actor/kl_loss" in row and "critic/vf_loss" not in row
+        for key in CRITIC_KEYS.get(algo, ()):
+            assert key in row, f"{key} missing from {sorted(row)}"
+        if algo not in CRITIC_KEYS:
+            assert "critic/vf_loss" not in row
+        if algo in ("grpo", "dr_grpo", "rloo"):
+            assert "actor/kl_loss" in row
+        if algo == "reinforce_pp":
+            assert "actor/reward_kl_penalty" in row
 
     # parameters moved away from the warm-start
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]

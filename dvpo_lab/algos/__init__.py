@@ -4,7 +4,7 @@ A new algorithm lives in its own module (``dvpo.py``, ``rloo.py``, ...), registe
 with ``@register_adv_est(name)`` and is imported below so that ``get_adv_estimator(name)`` finds it.
 """
 
-from dvpo_lab.algos import grpo, ppo  # noqa: F401  (imported for registration)
+from dvpo_lab.algos import baselines, distributional, grpo, ppo, robust  # noqa: F401  (registration)
 from dvpo_lab.algos.core import (
     AGG_LOSS_MODES,
     KL_PENALTY_KINDS,
@@ -21,6 +21,16 @@ from dvpo_lab.algos.core import (
     masked_var,
     masked_whiten,
 )
+from dvpo_lab.algos.critics import CRITIC_KINDS, ESTIMATOR_CRITICS, Critic
+from dvpo_lab.algos.distributional import (
+    ACTOR_ADVANTAGES,
+    DVPO_TERMS,
+    MONOTONE_MODES,
+    TAU_GRIDS,
+    dvpo_critic_loss,
+    quantile_gae,
+    quantile_levels,
+)
 from dvpo_lab.algos.kl_ctrl import AdaptiveKLController, FixedKLController
 from dvpo_lab.algos.registry import (
     ADV_ESTIMATORS,
@@ -31,7 +41,17 @@ from dvpo_lab.algos.registry import (
 )
 
 __all__ = [
+    "ACTOR_ADVANTAGES",
     "ADV_ESTIMATORS",
+    "CRITIC_KINDS",
+    "Critic",
+    "DVPO_TERMS",
+    "ESTIMATOR_CRITICS",
+    "MONOTONE_MODES",
+    "TAU_GRIDS",
+    "dvpo_critic_loss",
+    "quantile_gae",
+    "quantile_levels",
     "AGG_LOSS_MODES",
     "KL_PENALTY_KINDS",
     "AdaptiveKLController",
