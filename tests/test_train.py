@@ -140,3 +140,24 @@ def test_wandb_offline_logger(smoke_cfg, monkeypatch):
 def test_eval_mode_reports_clean_accuracy(smoke_cfg):
     acc = run(smoke_cfg("mode=eval"))
     assert 0.0 <= acc <= 1.0
+
+
+def test_advantage_dumps_render_side_by_side_on_identical_responses(smoke_cfg, tmp_path):
+    """DVPO and PPO with one seed sample the same step-0 responses; viz draws their advantages side by side."""
+    from dvpo_lab import viz
+
+    dirs = []
+    for algo in ("dvpo", "ppo"):
+        cfg = smoke_cfg(f"algo={algo}", "total_steps=2", "algo.viz_every=1", "algo.viz_samples=3",
+                        "critic.n_quantiles=8", name=algo)
+        run(cfg)
+        dirs.append(Path(cfg.paths.output_dir))
+    dumps = [viz.load_dump(d, 0) for d in dirs]
+    assert [r["tokens"] for r in dumps[0]["responses"]] == [r["tokens"] for r in dumps[1]["responses"]]
+    for d in dumps:
+        for r in d["responses"]:
+            assert len(r["tokens"]) == len(r["advantages"]) == len(r["values"]) > 0
+    out = tmp_path / "fig"
+    assert viz.main([str(d) for d in dirs] + ["--step", "0", "--out", str(out)]) == 0
+    assert (tmp_path / "fig.png").stat().st_size > 1000 and "<span" in (tmp_path / "fig.html").read_text()
+    assert viz.main([str(dirs[0]), "--step", "7", "--out", str(out)]) == 2  # a step never dumped: clear error

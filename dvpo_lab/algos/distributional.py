@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dvpo_lab.algos import _qr_kernel
 from dvpo_lab.algos.core import agg_loss, compute_gae, masked_whiten
 from dvpo_lab.algos.registry import register_adv_est
 
@@ -264,6 +265,43 @@ def quantile_huber_sorted(pred: torch.Tensor, target: torch.Tensor, taus: torch.
     return (loss / M).to(out_dtype)
 
 
+class _QuantileHuberCPU(torch.autograd.Function):
+    """All-pairs quantile Huber loss per predicted quantile on CPU, value and gradient from `_qr_kernel`."""
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, z_sorted: torch.Tensor, row_token: torch.Tensor, taus: torch.Tensor,
+                kappa: float) -> torch.Tensor:
+        theta = pred.detach().double().contiguous().numpy()
+        loss, grad = _qr_kernel.quantile_huber_rows(
+            theta, z_sorted.detach().double().contiguous().numpy(), row_token.numpy(),
+            taus.detach().double().contiguous().numpy(), kappa)
+        ctx.save_for_backward(torch.from_numpy(grad).to(pred.dtype))
+        return torch.from_numpy(loss).to(pred.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None, None, None, None
+
+
+def quantile_huber(pred: torch.Tensor, z_sorted: torch.Tensor, taus: torch.Tensor, kappa: float) -> torch.Tensor:
+    """All-pairs quantile Huber loss per predicted quantile against ascending targets shared by the rows.
+
+    Uses the compiled CPU kernel when available (CPU tensors), else `quantile_huber_sorted` (GPU, or no numba).
+
+    Args:
+        pred: [n, H, N], z_sorted: [n, M] ascending, taus: [N].
+    Returns:
+        [n, H, N].
+    """
+    n, H, N = pred.shape
+    if pred.device.type != "cpu" or not _qr_kernel.AVAILABLE:
+        return quantile_huber_sorted(pred, z_sorted.unsqueeze(1).expand(n, H, z_sorted.shape[-1]), taus, kappa)
+    row_token = torch.arange(n).repeat_interleave(H)
+    out = _QuantileHuberCPU.apply(pred.reshape(n * H, N), z_sorted, row_token, taus, kappa)
+    return out.reshape(n, H, N)
+
+
 # The DVPO critic loss (spec 6.2 Eqs. 3-11, 6.3) -------------------------------------------------------------
 
 
@@ -271,12 +309,11 @@ def _tail_var(x: torch.Tensor) -> torch.Tensor:
     return x.var(dim=-1, unbiased=False) if x.shape[-1] > 1 else x.new_zeros(x.shape[:-1])
 
 
-def _qr_per_token(pred_heads: torch.Tensor, targets: torch.Tensor, taus: torch.Tensor, kappa: float,
+def _qr_per_token(pred_heads: torch.Tensor, z_sorted: torch.Tensor, taus: torch.Tensor, kappa: float,
                   qr_on: str) -> torch.Tensor:
     """Per-quantile QR loss `[n, H', N]`: per head (H' = H) or on the ensemble (H' = 1)."""
     pred = pred_heads if qr_on == "heads" else pred_heads.mean(-2, keepdim=True)
-    tgt = targets.unsqueeze(-2).expand(*pred.shape[:-1], targets.shape[-1]).contiguous()
-    return quantile_huber_sorted(pred, tgt, taus, kappa)
+    return quantile_huber(pred, z_sorted, taus, kappa)
 
 
 def dvpo_critic_loss(
@@ -335,21 +372,27 @@ def dvpo_critic_loss(
         raise ValueError(f"unknown DVPO loss terms {sorted(unknown)}; terms: {list(DVPO_TERMS)}")
     valid = mask.bool()
     B, T, H, N = pred.shape
-    p = pred[valid]  # [n, H, N]
-    z = targets[valid].detach().sort(dim=-1).values  # [n, N]
+    idx = valid.flatten().nonzero().squeeze(-1)
+    p = pred.reshape(B * T, H, N).index_select(0, idx)  # [n, H, N]
+    z = targets.detach().reshape(B * T, N).index_select(0, idx).sort(dim=-1).values  # [n, N]
     n = p.shape[0]
 
     qr_q = _qr_per_token(p, z, taus, kappa, qr_on)  # [n, H', N]
     per_tok = {"qr": qr_q.mean((-1, -2))}
     clip_on = value_clip != "none" and cliprange_value is not None
     if clip_on:
-        old = old_pred[valid].detach()
+        old = old_pred.detach().reshape(B * T, H, N).index_select(0, idx)
         if value_clip == "quantile":
             p_clip = old + (p - old).clamp(-cliprange_value, cliprange_value)
         else:
             shift = p.mean(-1, keepdim=True) - old.mean(-1, keepdim=True)
             p_clip = p - shift + shift.clamp(-cliprange_value, cliprange_value)
-        qr_clip = _qr_per_token(p_clip, z, taus, kappa, qr_on).mean((-1, -2))
+        moved = (p_clip != p).flatten(1).any(-1)  # tokens where clipping changes the prediction
+        qr_clip = per_tok["qr"]
+        if moved.any():
+            rows = moved.nonzero().squeeze(-1)
+            clipped = _qr_per_token(p_clip[rows], z[rows], taus, kappa, qr_on).mean((-1, -2))
+            qr_clip = qr_clip.index_put((rows,), clipped)
         clipfrac = (qr_clip > per_tok["qr"]).float().mean() if n else p.new_zeros(())
         per_tok["qr"] = torch.maximum(per_tok["qr"], qr_clip)
 
@@ -379,9 +422,8 @@ def dvpo_critic_loss(
             per_tok["curv"] = ens.new_zeros(n)
     if "cons" in w:
         if H > 1:
-            diff = p.unsqueeze(1) - p.unsqueeze(2)  # [n, H, H, N]
-            iu = torch.triu_indices(H, H, offset=1, device=p.device)
-            per_tok["cons"] = diff[:, iu[0], iu[1]].square().mean((-1, -2))
+            pairs = [(p[:, h] - p[:, g]).square().mean(-1) for h in range(H) for g in range(h + 1, H)]
+            per_tok["cons"] = torch.stack(pairs).mean(0)
         else:
             per_tok["cons"] = ens.new_zeros(n)
 

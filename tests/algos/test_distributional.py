@@ -81,6 +81,29 @@ def test_sorted_prefix_sum_loss_equals_all_pairs(n, m, lead, kappa, seed, ties):
     assert torch.allclose(p1.grad, p2.grad, atol=1e-9)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 6), H=st.integers(1, 3), N=st.integers(1, 12), M=st.integers(1, 15),
+       kappa=st.sampled_from([0.0, 0.02, 0.5]), seed=st.integers(0, 10_000))
+def test_compiled_cpu_kernel_equals_all_pairs(n, H, N, M, kappa, seed):
+    from dvpo_lab.algos import _qr_kernel
+    from dvpo_lab.algos.distributional import quantile_huber
+
+    if not _qr_kernel.AVAILABLE:
+        pytest.skip("numba is not installed: the torch path is used (tested above)")
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(n, H, N, generator=gen, dtype=torch.float64)
+    z = torch.randn(n, M, generator=gen, dtype=torch.float64).sort(-1).values
+    taus = quantile_levels(N, dtype=torch.float64)
+    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    fast = quantile_huber(p1, z, taus, kappa)
+    ref = quantile_huber_pairs(p2, z.unsqueeze(1).expand(n, H, M), taus, kappa)
+    assert torch.allclose(fast, ref, atol=1e-10)
+    w = torch.rand(n, H, N, generator=gen, dtype=torch.float64)
+    (fast * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.allclose(p1.grad, p2.grad, atol=1e-10)
+
+
 # Oracles 23-25: what quantile regression learns -------------------------------------------------------------
 
 
