@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
 from dvpo_lab.models.build import build_policy, build_tokenizer
+from dvpo_lab.models.pretrained import convert_gguf
 from dvpo_lab.module import RLModule
 from dvpo_lab.noise import build_noise
 from dvpo_lab.resume import (
@@ -66,6 +67,9 @@ def make_task(cfg: DictConfig):
 
 def make_noise(cfg: DictConfig):
     n = cfg.noise
+    if n.kind != "none" and cfg.task.get("reward", "tcr") == "gcr":
+        raise ConfigError(f"noise={n.name} flips a binary reward but task.reward=gcr is a fraction; "
+                          "use task.reward=tcr or noise=none")
     if n.kind == "none":
         return build_noise("none")
     if n.kind == "flip":
@@ -99,6 +103,8 @@ def run(cfg: DictConfig) -> float | None:
     batch_line = check_batch_sizes(cfg)
     task, noise = make_task(cfg), make_noise(cfg)
     log.info(batch_line)
+    if cfg.model.gguf_file and not cfg.model.name_or_path:  # offline pretrained weights (model=smollm2-135m)
+        cfg.model.name_or_path = str(convert_gguf(cfg.model.gguf_file, cfg.paths.cache_dir))
 
     tokenizer = build_tokenizer(cfg.model)
     path = None

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from dvpo_lab.evaluate import greedy_scores
 from dvpo_lab.models.build import build_policy, build_tokenizer
+from dvpo_lab.models.pretrained import savable
+from dvpo_lab.multiturn import encode_dialogue_demo
 from dvpo_lab.tasks import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -40,24 +42,28 @@ def warm_start_key(cfg: DictConfig) -> str:
     return f"{cfg.task.name}-{cfg.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def _encode_demos(tokenizer, demos: list[Problem]) -> list[tuple[list[int], int]]:
+def _encode_demos(tokenizer, task: Task, demos: list[Problem]) -> list[tuple[list[int], list[int]]]:
+    """(token ids, loss mask) per demonstration: the loss covers the response (a multi-turn task's
+    assistant turns only, not the simulated user's)."""
+    if task.multi_turn:
+        return [encode_dialogue_demo(tokenizer, task, p) for p in demos]
     out = []
     for p in demos:
         prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
         resp = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append((prompt + resp, len(prompt)))
+        out.append((prompt + resp, [0] * len(prompt) + [1] * len(resp)))
     return out
 
 
 def _collate(pad_id: int):
-    def collate(batch: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    def collate(batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad_id)
         labels = torch.full((len(batch), width), -100)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (seq, plen) in enumerate(batch):  # right padding: positions start at 0 for every row
+        for i, (seq, loss_mask) in enumerate(batch):  # right padding: positions start at 0 for every row
             ids[i, : len(seq)] = torch.tensor(seq)
-            labels[i, plen : len(seq)] = ids[i, plen : len(seq)]
+            labels[i, : len(seq)] = torch.where(torch.tensor(loss_mask, dtype=torch.bool), ids[i, : len(seq)], -100)
             attn[i, : len(seq)] = 1
         return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
@@ -122,7 +128,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
                              "set model.warm_start=false")
         gen = torch.Generator().manual_seed(cfg.sft.seed)
         loader = DataLoader(
-            _encode_demos(tokenizer, demos),
+            _encode_demos(tokenizer, task, demos),
             batch_size=cfg.sft.batch_size,
             sampler=RandomSampler(range(len(demos)), replacement=True,
                                   num_samples=max_steps * cfg.sft.batch_size, generator=gen),
@@ -138,7 +144,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         if module.last_acc != module.last_acc:  # nan: never evaluated (tiny max_steps)
             module.last_acc = module.accuracy()
         tmp = folder.with_name(folder.name + ".tmp")
-        policy.save_pretrained(tmp)
+        savable(policy).save_pretrained(tmp)  # LoRA adapters merged into a plain model
         tokenizer.save_pretrained(tmp)
         info = {"acc": module.last_acc, "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
                 "demos": len(demos), "curve": module.curve}
