@@ -61,6 +61,7 @@ class TaskConfig:
 
     name: str = "arith"  # registered task
     sft_max_steps: int | None = None  # overrides sft.max_steps for this task (null = keep)
+    sft_batch_size: int | None = None  # overrides sft.batch_size for this task (null = keep)
 
 
 @dataclass

@@ -119,6 +119,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
             log.info("warm-start: reusing %s (acc %.3f after %d steps)", folder, info["acc"], info["steps"])
             return folder
         max_steps = cfg.task.get("sft_max_steps") or cfg.sft.max_steps
+        batch_size = cfg.task.get("sft_batch_size") or cfg.sft.batch_size
         log.info("warm-start: training %s for up to %d steps (cached for later runs)", folder.name, max_steps)
         tokenizer = build_tokenizer(cfg.model)
         policy = build_policy(cfg.model, tokenizer)
@@ -129,9 +130,9 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         gen = torch.Generator().manual_seed(cfg.sft.seed)
         loader = DataLoader(
             _encode_demos(tokenizer, task, demos),
-            batch_size=cfg.sft.batch_size,
+            batch_size=batch_size,
             sampler=RandomSampler(range(len(demos)), replacement=True,
-                                  num_samples=max_steps * cfg.sft.batch_size, generator=gen),
+                                  num_samples=max_steps * batch_size, generator=gen),
             collate_fn=_collate(tokenizer.pad_token_id),
         )
         module = SFTModule(policy, tokenizer, task, cfg, max_steps)

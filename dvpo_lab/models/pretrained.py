@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -85,10 +86,12 @@ def convert_gguf(spec: str, cache_dir: str | Path) -> Path:
             tokenizer.add_bos_token = False  # the HF release adds none; prompts are encoded without specials
             model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
             model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.eos_token_id
-        model.config.quantization_config = None  # what save_pretrained refuses: the weights are floats now
-        if hasattr(model, "hf_quantizer"):
+        if hasattr(model.config, "quantization_config"):  # what save_pretrained refuses: the weights are floats now
+            del model.config.quantization_config
+        if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer = None
         tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted conversion
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(folder)
