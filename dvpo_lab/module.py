@@ -20,10 +20,11 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from dvpo_lab import algos
-from dvpo_lab.evaluate import greedy_scores
+from dvpo_lab.evaluate import greedy_scores, metric_sums
 from dvpo_lab.models.build import build_critic, build_reference
+from dvpo_lab.multiturn import sample_for_task
 from dvpo_lab.noise import RewardNoise
-from dvpo_lab.rollout import Rollout, response_logprobs, response_values, sample
+from dvpo_lab.rollout import Rollout, response_logprobs, response_values
 from dvpo_lab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class RLModule(L.LightningModule):
         self.eval_problems = task.test_problems()[: self.rcfg.eval_limit]
         self.history: list[dict[str, float]] = []  # val/acc per evaluated step, saved in checkpoints
         self._val_scores: list[torch.Tensor] = []
+        self._val_metrics: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ setup
     def configure_optimizers(self):
@@ -96,9 +98,9 @@ class RLModule(L.LightningModule):
         t0 = time.perf_counter()
         problems = self.task.train_problems(self.prompt_indices())
         rep = [p for p in problems for _ in range(G)]
-        ro = sample(self.policy, self.tokenizer, [p.prompt for p in rep], max_new_tokens=self.max_new_tokens,
-                    temperature=self.rcfg.temperature, top_k=self.rcfg.top_k, top_p=self.rcfg.top_p,
-                    seed=self.step_seed(), max_prompt_len=self.max_prompt_len)
+        ro = sample_for_task(self.policy, self.tokenizer, self.task, rep, max_new_tokens=self.max_new_tokens,
+                             temperature=self.rcfg.temperature, top_k=self.rcfg.top_k, top_p=self.rcfg.top_p,
+                             seed=self.step_seed(), max_prompt_len=self.max_prompt_len)
         timing["gen"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -276,12 +278,13 @@ class RLModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
         problems = [self.eval_problems[i] for i in batch.tolist()]
-        scores, _ = greedy_scores(self.policy, self.tokenizer, self.task, problems, len(problems),
-                                  self.max_new_tokens, self.max_prompt_len)
+        scores, texts = greedy_scores(self.policy, self.tokenizer, self.task, problems, len(problems),
+                                      self.max_new_tokens, self.max_prompt_len)
         self._val_scores.append(scores.to(self.device))
+        self._val_metrics.append(self.task.metrics(texts, problems))  # e.g. dialogue TCR/ACR/GCR
 
     def on_validation_epoch_start(self) -> None:
-        self._val_scores = []
+        self._val_scores, self._val_metrics = [], []
 
     def on_validation_epoch_end(self) -> None:
         scores = torch.cat(self._val_scores) if self._val_scores else torch.zeros(0, device=self.device)
@@ -292,12 +295,16 @@ class RLModule(L.LightningModule):
         step = self.rl_step + 1 if self.trainer.state.fn == "fit" else self.rl_step
         if self.trainer.state.fn == "fit" and self.trainer.sanity_checking:
             return
+        names, sums = metric_sums(self._val_metrics)
+        if self.trainer.world_size > 1 and names:
+            sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum").cpu()
+        extra = {f"val/{k}": float(sums[j, 0] / sums[j, 1]) for j, k in enumerate(names) if sums[j, 1] > 0}
         if not self.history or self.history[-1]["step"] != step:
-            self.history.append({"step": step, "val/acc": acc})
+            self.history.append({"step": step, "val/acc": acc, **extra})
         self.log("val/acc", acc, prog_bar=True, logger=False, sync_dist=False)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
-                logger.log_metrics({"val/acc": acc}, step=step)
+                logger.log_metrics({"val/acc": acc, **extra}, step=step)
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -19,6 +19,7 @@ from dvpo_lab import algos
 from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
 from dvpo_lab.models.build import build_policy, build_tokenizer
+from dvpo_lab.models.pretrained import convert_gguf
 from dvpo_lab.module import RLModule
 from dvpo_lab.noise import build_noise
 from dvpo_lab.resume import (
@@ -96,7 +97,7 @@ def make_task(cfg: DictConfig):
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r} is not registered; choices: {sorted(TASKS)}")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
-              if k not in ("name", "sft_max_steps")}
+              if k not in ("name", "sft_max_steps", "sft_batch_size")}
     params = inspect.signature(TASKS[cfg.task.name].__init__).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
@@ -106,6 +107,9 @@ def make_task(cfg: DictConfig):
 
 def make_noise(cfg: DictConfig):
     n = cfg.noise
+    if n.kind != "none" and cfg.task.get("reward", "tcr") == "gcr":
+        raise ConfigError(f"noise={n.name} flips a binary reward but task.reward=gcr is a fraction; "
+                          "use task.reward=tcr or noise=none")
     if n.kind == "none":
         return build_noise("none")
     if n.kind == "flip":
@@ -140,6 +144,8 @@ def run(cfg: DictConfig) -> float | None:
     check_algo(cfg)
     task, noise = make_task(cfg), make_noise(cfg)
     log.info(batch_line)
+    if cfg.model.gguf_file and not cfg.model.name_or_path:  # offline pretrained weights (model=smollm2-135m)
+        cfg.model.name_or_path = str(convert_gguf(cfg.model.gguf_file, cfg.paths.cache_dir))
 
     tokenizer = build_tokenizer(cfg.model)
     path = None

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from dvpo_lab.evaluate import greedy_scores
 from dvpo_lab.models.build import build_policy, build_tokenizer
+from dvpo_lab.models.pretrained import savable
+from dvpo_lab.multiturn import encode_dialogue_demo
 from dvpo_lab.tasks import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -36,28 +38,40 @@ def warm_start_key(cfg: DictConfig) -> str:
         "sft": OmegaConf.to_container(cfg.sft, resolve=True),
     }
     spec["model"].pop("warm_start", None)
+    # Fields added after caches existed are left out at their defaults, so those caches stay valid.
+    for key, default in (("gguf_file", None), ("dtype", "float32")):
+        if spec["model"].get(key, default) == default:
+            spec["model"].pop(key, None)
+    if not spec["model"].get("lora", {}).get("enabled", False):
+        spec["model"].pop("lora", None)
+    if spec["task"].get("sft_batch_size") is None:
+        spec["task"].pop("sft_batch_size", None)
     blob = json.dumps(spec, sort_keys=True).encode()
     return f"{cfg.task.name}-{cfg.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def _encode_demos(tokenizer, demos: list[Problem]) -> list[tuple[list[int], int]]:
+def _encode_demos(tokenizer, task: Task, demos: list[Problem]) -> list[tuple[list[int], list[int]]]:
+    """(token ids, loss mask) per demonstration: the loss covers the response (a multi-turn task's
+    assistant turns only, not the simulated user's)."""
+    if task.multi_turn:
+        return [encode_dialogue_demo(tokenizer, task, p) for p in demos]
     out = []
     for p in demos:
         prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
         resp = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append((prompt + resp, len(prompt)))
+        out.append((prompt + resp, [0] * len(prompt) + [1] * len(resp)))
     return out
 
 
 def _collate(pad_id: int):
-    def collate(batch: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    def collate(batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad_id)
         labels = torch.full((len(batch), width), -100)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (seq, plen) in enumerate(batch):  # right padding: positions start at 0 for every row
+        for i, (seq, loss_mask) in enumerate(batch):  # right padding: positions start at 0 for every row
             ids[i, : len(seq)] = torch.tensor(seq)
-            labels[i, plen : len(seq)] = ids[i, plen : len(seq)]
+            labels[i, : len(seq)] = torch.where(torch.tensor(loss_mask, dtype=torch.bool), ids[i, : len(seq)], -100)
             attn[i, : len(seq)] = 1
         return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
@@ -113,6 +127,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
             log.info("warm-start: reusing %s (acc %.3f after %d steps)", folder, info["acc"], info["steps"])
             return folder
         max_steps = cfg.task.get("sft_max_steps") or cfg.sft.max_steps
+        batch_size = cfg.task.get("sft_batch_size") or cfg.sft.batch_size
         log.info("warm-start: training %s for up to %d steps (cached for later runs)", folder.name, max_steps)
         tokenizer = build_tokenizer(cfg.model)
         policy = build_policy(cfg.model, tokenizer)
@@ -122,10 +137,10 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
                              "set model.warm_start=false")
         gen = torch.Generator().manual_seed(cfg.sft.seed)
         loader = DataLoader(
-            _encode_demos(tokenizer, demos),
-            batch_size=cfg.sft.batch_size,
+            _encode_demos(tokenizer, task, demos),
+            batch_size=batch_size,
             sampler=RandomSampler(range(len(demos)), replacement=True,
-                                  num_samples=max_steps * cfg.sft.batch_size, generator=gen),
+                                  num_samples=max_steps * batch_size, generator=gen),
             collate_fn=_collate(tokenizer.pad_token_id),
         )
         module = SFTModule(policy, tokenizer, task, cfg, max_steps)
@@ -138,7 +153,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         if module.last_acc != module.last_acc:  # nan: never evaluated (tiny max_steps)
             module.last_acc = module.accuracy()
         tmp = folder.with_name(folder.name + ".tmp")
-        policy.save_pretrained(tmp)
+        savable(policy).save_pretrained(tmp)  # LoRA adapters merged into a plain model
         tokenizer.save_pretrained(tmp)
         info = {"acc": module.last_acc, "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
                 "demos": len(demos), "curve": module.curve}

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dvpo_lab.config import ArchConfig, ModelConfig
+from dvpo_lab.models.pretrained import AdapterDisabledReference, apply_lora, is_lora, torch_dtype
 from dvpo_lab.models.tokenizer import build_char_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,17 @@ def build_policy(
 ) -> PreTrainedModel:
     """Load `path` (or `cfg.name_or_path`) with `from_pretrained`; with neither, build `cfg.arch` at random."""
     src = path or cfg.name_or_path
+    dtype = torch_dtype(cfg.dtype)
     if src is not None:
-        model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=dtype)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            model = AutoModelForCausalLM.from_config(_arch_config(cfg.arch, tokenizer))
+            model = AutoModelForCausalLM.from_config(_arch_config(cfg.arch, tokenizer)).to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
     return model
 
 
@@ -97,7 +101,9 @@ def build_critic(policy: PreTrainedModel, n_out: int = 1, init_std: float = 0.0)
 
 
 def build_reference(policy: PreTrainedModel) -> PreTrainedModel:
-    """Frozen copy of the initial policy."""
+    """Frozen copy of the initial policy; for a LoRA policy, the policy itself with its adapters disabled."""
+    if is_lora(policy):
+        return AdapterDisabledReference(policy)
     ref = copy.deepcopy(policy)
     ref.requires_grad_(False)
     ref.eval()

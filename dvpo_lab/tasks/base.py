@@ -37,10 +37,12 @@ class Task(abc.ABC):
     Attributes:
         name: the registry name (``task=<name>`` in the config); set by :func:`register_task`.
         max_response_len: tokens a response may take, EOS included (characters for the char tokenizer).
+        multi_turn: ``True`` for a :class:`MultiTurnTask`, whose responses are sampled turn by turn.
     """
 
     name: str = "base"
     max_response_len: int
+    multi_turn: bool = False
 
     @abc.abstractmethod
     def train_problems(self, indices: Sequence[int]) -> list[Problem]:
@@ -72,6 +74,41 @@ class Task(abc.ABC):
         Returns:
             ``[B]`` float32 tensor with values in ``{0, 1}``.
         """
+
+    def metrics(self, responses: list[str], problems: list[Problem]) -> dict[str, torch.Tensor]:
+        """Evaluation metrics beyond the score, logged as ``val/<name>`` (mean over the held-out split).
+
+        Returns:
+            name -> ``[B]`` float32 per-response values, NaN where a metric does not apply to a response (e.g.
+            a per-domain rate for a response of another domain); the mean skips NaN. Default: none.
+        """
+        return {}
+
+
+class MultiTurnTask(Task):
+    """A task whose response is a dialogue: assistant turns (trained on) interleaved with the replies of a
+    simulated user (context only, masked out of the losses); see :mod:`dvpo_lab.multiturn`.
+
+    Attributes:
+        max_turns: assistant turns per episode at most.
+        max_turn_tokens: tokens one assistant turn may take, its end-of-turn token included.
+        turn_end: the text that ends every turn (assistant and user alike).
+    """
+
+    multi_turn = True
+    max_turns: int
+    max_turn_tokens: int
+    turn_end: str = "\n"
+
+    @abc.abstractmethod
+    def user_reply(self, problem: Problem, assistant_turn: str) -> str | None:
+        """The simulated user's reply (without ``turn_end``) to one assistant turn, a pure function of the
+        problem and the turn's text (``turn_end`` removed); ``None`` when the turn ends the episode."""
+
+    @abc.abstractmethod
+    def demo_turns(self, problem: Problem) -> list[tuple[str, bool]]:
+        """The demonstration dialogue of a problem as ``(text, is_assistant)`` turns, each ending with
+        ``turn_end``; the warm-start's loss covers the assistant turns only."""
 
 
 TASKS: dict[str, type[Task]] = {}
