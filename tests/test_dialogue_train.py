@@ -14,9 +14,10 @@ from tests.test_train import read_metrics, training_rows
 DOMAINS = ("life", "transport", "health", "social", "finance")
 
 
-@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+@pytest.mark.parametrize("algo", ["dvpo", "ppo", "grpo"])
 def test_dialogue_smoke_run_logs_tcr_acr_gcr(smoke_cfg, algo):
     cfg = smoke_cfg(f"algo={algo}", "task=dialogue", "noise=flip0.2", "task.n_test=10", "task.n_sft=32",
+                    "critic.n_quantiles=16",
                     "rollout.eval_limit=10", "rollout.eval_batch_size=5")
     run(cfg)
     out = Path(cfg.paths.output_dir)
@@ -33,7 +34,8 @@ def test_dialogue_smoke_run_logs_tcr_acr_gcr(smoke_cfg, algo):
     for row in training_rows(rows).values():
         assert all(math.isfinite(v) for v in row.values()), row
         assert "actor/pg_loss" in row and "critic/score_clean/mean" in row
-        assert (algo == "ppo") == ("critic/vf_loss" in row)
+        assert (algo in ("ppo", "dvpo")) == ("critic/vf_loss" in row)
+        assert (algo == "dvpo") == ("critic/loss_shape" in row)
 
 
 def test_gcr_reward_with_flip_noise_fails_at_start(smoke_cfg):
