@@ -37,7 +37,8 @@ class RLModule(L.LightningModule):
         self.policy = policy
         self.critic = build_critic(policy, 1, cfg.model.value_head_init_std) if self.acfg.use_critic else None
         self.needs_ref = self.acfg.use_kl_in_reward or self.acfg.use_kl_loss
-        self.reference = build_reference(policy) if self.needs_ref else None
+        # the frozen initial policy also serves noise that labels prompts from its samples (majority_vote)
+        self.reference = build_reference(policy) if self.needs_ref or noise.needs_policy_samples else None
         if self.acfg.kl_ctrl == "adaptive":
             self.kl_ctrl = algos.AdaptiveKLController(self.acfg.kl_coef, self.acfg.kl_target, self.acfg.kl_horizon)
         else:
@@ -101,9 +102,11 @@ class RLModule(L.LightningModule):
         clean = self.task.score(ro.texts, rep).to(self.device)
         group_index = torch.arange(len(problems), device=self.device).repeat_interleave(G)
         offset = self.global_rank * len(rep)
+        if self.noise.needs_policy_samples:
+            self.noise.prepare(problems, self.sample_initial, seed=self.cfg.seed)
         score, noise_metrics = self.noise.apply(clean, seed=self.cfg.seed, step=self.rl_step,
                                                 group_index=group_index + self.global_rank * len(problems),
-                                                sample_offset=offset)
+                                                sample_offset=offset, responses=ro.texts, problems=rep)
         score = score.to(self.device, torch.float32)
         timing["reward"] = time.perf_counter() - t1
 
@@ -149,6 +152,12 @@ class RLModule(L.LightningModule):
             metrics["critic/vf_explained_var"] = float(1 - algos.masked_var(returns - values, mask) / (var_r + 1e-8))
         self.log_rl(metrics)
         self.log("reward", metrics["critic/score_clean/mean"], prog_bar=True, logger=False)
+
+    def sample_initial(self, prompts: list[str], n: int, seed: int, temperature: float) -> list[str]:
+        """`n` responses per prompt (prompt-major) from the frozen initial policy: the noise's `Sampler`."""
+        return sample(self.reference, self.tokenizer, [p for p in prompts for _ in range(n)],
+                      max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed,
+                      max_prompt_len=self.max_prompt_len).texts
 
     def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_values) -> dict[str, float]:
         """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (spec 1.10)."""
