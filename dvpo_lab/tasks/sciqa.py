@@ -5,8 +5,8 @@ Sources (``task.source``):
 * ``generated`` (default, offline): items built from the project's fact table
   (:mod:`dvpo_lab.tasks.sciqa_facts`), short enough for the tiny char-level model::
 
-      prompt   "Symbol of Sodium? (A) Ne (B) Na (C) S (D) Nb\\n"   distractors: other answers of the category
-      solution "Na #### B"                                      the chosen text, then veRL's "#### <letter>"
+      prompt   "Symbol of Sodium? A:Ne B:Na C:S D:Nb\\n"   distractors: other answers of the same category
+      solution "Na #### B"                              the chosen text, then veRL's "#### <letter>"
       answer   "B"
 
   An item is (fact, distractors, order), a pure function of (seed, index) through a counter-based hash. The
@@ -109,7 +109,7 @@ def format_question(question: str, choices: Sequence[str], compact: bool) -> str
     """One line ending in a newline for the generated items (short for the char model); otherwise one choice
     per line and the instruction, for real models."""
     if compact:
-        return question + "".join(f" ({LETTERS[i]}) {c}" for i, c in enumerate(choices)) + "\n"
+        return question + "".join(f" {LETTERS[i]}:{c}" for i, c in enumerate(choices)) + "\n"
     lines = [question, *(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)), INSTRUCTION]
     return "\n".join(lines)
 

@@ -56,8 +56,8 @@ ORGANS = [
 
 CELL_PARTS = [
     ("Powerhouse of the cell?", "mitochondria"), ("Cell part holding DNA?", "nucleus"),
-    ("Cell part making proteins?", "ribosome"), ("Plant cell part doing photosynthesis?", "chloroplast"),
-    ("Rigid layer around plant cells?", "cell wall"), ("Layer controlling what enters a cell?", "membrane"),
+    ("Cell part making proteins?", "ribosome"), ("Plant cell part for photosynthesis?", "chloroplast"),
+    ("Rigid layer of plant cells?", "cell wall"), ("Cell's outer layer?", "membrane"),
 ]
 
 ANIMALS = {
