@@ -5,9 +5,13 @@ Sources (``task.source``):
 * ``generated`` (default, offline): items built from the project's fact table
   (:mod:`dvpo_lab.tasks.sciqa_facts`), short enough for the tiny char-level model::
 
-      prompt   "Symbol of Sodium? A:Ne B:Na C:S D:Nb\\n"   distractors: other answers of the same category
-      solution "Na #### B"                              the chosen text, then veRL's "#### <letter>"
+      prompt   "Symbol of Sodium? Ne(A) Na(B) S(C) Nb(D)\\n"   distractors: other answers of the same category
+      solution "Na(B) #### B"                               the chosen option as written, then "#### <letter>"
       answer   "B"
+
+  Each letter follows its option so that, once the model has recalled "Na", the letter is the token after
+  "Na(" in the prompt: a copy an induction head makes. With the letter first ("B:Na") the tiny model recalled
+  63% of the facts after 400 SFT steps but found their letters at chance (27%).
 
   An item is (fact, distractors, order), a pure function of (seed, index) through a counter-based hash. The
   test split is ``n_test`` distinct items; training and demonstrations redraw any item that is a test item,
@@ -109,7 +113,7 @@ def format_question(question: str, choices: Sequence[str], compact: bool) -> str
     """One line ending in a newline for the generated items (short for the char model); otherwise one choice
     per line and the instruction, for real models."""
     if compact:
-        return question + "".join(f" {LETTERS[i]}:{c}" for i, c in enumerate(choices)) + "\n"
+        return question + "".join(f" {c}({LETTERS[i]})" for i, c in enumerate(choices)) + "\n"
     lines = [question, *(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices)), INSTRUCTION]
     return "\n".join(lines)
 
@@ -194,7 +198,7 @@ class SciQATask(Task):
             raise ValueError(f"task.n_test={n_test} must be between 1 and {space // 2} for {len(self.facts)} "
                              f"facts x {n_choices} choices; lower task.n_test")
         longest = max(len(a) for pool in self._pools.values() for a in pool)
-        self._longest_solution = len(f"{'x' * longest} #### A")
+        self._longest_solution = len(f"{'x' * longest}(A) #### A")
         self._test_keys: set[Key] = set()
         self._test: list[Problem] = []
         index = 0
@@ -235,7 +239,7 @@ class SciQATask(Task):
         letter = LETTERS[options.index(fact.answer)]
         text = format_question(fact.question, options, compact=True)
         prompt = text if self.template == "plain" else render_prompt(text.rstrip("\n"), "chat", self._tokenizer)
-        return Problem(prompt=prompt, answer=letter, solution=f"{fact.answer} #### {letter}")
+        return Problem(prompt=prompt, answer=letter, solution=f"{fact.answer}({letter}) #### {letter}")
 
     # --- real sources ---------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ hub), choice shuffling, templates, and the letter parser (examples and 10^4 gene
 from __future__ import annotations
 
 import json
+import re
 import string
 import sys
 import types
@@ -24,6 +25,17 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+
+_QUESTIONS = sorted({f.question for f in build_facts()}, key=len, reverse=True)
+
+
+def _split_generated(prompt: str) -> tuple[str, list[str]]:
+    """("Symbol of Sodium?", ["Ne", "Na", "S", "Nb"]) from "Symbol of Sodium? Ne(A) Na(B) S(C) Nb(D)\\n"."""
+    question = next(q for q in _QUESTIONS if prompt.startswith(q + " "))
+    parts = re.split(r"\(([A-E])\) ?", prompt[len(question) + 1 : -1])  # [text, "A", text, "B", ..., ""]
+    assert "".join(parts[1::2]) == "ABCDE"[: len(parts) // 2], prompt  # letters in order, one per option
+    return question, parts[0:-1:2]
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +61,12 @@ def test_generated_format(task: SciQATask) -> None:
     pools = category_pools(task.facts)
     for p in task.test_problems()[:200] + task.train_problems(range(200)):
         assert len(p.prompt) < 120 and p.prompt.endswith("\n")
-        question, rest = p.prompt[:-1].split(" A:", 1)
-        options = rest.replace(" B:", "|").replace(" C:", "|").replace(" D:", "|").split("|")
+        question, options = _split_generated(p.prompt)
         fact = facts[question]
         assert len(options) == 4 and len(set(options)) == 4
         assert options.count(fact.answer) == 1 and set(options) <= set(pools[fact.category])
         assert p.answer == LETTERS[options.index(fact.answer)]
-        assert p.solution == f"{fact.answer} #### {p.answer}"
+        assert p.solution == f"{fact.answer}({p.answer}) #### {p.answer}"
         assert len(p.solution) + 1 <= task.max_response_len
 
 
@@ -80,8 +91,8 @@ def test_train_and_demonstrations_never_contain_a_test_item(task: SciQATask) -> 
     assert not {p.prompt for p in task.train_problems(range(20_000))} & test_prompts
     assert not {p.prompt for p in task.sft_problems()} & test_prompts
     # but the facts themselves are shared: the test asks known facts with unseen options and orders
-    train_questions = {p.prompt.split(" A:")[0] for p in task.sft_problems()}
-    test_questions = {p.prompt.split(" A:")[0] for p in task.test_problems()}
+    train_questions = {_split_generated(p.prompt)[0] for p in task.sft_problems()}
+    test_questions = {_split_generated(p.prompt)[0] for p in task.test_problems()}
     assert len(test_questions & train_questions) > 0.9 * len(test_questions)
     assert task.num_train() is None and len(task.sft_problems()) == 2000
 
@@ -98,7 +109,7 @@ def test_deterministic_and_seeded(task: SciQATask) -> None:
 def test_n_choices_knob() -> None:
     t = SciQATask(n_choices=3, n_test=50, n_sft=10)
     for p in t.test_problems():
-        assert " C:" in p.prompt and " D:" not in p.prompt and p.answer in "ABC"
+        assert "(C)\n" in p.prompt and "(D)" not in p.prompt and p.answer in "ABC"
     assert t.extract_answer("#### D") is None  # not a letter of this task
     five = SciQATask(n_choices=5, n_test=50, n_sft=10)
     assert {p.answer for p in five.test_problems()} == set("ABCDE") and five.extract_answer("#### E") == "E"
@@ -127,7 +138,7 @@ def test_chat_template_needs_one_and_uses_it() -> None:
     tok.chat_template = CHAT_TEMPLATE
     t = SciQATask(template="chat", tokenizer=tok, n_test=10, n_sft=1)
     p = t.test_problems()[0]
-    assert p.prompt.startswith("<|user|>") and p.prompt.endswith("\n<|assistant|>") and " A:" in p.prompt
+    assert p.prompt.startswith("<|user|>") and p.prompt.endswith("\n<|assistant|>") and "(A) " in p.prompt
 
 
 # --- the letter parser ---------------------------------------------------------------------------------------
@@ -137,6 +148,8 @@ def test_chat_template_needs_one_and_uses_it() -> None:
     "text, letter",
     [
         ("Na #### B", "B"),
+        ("Na(B) #### B", "B"),
+        ("Na(B)", "B"),
         ("#### b", "B"),
         ("(B)", "B"),
         ("B.", "B"),
