@@ -6,12 +6,13 @@ Sources (``task.source``):
   (:mod:`dvpo_lab.tasks.sciqa_facts`), short enough for the tiny char-level model::
 
       prompt   "Symbol of Sodium? Ne(A) Na(B) S(C) Nb(D)\\n"   distractors: other answers of the same category
-      solution "Na(B) #### B"                               the chosen option as written, then "#### <letter>"
+      solution "Ne(A) Na(B) #### B"        the options copied in order up to the chosen one, then "#### <letter>"
       answer   "B"
 
-  Each letter follows its option so that, once the model has recalled "Na", the letter is the token after
-  "Na(" in the prompt: a copy an induction head makes. With the letter first ("B:Na") the tiny model recalled
-  63% of the facts after 400 SFT steps but found their letters at chance (27%).
+  The worked part is an elimination: copy an option, stop if it is the answer, else go on. Measured on the
+  tiny model: with the letter first ("A:Ne B:Na ...", solution "Na #### B") it recalled 63% of the facts
+  after 400 SFT steps but located their letters at chance (27%); with "Na(B) #### B" (find "Na(" in the
+  prompt) it was still at chance after 120 steps of 256. Copying in order needs no search.
 
   An item is (fact, distractors, order), a pure function of (seed, index) through a counter-based hash. The
   test split is ``n_test`` distinct items; training and demonstrations redraw any item that is a test item,
@@ -118,6 +119,15 @@ def format_question(question: str, choices: Sequence[str], compact: bool) -> str
     return "\n".join(lines)
 
 
+def worked_choice(options: Sequence[str], correct: int) -> str:
+    """The generated items' demonstration: the options copied in order up to the correct one, then its letter,
+    ``"Ne(A) Na(B) #### B"``. Copying a list is an easy sequential pattern, and each stop-or-go decision is
+    local (is the option just copied the answer to this question?), so the model never has to search the
+    prompt for where its recalled answer sits."""
+    shown = " ".join(f"{c}({LETTERS[i]})" for i, c in enumerate(options[: correct + 1]))
+    return f"{shown} #### {LETTERS[correct]}"
+
+
 Key = tuple[int, tuple[str, ...]]  # (fact index, choices in order): what makes two generated items the same
 
 
@@ -198,7 +208,7 @@ class SciQATask(Task):
             raise ValueError(f"task.n_test={n_test} must be between 1 and {space // 2} for {len(self.facts)} "
                              f"facts x {n_choices} choices; lower task.n_test")
         longest = max(len(a) for pool in self._pools.values() for a in pool)
-        self._longest_solution = len(f"{'x' * longest}(A) #### A")
+        self._longest_solution = len(worked_choice(["x" * longest] * n_choices, n_choices - 1))
         self._test_keys: set[Key] = set()
         self._test: list[Problem] = []
         index = 0
@@ -239,7 +249,7 @@ class SciQATask(Task):
         letter = LETTERS[options.index(fact.answer)]
         text = format_question(fact.question, options, compact=True)
         prompt = text if self.template == "plain" else render_prompt(text.rstrip("\n"), "chat", self._tokenizer)
-        return Problem(prompt=prompt, answer=letter, solution=f"{fact.answer}({letter}) #### {letter}")
+        return Problem(prompt=prompt, answer=letter, solution=worked_choice(options, options.index(fact.answer)))
 
     # --- real sources ---------------------------------------------------------------------------------
 

@@ -66,7 +66,9 @@ def test_generated_format(task: SciQATask) -> None:
         assert len(options) == 4 and len(set(options)) == 4
         assert options.count(fact.answer) == 1 and set(options) <= set(pools[fact.category])
         assert p.answer == LETTERS[options.index(fact.answer)]
-        assert p.solution == f"{fact.answer}({p.answer}) #### {p.answer}"
+        k = options.index(fact.answer)
+        worked = " ".join(f"{o}({LETTERS[i]})" for i, o in enumerate(options[: k + 1]))
+        assert p.solution == f"{worked} #### {p.answer}"
         assert len(p.solution) + 1 <= task.max_response_len
 
 
@@ -148,7 +150,7 @@ def test_chat_template_needs_one_and_uses_it() -> None:
     "text, letter",
     [
         ("Na #### B", "B"),
-        ("Na(B) #### B", "B"),
+        ("Ne(A) Na(B) #### B", "B"),
         ("Na(B)", "B"),
         ("#### b", "B"),
         ("(B)", "B"),
