@@ -342,6 +342,11 @@ class MajorityVoteNoise(RewardNoise):
     def __init__(self, task: Task, k: int = 8, temperature: float = 1.0) -> None:
         if task is None:
             raise ValueError("noise=majority_vote needs the task (its extract_answer and verifier)")
+        from dvpo_lab.tasks.base import Task as _Task  # deferred: see the TYPE_CHECKING import above
+
+        if type(task).extract_answer is _Task.extract_answer:  # fail at start, not at the first RL step
+            raise ValueError(f"noise=majority_vote: task {task.name!r} does not implement extract_answer(), which "
+                             "the vote needs; implement it or pick another noise")
         if not (isinstance(k, int) and k >= 1):
             raise ValueError(f"noise.k must be a number of samples >= 1, got {k!r}")
         if not (isinstance(temperature, (int, float)) and temperature > 0):

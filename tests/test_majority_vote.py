@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dvpo_lab.noise import MajorityVoteNoise, PseudoLabel, build_noise, prompt_seed
+from dvpo_lab.tasks import Task
 from dvpo_lab.tasks.arith import ArithTask
 from dvpo_lab.tasks.gsm8k import GSM8KTask
 from dvpo_lab.tasks.sciqa import SciQATask
@@ -110,6 +111,12 @@ def test_apply_needs_prepare_and_responses(task: ArithTask) -> None:
                     problems=problems)
     with pytest.raises(ValueError, match="noise.k"):
         MajorityVoteNoise(task, k=0)
+
+    class NoExtract(ArithTask):
+        extract_answer = Task.extract_answer  # the base class's: not implemented
+
+    with pytest.raises(ValueError, match="does not implement extract_answer"):
+        MajorityVoteNoise(NoExtract(digits=1, n_test=5, n_sft=1))
 
 
 def test_every_task_can_be_pseudo_labelled(tmp_path: Path) -> None:
