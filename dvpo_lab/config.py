@@ -153,6 +153,8 @@ class GSM8KTaskConfig(TaskConfig):
     max_train: int | None = None
     max_test: int | None = 200
     max_response_len: int = 256
+    template: str = "plain"  # plain (veRL's prompt) | chat (the tokenizer's chat template around it)
+    reward: str = "strict"  # strict (veRL's "####" rule) | math_verify (flexible equivalence)
 
 
 @dataclass
@@ -167,17 +169,45 @@ class DialogueTaskConfig(TaskConfig):
     domains: list[str] = field(default_factory=lambda: ["life", "transport", "health", "social", "finance"])
 
 
-TASK_SCHEMAS = {"arith": ArithTaskConfig, "gsm8k": GSM8KTaskConfig, "dialogue": DialogueTaskConfig}
+
+
+@dataclass
+class SciQATaskConfig(TaskConfig):
+    name: str = "sciqa"
+    source: str = "generated"  # generated (offline fact table) | sciq | arc | gpqa
+    data_dir: str | None = None  # real sources: folder with train.jsonl / test.jsonl; null = the hub
+    hub_id: str | None = None  # null = the source's (allenai/sciq, allenai/ai2_arc, Idavidrein/gpqa)
+    hub_config: str | None = None  # null = the source's (ARC-Challenge for arc, gpqa_main for gpqa)
+    train_split: str | None = None  # hub split names; null = the source's (gpqa: train[:50%] / train[50%:])
+    test_split: str | None = None
+    max_train: int | None = None  # real sources: first N rows (null = all)
+    max_test: int | None = None
+    shuffle_seed: int = 0  # real sources: seed of the choice permutation
+    template: str = "plain"  # plain | chat
+    n_test: int = 500  # generated: held-out items (val/acc)
+    train_seed: int = 1  # generated: train and test streams never share an item
+    test_seed: int = 2
+    n_sft: int = 2000  # generated: fixed demonstrations for the warm-start
+    n_choices: int = 4  # generated: options per item (2-5)
+    max_response_len: int | None = None  # null = longest generated solution + EOS + 2, or 256 (real sources)
+
+
+TASK_SCHEMAS = {"arith": ArithTaskConfig, "gsm8k": GSM8KTaskConfig, "sciqa": SciQATaskConfig,
+                "dialogue": DialogueTaskConfig}
 
 
 @dataclass
 class NoiseConfig:
     name: str = "none"
-    kind: str = "none"  # none | flip | asym_flip
+    kind: str = "none"  # none | flip | asym_flip | judge | gauss | majority_vote
     p: float = 0.0  # flip probability (kind=flip)
-    fp: float = 0.0  # false-positive rate (kind=asym_flip)
-    fn: float = 0.0  # false-negative rate (kind=asym_flip)
-    granularity: str = "sample"  # sample | group (all samples of a prompt flip together)
+    fp: float = 0.0  # false-positive rate P(noisy 1 | clean 0) (kind=asym_flip)
+    fn: float = 0.0  # false-negative rate P(noisy 0 | clean 1) (kind=asym_flip)
+    granularity: str = "sample"  # sample | group (all samples of a prompt flip together) (flip, asym_flip)
+    acc: float = 1.0  # judge accuracy: P(reported verdict = clean verdict), per sample (kind=judge)
+    sigma: float = 0.0  # standard deviation of the Gaussian added to each score (kind=gauss)
+    k: int = 8  # samples of the initial policy per prompt for its majority answer (kind=majority_vote)
+    temperature: float = 1.0  # sampling temperature of those samples (kind=majority_vote)
 
 
 @dataclass

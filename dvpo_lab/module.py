@@ -24,7 +24,7 @@ from dvpo_lab.evaluate import greedy_scores, metric_sums
 from dvpo_lab.models.build import build_critic, build_reference
 from dvpo_lab.multiturn import sample_for_task
 from dvpo_lab.noise import RewardNoise
-from dvpo_lab.rollout import Rollout, response_logprobs, response_values
+from dvpo_lab.rollout import Rollout, response_logprobs, response_values, sample
 from dvpo_lab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class RLModule(L.LightningModule):
         self.critic = (build_critic(policy, self.critic_spec.n_out, cfg.critic.head_init_std)
                        if self.critic_spec.kind != "none" else None)
         self.needs_ref = self.acfg.use_kl_in_reward or self.acfg.use_kl_loss
-        self.reference = build_reference(policy) if self.needs_ref else None
+        # the frozen initial policy also serves noise that labels prompts from its samples (majority_vote)
+        self.reference = build_reference(policy) if self.needs_ref or noise.needs_policy_samples else None
         if self.acfg.kl_ctrl == "adaptive":
             self.kl_ctrl = algos.AdaptiveKLController(self.acfg.kl_coef, self.acfg.kl_target, self.acfg.kl_horizon)
         else:
@@ -107,9 +108,11 @@ class RLModule(L.LightningModule):
         clean = self.task.score(ro.texts, rep).to(self.device)
         group_index = torch.arange(len(problems), device=self.device).repeat_interleave(G)
         offset = self.global_rank * len(rep)
+        if self.noise.needs_policy_samples:
+            self.noise.prepare(problems, self.sample_initial, seed=self.cfg.seed)
         score, noise_metrics = self.noise.apply(clean, seed=self.cfg.seed, step=self.rl_step,
                                                 group_index=group_index + self.global_rank * len(problems),
-                                                sample_offset=offset)
+                                                sample_offset=offset, responses=ro.texts, problems=rep)
         score = score.to(self.device, torch.float32)
         timing["reward"] = time.perf_counter() - t1
 
@@ -183,6 +186,12 @@ class RLModule(L.LightningModule):
         out.mkdir(parents=True, exist_ok=True)
         payload = {"algo": self.acfg.name, "step": self.rl_step, "seed": self.cfg.seed, "responses": rows}
         (out / f"step_{self.rl_step:05d}.json").write_text(json.dumps(payload))
+
+    def sample_initial(self, prompts: list[str], n: int, seed: int, temperature: float) -> list[str]:
+        """`n` responses per prompt (prompt-major) from the frozen initial policy: the noise's `Sampler`."""
+        return sample(self.reference, self.tokenizer, [p for p in prompts for _ in range(n)],
+                      max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed,
+                      max_prompt_len=self.max_prompt_len).texts
 
     def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view) -> dict[str, float]:
         """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (spec 1.10)."""

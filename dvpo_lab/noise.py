@@ -4,24 +4,49 @@ Noise acts during training only and is applied after the verifier, before any ad
 a counter-based hash of (seed, step, index), so it is independent of the responses and of the policy, is the
 same on every run and DDP rank, and needs no RNG state in checkpoints. Ranks pass ``sample_offset`` (the global
 index of their first sample) so that sample ``i`` on any rank draws the same number it would in one process.
+
+Kinds (``noise.kind``; R is the clean score, R~ what training sees):
+
+    none           R~ = R
+    flip           R~ = R XOR Bernoulli(p)                          (symmetric; J = 1 - 2p)
+    asym_flip      P(R~=1 | R=0) = fp, P(R~=0 | R=1) = fn           (J = 1 - fp - fn)
+    judge          a judge of accuracy acc reports the clean verdict: flip with p = 1 - acc, per sample
+    gauss          R~ = R + N(0, sigma^2)                           (not binary; rates at threshold 0.5)
+    majority_vote  R~ = verifier(response, majority answer of k samples of the initial policy)
+
+Every kind logs ``noise/flip_rate``, ``noise/fp_rate``, ``noise/fn_rate`` and ``noise/youden_j`` = TPR - FPR,
+realised on the step's batch from the clean and noisy binary verdicts.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import math
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:  # the tasks package imports torch-heavy modules; noise only needs the types
+    from dvpo_lab.tasks import Problem, Task
+
 log = logging.getLogger(__name__)
 
 _MASK64 = (1 << 64) - 1
-# Domain words: a per-sample draw and a per-group draw with the same number must not coincide.
-_DOMAIN_SAMPLE, _DOMAIN_GROUP = 0x5A3F1E, 0x6B4C2D
+# Domain words: a per-sample draw, a per-group draw and the two Gaussian uniforms with the same number must not
+# coincide.
+_DOMAIN_SAMPLE, _DOMAIN_GROUP, _DOMAIN_GAUSS_R, _DOMAIN_GAUSS_THETA = 0x5A3F1E, 0x6B4C2D, 0x7C5D3E, 0x8D6E4F
 GRANULARITIES = ("sample", "group")
+# Gaussian scores are turned into verdicts at this threshold for the FP/FN statistics (midway between 0 and 1).
+VERDICT_THRESHOLD = 0.5
+
+# sampler(prompts, n, seed, temperature) -> n responses per prompt, prompt-major (len(prompts) * n texts)
+Sampler = Callable[[list[str], int, int, float], list[str]]
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -85,7 +110,24 @@ def noise_metrics(clean: np.ndarray, noisy: np.ndarray, fp: float, fn: float) ->
 
 
 class RewardNoise(abc.ABC):
-    """Maps clean ``[B]`` scores to the noisy scores training sees, plus metrics to log."""
+    """Maps clean ``[B]`` scores to the noisy scores training sees, plus metrics to log.
+
+    Attributes:
+        needs_policy_samples: the noise builds labels from samples of the initial policy; the training loop
+            then calls :meth:`prepare` with the step's problems and a :data:`Sampler` before :meth:`apply`.
+    """
+
+    needs_policy_samples: bool = False
+
+    def prepare(self, problems: Sequence[Problem], sampler: Sampler, *, seed: int) -> None:
+        """Hook run before :meth:`apply` when :attr:`needs_policy_samples` is set; nothing by default.
+
+        Args:
+            problems: the step's distinct problems.
+            sampler: draws responses from the frozen initial policy.
+            seed: run seed.
+        """
+        return None  # noise that only transforms scores needs nothing from the policy
 
     @abc.abstractmethod
     def apply(
@@ -96,6 +138,8 @@ class RewardNoise(abc.ABC):
         step: int,
         group_index: torch.Tensor,
         sample_offset: int = 0,
+        responses: Sequence[str] | None = None,
+        problems: Sequence[Problem] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Corrupt a batch of clean scores.
 
@@ -106,6 +150,8 @@ class RewardNoise(abc.ABC):
             group_index: ``[B]`` integer group (prompt) id of each sample, globally unique within a step
                 (e.g. the prompt's global index), used by group-granularity noise.
             sample_offset: global index of this batch's first sample (DDP rank offset).
+            responses: the ``B`` decoded responses (noise that re-runs the verifier needs them).
+            problems: the ``B`` problems they answer, aligned with ``responses``.
 
         Returns:
             ``([B] noisy scores, same dtype and device as clean; metrics)``.
@@ -123,6 +169,8 @@ class NoNoise(RewardNoise):
         step: int,
         group_index: torch.Tensor,
         sample_offset: int = 0,
+        responses: Sequence[str] | None = None,
+        problems: Sequence[Problem] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         return clean.clone(), {
             "noise/flip_rate": 0.0,
@@ -166,6 +214,8 @@ class AsymmetricFlipNoise(RewardNoise):
         step: int,
         group_index: torch.Tensor,
         sample_offset: int = 0,
+        responses: Sequence[str] | None = None,
+        problems: Sequence[Problem] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = _as_binary_numpy(clean)
         u = self.draws(c.size, seed=seed, step=step, group_index=group_index, sample_offset=sample_offset)
@@ -186,6 +236,172 @@ class FlipNoise(AsymmetricFlipNoise):
         self.p = float(p)
 
 
+class JudgeNoise(AsymmetricFlipNoise):
+    """An imperfect judge (reward model) of set accuracy: each sample's clean binary verdict is reported
+    correctly with probability ``acc`` and inverted otherwise, independently per sample (the DVPO paper's
+    dialogue regime, about 72%). Equivalent to a symmetric flip with p = 1 - acc; J = 2 acc - 1.
+
+    Logs ``noise/judge_acc``, the realised fraction of verdicts reported correctly.
+    """
+
+    def __init__(self, acc: float) -> None:
+        if not (isinstance(acc, (int, float)) and 0.0 <= acc <= 1.0):
+            raise ValueError(f"noise.acc must be a judge accuracy in [0, 1], got {acc!r}")
+        super().__init__(fp=1.0 - acc, fn=1.0 - acc, granularity="sample")
+        self.acc = float(acc)
+
+    def apply(self, clean: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        noisy, metrics = super().apply(clean, **kwargs)
+        metrics["noise/judge_acc"] = 1.0 - metrics["noise/flip_rate"]
+        return noisy, metrics
+
+
+def counter_normal(seed: int, step: int, index: np.ndarray) -> np.ndarray:
+    """Standard normal draws ``[N]`` keyed by (seed, step, index): Box-Muller on two counter uniforms."""
+    u_r = counter_uniform(seed, step, index, _DOMAIN_GAUSS_R)
+    u_theta = counter_uniform(seed, step, index, _DOMAIN_GAUSS_THETA)
+    return np.sqrt(-2.0 * np.log1p(-u_r)) * np.cos(2.0 * math.pi * u_theta)  # 1 - u_r in (0, 1]: log is finite
+
+
+class GaussianNoise(RewardNoise):
+    """R~ = R + N(0, sigma^2) per sample (reward dithering, ReDit arXiv 2506.18631), seeded like the flips.
+
+    The noisy score is not binary. For the FP/FN statistics both scores become verdicts at
+    ``VERDICT_THRESHOLD`` = 0.5: a clean 0 counts as a false positive when R~ >= 0.5, a clean 1 as a false
+    negative when R~ < 0.5; for binary R both rates are 1 - Phi(0.5 / sigma) in expectation (J = 1 - 2 of it).
+    Also logs the realised ``noise/gauss_mean`` and ``noise/gauss_sd`` of R~ - R.
+    """
+
+    def __init__(self, sigma: float) -> None:
+        if not (isinstance(sigma, (int, float)) and sigma >= 0.0 and math.isfinite(sigma)):
+            raise ValueError(f"noise.sigma must be a finite standard deviation >= 0, got {sigma!r}")
+        self.sigma = float(sigma)
+        # expected FP = FN rate for binary clean scores, the fallback when a class is absent from a batch
+        self.verdict_flip = 0.5 * math.erfc(VERDICT_THRESHOLD / (self.sigma * math.sqrt(2))) if sigma > 0 else 0.0
+
+    def apply(
+        self,
+        clean: torch.Tensor,
+        *,
+        seed: int,
+        step: int,
+        group_index: torch.Tensor,
+        sample_offset: int = 0,
+        responses: Sequence[str] | None = None,
+        problems: Sequence[Problem] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if clean.dim() != 1:
+            raise ValueError(f"clean scores must be [B], got shape {tuple(clean.shape)}")
+        c = clean.detach().to("cpu", torch.float64).numpy()
+        if self.sigma == 0.0:
+            delta = np.zeros_like(c)
+        else:
+            delta = self.sigma * counter_normal(seed, step, np.arange(sample_offset, sample_offset + c.size))
+        noisy = c + delta
+        metrics = noise_metrics((c >= VERDICT_THRESHOLD).astype(np.float32),
+                                (noisy >= VERDICT_THRESHOLD).astype(np.float32), self.verdict_flip, self.verdict_flip)
+        metrics["noise/gauss_mean"] = float(delta.mean()) if delta.size else 0.0
+        metrics["noise/gauss_sd"] = float(delta.std()) if delta.size else 0.0
+        return torch.from_numpy(noisy).to(device=clean.device, dtype=clean.dtype), metrics
+
+
+@dataclass(frozen=True)
+class PseudoLabel:
+    """The majority-vote label of one prompt."""
+
+    answer: str | None  # majority answer of the k samples; None when no sample gave an answer
+    votes: int  # how many of the k samples gave it
+    agrees: bool  # a sample with that answer passes the clean verifier of the true problem
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    """A sampling seed that depends only on (run seed, prompt text), not on the batch the prompt came in."""
+    digest = hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") ^ (seed * 0x9E3779B97F4A7C15)) & ((1 << 63) - 1)
+
+
+class MajorityVoteNoise(RewardNoise):
+    """Majority-vote pseudo-labels (the DVPO paper's noise for math and science, as in TTRL/VRPO): the reference
+    answer of a prompt is replaced by the most common final answer (``task.extract_answer``) among ``k``
+    samples of the **initial** policy at ``temperature``, and the noisy reward is the task's own verifier run
+    against that label (``task.score_against``). Noise is therefore per question and correlated within a
+    prompt's group, and it is wrong exactly where the initial policy's majority is wrong.
+
+    Labels are computed once per prompt and cached (a dict keyed by the prompt text). Each prompt is sampled
+    on its own with a seed from (run seed, prompt text), so its label never depends on which batch it came in:
+    a resumed run (whose cache starts empty) recomputes the very same labels. Ties go to the answer seen
+    first; a prompt whose samples give no answer at all gets no label and scores 0.
+
+    Logs ``noise/mv_agreement``, the fraction of this batch's samples whose prompt label agrees with the true
+    answer (all prompts have the same number of samples, so it is also the fraction of prompts), and
+    ``noise/mv_cache_size``.
+    """
+
+    needs_policy_samples = True
+
+    def __init__(self, task: Task, k: int = 8, temperature: float = 1.0) -> None:
+        if task is None:
+            raise ValueError("noise=majority_vote needs the task (its extract_answer and verifier)")
+        from dvpo_lab.tasks.base import Task as _Task  # deferred: see the TYPE_CHECKING import above
+
+        if type(task).extract_answer is _Task.extract_answer:  # fail at start, not at the first RL step
+            raise ValueError(f"noise=majority_vote: task {task.name!r} does not implement extract_answer(), which "
+                             "the vote needs; implement it or pick another noise")
+        if not (isinstance(k, int) and k >= 1):
+            raise ValueError(f"noise.k must be a number of samples >= 1, got {k!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"noise.temperature must be > 0, got {temperature!r}")
+        self.task, self.k, self.temperature = task, k, float(temperature)
+        self.cache: dict[str, PseudoLabel] = {}
+
+    def vote(self, problem: Problem, texts: Sequence[str]) -> PseudoLabel:
+        """The label of ``problem`` from its samples ``texts``."""
+        answers = [self.task.extract_answer(t) for t in texts]
+        counts = Counter(a for a in answers if a is not None)
+        if not counts:
+            return PseudoLabel(None, 0, False)
+        votes = max(counts.values())
+        answer = next(a for a in answers if a is not None and counts[a] == votes)
+        representative = texts[answers.index(answer)]
+        agrees = bool(self.task.score([representative], [problem])[0] == 1.0)
+        return PseudoLabel(answer, votes, agrees)
+
+    def prepare(self, problems: Sequence[Problem], sampler: Sampler, *, seed: int) -> None:
+        """Label every prompt of ``problems`` that is not cached yet, ``k`` samples each."""
+        for p in problems:
+            if p.prompt not in self.cache:
+                texts = sampler([p.prompt], self.k, prompt_seed(seed, p.prompt), self.temperature)
+                if len(texts) != self.k:
+                    raise ValueError(f"sampler returned {len(texts)} responses for 1 prompt x k={self.k}")
+                self.cache[p.prompt] = self.vote(p, texts)
+
+    def apply(
+        self,
+        clean: torch.Tensor,
+        *,
+        seed: int,
+        step: int,
+        group_index: torch.Tensor,
+        sample_offset: int = 0,
+        responses: Sequence[str] | None = None,
+        problems: Sequence[Problem] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if responses is None or problems is None:
+            raise ValueError("noise=majority_vote re-runs the verifier: apply() needs responses= and problems=")
+        missing = sorted({p.prompt for p in problems if p.prompt not in self.cache})
+        if missing:
+            raise ValueError(f"noise=majority_vote: {len(missing)} prompts have no label yet (e.g. "
+                             f"{missing[0]!r}); call prepare(problems, sampler, seed=...) before apply()")
+        c = _as_binary_numpy(clean)
+        labels = [self.cache[p.prompt] for p in problems]
+        noisy = self.task.score_against(list(responses), list(problems), [lab.answer for lab in labels])
+        n = noisy.to(torch.float32).numpy()
+        metrics = noise_metrics(c, n, 0.0, 0.0)
+        metrics["noise/mv_agreement"] = float(np.mean([lab.agrees for lab in labels])) if labels else 1.0
+        metrics["noise/mv_cache_size"] = float(len(self.cache))
+        return torch.from_numpy(n).to(device=clean.device, dtype=clean.dtype), metrics
+
+
 def backward_correct(noisy: torch.Tensor, fp: float, fn: float) -> torch.Tensor:
     """Unbiased backward correction (Natarajan et al. 2013): R^ = (R~ - rho_0) / (1 - rho_0 - rho_1).
 
@@ -197,12 +413,21 @@ def backward_correct(noisy: torch.Tensor, fp: float, fn: float) -> torch.Tensor:
     return (noisy - fp) / j
 
 
-NOISES: dict[str, type[RewardNoise]] = {"none": NoNoise, "flip": FlipNoise, "asym_flip": AsymmetricFlipNoise}
+NOISES: dict[str, type[RewardNoise]] = {
+    "none": NoNoise, "flip": FlipNoise, "asym_flip": AsymmetricFlipNoise, "judge": JudgeNoise,
+    "gauss": GaussianNoise, "majority_vote": MajorityVoteNoise,
+}
+# The `noise` config fields each kind reads (majority_vote also takes the task, which is not a config field).
+NOISE_PARAMS: dict[str, tuple[str, ...]] = {
+    "none": (), "flip": ("p", "granularity"), "asym_flip": ("fp", "fn", "granularity"), "judge": ("acc",),
+    "gauss": ("sigma",), "majority_vote": ("k", "temperature"),
+}
 
 
 def build_noise(kind: str, **kwargs: Any) -> RewardNoise:
     """Build a noise model by kind: ``none``, ``flip`` (``p``, ``granularity``), ``asym_flip`` (``fp``, ``fn``,
-    ``granularity``)."""
+    ``granularity``), ``judge`` (``acc``), ``gauss`` (``sigma``), ``majority_vote`` (``task``, ``k``,
+    ``temperature``)."""
     if kind not in NOISES:
         raise ValueError(f"unknown noise kind {kind!r}; choose one of {sorted(NOISES)}")
     return NOISES[kind](**kwargs)

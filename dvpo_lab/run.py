@@ -21,7 +21,7 @@ from dvpo_lab.data import RLDataModule
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.models.pretrained import convert_gguf
 from dvpo_lab.module import RLModule
-from dvpo_lab.noise import build_noise
+from dvpo_lab.noise import NOISE_PARAMS, build_noise
 from dvpo_lab.resume import (
     config_fingerprint,
     merge_resumed_metrics,
@@ -93,7 +93,8 @@ def check_algo(cfg: DictConfig) -> None:
                           "equal forever; set critic.head_init_std > 0 (e.g. 0.01)")
 
 
-def make_task(cfg: DictConfig):
+def make_task(cfg: DictConfig, tokenizer=None):
+    """The task of `cfg.task`; tasks whose constructor takes `tokenizer` (chat templates) get the model's."""
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r} is not registered; choices: {sorted(TASKS)}")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
@@ -102,21 +103,23 @@ def make_task(cfg: DictConfig):
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise ConfigError(f"task {cfg.task.name!r} does not take {unknown}; it takes {sorted(set(params) - {'self'})}")
+    if "tokenizer" in params:
+        kwargs["tokenizer"] = tokenizer
     return build_task(cfg.task.name, **kwargs)
 
 
-def make_noise(cfg: DictConfig):
+def make_noise(cfg: DictConfig, task=None):
+    """The noise of `cfg.noise`; `majority_vote` also wraps the task (its answer extraction and verifier)."""
     n = cfg.noise
     if n.kind != "none" and cfg.task.get("reward", "tcr") == "gcr":
         raise ConfigError(f"noise={n.name} flips a binary reward but task.reward=gcr is a fraction; "
                           "use task.reward=tcr or noise=none")
-    if n.kind == "none":
-        return build_noise("none")
-    if n.kind == "flip":
-        return build_noise("flip", p=n.p, granularity=n.granularity)
-    if n.kind == "asym_flip":
-        return build_noise("asym_flip", fp=n.fp, fn=n.fn, granularity=n.granularity)
-    raise ConfigError(f"noise.kind={n.kind!r}: expected none | flip | asym_flip")
+    if n.kind not in NOISE_PARAMS:
+        raise ConfigError(f"noise.kind={n.kind!r}: expected {' | '.join(NOISE_PARAMS)}")
+    kwargs = {key: n[key] for key in NOISE_PARAMS[n.kind]}
+    if n.kind == "majority_vote":
+        kwargs["task"] = task
+    return build_noise(n.kind, **kwargs)
 
 
 def quiet_lightning() -> None:
@@ -142,12 +145,13 @@ def run(cfg: DictConfig) -> float | None:
         os.environ.setdefault("WANDB_MODE", "offline")  # never prompt for a key
     batch_line = check_batch_sizes(cfg)
     check_algo(cfg)
-    task, noise = make_task(cfg), make_noise(cfg)
     log.info(batch_line)
     if cfg.model.gguf_file and not cfg.model.name_or_path:  # offline pretrained weights (model=smollm2-135m)
         cfg.model.name_or_path = str(convert_gguf(cfg.model.gguf_file, cfg.paths.cache_dir))
-
     tokenizer = build_tokenizer(cfg.model)
+    task = make_task(cfg, tokenizer)
+    noise = make_noise(cfg, task)
+
     path = None
     if cfg.model.warm_start:
         path = str(warm_start(cfg, task))

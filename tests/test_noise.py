@@ -12,6 +12,8 @@ import torch
 from dvpo_lab.noise import (
     AsymmetricFlipNoise,
     FlipNoise,
+    GaussianNoise,
+    JudgeNoise,
     NoNoise,
     backward_correct,
     build_noise,
@@ -137,7 +139,10 @@ def test_draws_are_uniform_and_fast() -> None:
 @pytest.mark.parametrize(
     "kind, kwargs, match",
     [
-        ("gauss", {}, "unknown noise kind 'gauss'.*flip"),
+        ("gaussian", {}, "unknown noise kind 'gaussian'.*flip"),
+        ("judge", {"acc": 1.5}, "noise.acc"),
+        ("gauss", {"sigma": -0.1}, "noise.sigma"),
+        ("majority_vote", {"task": None}, "needs the task"),
         ("flip", {"p": 1.2}, "noise.p"),
         ("flip", {"p": -0.1}, "noise.p"),
         ("flip", {"p": 0.2, "granularity": "token"}, "granularity"),
@@ -156,3 +161,68 @@ def test_rejects_non_binary_or_misshaped_input() -> None:
         _apply(FlipNoise(0.1), torch.zeros(2, 2), group_index=torch.zeros(4))
     with pytest.raises(ValueError, match="group_index"):
         _apply(FlipNoise(0.1, granularity="group"), torch.zeros(4), group_index=torch.zeros(3))
+
+
+# --- asymmetric FP/FN from its config, judge, Gaussian --------------------------------------------------------
+
+
+def _noise_from_config(option: str, task=None):  # type: ignore[no-untyped-def]
+    from dvpo_lab.run import make_noise
+    from tests.conftest import compose_cfg
+
+    return make_noise(compose_cfg([f"noise={option}"]), task)
+
+
+def test_asym_config_realises_its_fp_and_fn_rates() -> None:
+    noise = _noise_from_config("asym_fp0.1_fn0.3")
+    assert isinstance(noise, AsymmetricFlipNoise) and (noise.fp, noise.fn) == (0.1, 0.3)
+    clean = _clean(p1=0.5)
+    noisy, m = _apply(noise, clean)
+    c, r = clean.numpy(), noisy.numpy()
+    assert float(r[c == 0].mean()) == pytest.approx(0.1, abs=0.005)  # P(R~=1 | R=0)
+    assert float(1 - r[c == 1].mean()) == pytest.approx(0.3, abs=0.006)  # P(R~=0 | R=1)
+    assert m["noise/youden_j"] == pytest.approx(0.6, abs=0.01)
+    assert torch.equal(_apply(noise, clean)[0], noisy)  # same seed, same noise
+
+
+def test_judge_reports_the_verdict_with_its_accuracy() -> None:
+    noise = _noise_from_config("rm0.72")
+    assert isinstance(noise, JudgeNoise) and noise.acc == 0.72
+    clean = _clean(p1=0.4)
+    noisy, m = _apply(noise, clean)
+    realised = float((noisy.numpy() == clean.numpy()).mean())
+    assert realised == pytest.approx(0.72, abs=0.005) and m["noise/judge_acc"] == pytest.approx(realised)
+    assert m["noise/fp_rate"] == pytest.approx(0.28, abs=0.006) and m["noise/fn_rate"] == pytest.approx(0.28, abs=0.006)
+    assert m["noise/youden_j"] == pytest.approx(2 * 0.72 - 1, abs=0.012)
+    assert torch.equal(_apply(noise, clean, seed=3, step=2)[0], _apply(JudgeNoise(0.72), clean, seed=3, step=2)[0])
+    assert not torch.equal(noisy, _apply(noise, clean, step=1)[0])
+    assert torch.equal(_apply(JudgeNoise(1.0), clean)[0], clean)  # a perfect judge changes nothing
+    # per sample, even though flips are keyed like FlipNoise: a group never flips as one
+    flips = (noisy != clean).view(-1, 8)
+    assert float((flips.all(1) | ~flips.any(1)).float().mean()) < 0.1
+
+
+def test_gaussian_adds_seeded_normal_noise() -> None:
+    sigma = 0.3
+    noise = _noise_from_config("gauss0.3")
+    assert isinstance(noise, GaussianNoise) and noise.sigma == sigma
+    clean = _clean(p1=0.5)
+    noisy, m = _apply(noise, clean)
+    delta = noisy.numpy().astype(np.float64) - clean.numpy()
+    assert abs(delta.mean()) < 0.005 and delta.std() == pytest.approx(sigma, abs=0.005)
+    assert m["noise/gauss_mean"] == pytest.approx(delta.mean(), abs=1e-6)
+    assert m["noise/gauss_sd"] == pytest.approx(delta.std(), abs=1e-6)
+    # normal, not merely the right two moments: the tails match too
+    assert float((np.abs(delta) > 2 * sigma).mean()) == pytest.approx(0.0455, abs=0.003)
+    # FP/FN at threshold 0.5: P(N(0, sigma^2) >= 0.5) = 1 - Phi(0.5 / sigma)
+    expected = 0.5 * math.erfc(0.5 / (sigma * math.sqrt(2)))
+    assert m["noise/fp_rate"] == pytest.approx(expected, abs=0.004)
+    assert m["noise/fn_rate"] == pytest.approx(expected, abs=0.004)
+    assert m["noise/youden_j"] == pytest.approx(1 - 2 * expected, abs=0.008)
+    assert torch.equal(_apply(noise, clean)[0], noisy)
+    assert not torch.equal(_apply(noise, clean, step=1)[0], noisy)
+    lo, _ = noise.apply(clean[:600], seed=1, step=0, group_index=torch.zeros(600))
+    hi, _ = noise.apply(clean[600:1000], seed=1, step=0, group_index=torch.zeros(400), sample_offset=600)
+    assert torch.equal(torch.cat([lo, hi]), noisy[:1000])
+    untouched, m0 = _apply(GaussianNoise(0.0), clean)
+    assert torch.equal(untouched, clean) and m0["noise/flip_rate"] == 0.0

@@ -20,32 +20,17 @@ from collections.abc import Sequence
 import torch
 
 from dvpo_lab.tasks.base import Problem, Task, check_aligned, register_task
-from dvpo_lab.tasks.reward import score_batch
+from dvpo_lab.tasks.hashing import hash_words as _hash
+from dvpo_lab.tasks.hashing import splitmix64 as _splitmix64
+from dvpo_lab.tasks.reward import extract_answer_strict, score_batch
 
 log = logging.getLogger(__name__)
 
-_MASK64 = (1 << 64) - 1
 # Stream words keep the draws of the different splits independent even when their seeds coincide.
 _STREAM_TRAIN, _STREAM_TEST, _STREAM_SFT, _STREAM_SFT_NOISE = 1, 2, 3, 4
 _ALLOWED_OPS = "+-"
 # Slack on top of the longest solution plus EOS, so a response one token too long is still judged (as wrong).
 RESPONSE_MARGIN = 2
-
-
-def _splitmix64(x: int) -> int:
-    """One splitmix64 step (Steele et al. 2014): a cheap, well-mixed 64-bit bijection."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _hash(*words: int) -> int:
-    """Hash a tuple of integers (negative ones included) to 64 bits, deterministically everywhere."""
-    h = 0
-    for w in words:
-        h = _splitmix64(h ^ (w & _MASK64))
-    return h
 
 
 Key = tuple[int, str, int]  # (a, op, b): what makes two problems the same problem
@@ -216,3 +201,7 @@ class ArithTask(Task):
         """Strict ``####`` rule, exact string match against the reference answer; ``[B]`` float32."""
         check_aligned(responses, problems)
         return score_batch(responses, [p.answer for p in problems], method="strict")
+
+    def extract_answer(self, text: str) -> str | None:
+        """The last ``#### <number>`` of the response (veRL's strict extraction), ``None`` without one."""
+        return extract_answer_strict(text)

@@ -7,6 +7,7 @@ returns, and the training loop decides what to do with either.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -83,6 +84,40 @@ class Task(abc.ABC):
             a per-domain rate for a response of another domain); the mean skips NaN. Default: none.
         """
         return {}
+
+
+    def extract_answer(self, text: str) -> str | None:
+        """The final answer a response commits to, normalised like :attr:`Problem.answer` (``None``: none).
+
+        Majority-vote pseudo-labels (``noise=majority_vote``) vote over these strings. Must never raise.
+        """
+        raise NotImplementedError(
+            f"task {self.name!r} does not implement extract_answer(), which noise=majority_vote needs to vote "
+            "over sampled answers; implement it or pick another noise"
+        )
+
+    def score_against(
+        self, responses: list[str], problems: list[Problem], answers: Sequence[str | None]
+    ) -> torch.Tensor:
+        """The clean verifier run against substitute reference answers (e.g. majority-vote pseudo-labels).
+
+        Args:
+            responses: ``B`` decoded responses.
+            problems: the ``B`` problems they answer (prompt and everything but the answer are kept).
+            answers: ``B`` substitute answers; ``None`` (no label could be formed) scores 0.
+
+        Returns:
+            ``[B]`` float32 tensor with values in ``{0, 1}``.
+        """
+        check_aligned(responses, problems)
+        if len(answers) != len(problems):
+            raise ValueError(f"score_against() got {len(answers)} answers for {len(problems)} problems")
+        keep = [i for i, a in enumerate(answers) if a is not None]
+        out = torch.zeros(len(responses), dtype=torch.float32)
+        if keep:
+            relabelled = [dataclasses.replace(problems[i], answer=answers[i]) for i in keep]
+            out[keep] = self.score([responses[i] for i in keep], relabelled).to(torch.float32)
+        return out
 
 
 class MultiTurnTask(Task):

@@ -45,15 +45,26 @@ def _math_verify_timeout() -> int | None:
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
+def final_segment(text: str) -> str:
+    """What the flexible rule parses: the text after the last ``####`` when there is one, else the tail.
+
+    A worked GSM8K solution is full of intermediate numbers (``<<6/1=6>>6 mph``) that math-verify would
+    otherwise pick up; the ``####`` marker, when present, says where the final answer is.
+    """
+    tail = text[-SOLUTION_CLIP_CHARS:]
+    return tail.rsplit("####", 1)[1] if "####" in tail else tail
+
+
 def extract_answer_math_verify(text: str) -> str | None:
-    """Flexible extraction with ``math_verify.parse``: the string form of the last answer it finds.
+    """Flexible extraction with ``math_verify.parse`` on :func:`final_segment`: the string form of the answer
+    it finds (``"#### 1,234"`` -> ``"1234"``, ``"so $\\boxed{6}$"`` -> ``"6"``).
 
     Never raises: any parser failure (or a missing ``math-verify``) gives ``None``.
     """
     try:
         from math_verify import parse
 
-        parsed = parse(text, parsing_timeout=_math_verify_timeout())
+        parsed = parse(final_segment(text), parsing_timeout=_math_verify_timeout())
     # a scorer must not kill a training run on one odd response, whatever the parser throws
     except Exception as err:  # noqa: BLE001
         log.debug("math_verify.parse failed: %r", err)
@@ -64,7 +75,8 @@ def extract_answer_math_verify(text: str) -> str | None:
 
 
 def score_math_verify(text: str, answer: str) -> float:
-    """1.0 when ``math_verify.verify`` judges the response equivalent to the reference, else 0.0.
+    """1.0 when ``math_verify.verify`` judges the response's :func:`final_segment` equivalent to the
+    reference (``"579.0"``, ``"\\boxed{579}"`` and ``"#### 579"`` all match ``"579"``), else 0.0.
 
     Never raises: any failure scores 0.0.
     """
@@ -73,7 +85,7 @@ def score_math_verify(text: str, answer: str) -> float:
 
         timeout = _math_verify_timeout()
         gold = parse(answer, parsing_timeout=timeout)
-        pred = parse(text, parsing_timeout=timeout)
+        pred = parse(final_segment(text), parsing_timeout=timeout)
         return 1.0 if gold and pred and verify(gold, pred, timeout_seconds=timeout) else 0.0
     except Exception as err:  # noqa: BLE001  (same reason as above)
         log.debug("math_verify scoring failed: %r", err)

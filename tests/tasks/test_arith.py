@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dvpo_lab.tasks.arith import ArithTask
 
@@ -139,3 +141,16 @@ def test_sft_label_noise_corrupts_the_requested_fraction() -> None:
 def test_bad_knobs_fail_clearly(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ArithTask(**kwargs)
+
+
+def test_extract_answer(task: ArithTask) -> None:
+    assert task.extract_answer("9750 #### 579") == "579"
+    assert task.extract_answer("9750 #### 579 #### 12") == "12"
+    assert task.extract_answer("9750") is None and task.extract_answer("") is None
+
+
+@settings(max_examples=10_000, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.text(alphabet="#0123456789 -", max_size=60)))
+def test_extract_answer_never_raises(task: ArithTask, text: str) -> None:
+    out = task.extract_answer(text)
+    assert out is None or set(out) <= set("-0123456789.")

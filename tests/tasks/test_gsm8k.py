@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dvpo_lab.tasks import build_task
 from dvpo_lab.tasks.gsm8k import INSTRUCTION, GSM8KTask, reference_answer
@@ -138,3 +140,69 @@ def test_real_gsm8k_gold_solutions_score_one() -> None:
     assert len(test) == 1319
     scores = task.score([p.solution for p in test], test)  # type: ignore[misc]
     assert bool((scores == 1.0).all()), [p.answer for p, s in zip(test, scores) if s != 1.0][:5]
+
+
+# --- templates, the flexible reward, answer extraction ----------------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_chat_template_wraps_the_verl_prompt(data_dir: Path) -> None:
+    from dvpo_lab.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    with pytest.raises(ValueError, match="task.template=chat: the tokenizer .* has no chat template.*plain"):
+        GSM8KTask(data_dir=data_dir, template="chat", tokenizer=tok)
+    with pytest.raises(ValueError, match="task.template=chat needs the model's tokenizer"):
+        GSM8KTask(data_dir=data_dir, template="chat")
+    tok.chat_template = CHAT_TEMPLATE
+    task = GSM8KTask(data_dir=data_dir, template="chat", tokenizer=tok)
+    plain = GSM8KTask(data_dir=data_dir)
+    for p, q in zip(task.test_problems(), plain.test_problems()):
+        assert p.prompt == f"<|user|>{q.prompt}\n<|assistant|>" and p.answer == q.answer
+
+
+def test_math_verify_reward_is_flexible(data_dir: Path) -> None:
+    strict, flexible = GSM8KTask(data_dir=data_dir), GSM8KTask(data_dir=data_dir, reward="math_verify")
+    probs = strict.train_problems(range(3))  # answers 5, 1234, -3
+    responses = ["so #### 5.0", "the total is $\\boxed{1234}$", "it comes to -3 dollars"]
+    assert strict.score(responses, probs).tolist() == [0.0, 0.0, 0.0]
+    assert flexible.score(responses, probs).tolist() == [1.0, 1.0, 1.0]
+    # a worked solution's intermediate numbers do not count once "####" says where the answer is
+    assert flexible.score(["2 + 3 = <<2+3=5>>5 then 7\n#### 6"], probs[:1]).tolist() == [0.0]
+    assert strict.extract_answer("x #### 1,234") == "1234" and strict.extract_answer("1234") is None
+    assert flexible.extract_answer("x #### 1,234") == "1234" and flexible.extract_answer("so 7") == "7"
+    with pytest.raises(ValueError, match="task.reward='fuzzy'"):
+        GSM8KTask(data_dir=data_dir, reward="fuzzy")
+
+
+@pytest.fixture(scope="module")
+def strict_task(tmp_path_factory: pytest.TempPathFactory) -> GSM8KTask:
+    folder = tmp_path_factory.mktemp("gsm8k")
+    for name in ("train.jsonl", "test.jsonl"):
+        (folder / name).write_text(json.dumps(ROWS[0]) + "\n")
+    return GSM8KTask(data_dir=folder)
+
+
+# Arbitrary text, plus text dense in what the rule looks for.
+_TEXT = st.one_of(st.text(max_size=400), st.text(alphabet="#0123456789 -.,$x\n", max_size=400))
+
+
+@settings(max_examples=10_000, deadline=None)
+@given(_TEXT)
+def test_extract_answer_never_raises(strict_task: GSM8KTask, text: str) -> None:
+    out = strict_task.extract_answer(text)
+    assert out is None or (isinstance(out, str) and "," not in out)
+
+
+def test_real_gsm8k_gold_solutions_pass_math_verify() -> None:
+    if not (SHARED_GSM8K / "test.jsonl").is_file():
+        pytest.skip(f"../shared/data/gsm8k not found at {SHARED_GSM8K}; it holds the real GSM8K JSONL files")
+    task = GSM8KTask(data_dir=SHARED_GSM8K, max_train=1, max_test=300, reward="math_verify")
+    test = task.test_problems()
+    scores = task.score([p.solution for p in test], test)  # type: ignore[misc]
+    assert bool((scores == 1.0).all()), [p.answer for p, s in zip(test, scores) if s != 1.0][:5]
+    assert [task.extract_answer(p.solution) for p in test[:50]] == [p.answer for p in test[:50]]  # type: ignore[arg-type]

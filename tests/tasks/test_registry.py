@@ -9,7 +9,7 @@ from dvpo_lab.tasks.arith import ArithTask
 
 
 def test_builtin_tasks_registered() -> None:
-    assert {"arith", "gsm8k"} <= set(TASKS)
+    assert {"arith", "gsm8k", "sciqa"} <= set(TASKS)
     assert TASKS["arith"] is ArithTask and ArithTask.name == "arith"
 
 

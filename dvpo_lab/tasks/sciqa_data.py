@@ -1,0 +1,144 @@
+"""Multiple-choice rows of SciQ, ARC and GPQA, from the hub (``datasets``) or local JSONL in the same format.
+
+Every source is read into :class:`MCItem` (question, choices, index of the correct one); ``dvpo_lab.tasks.sciqa``
+shuffles the choices and renders the prompt. Row formats, as the hub serves them::
+
+    sciq  allenai/sciq          question, correct_answer, distractor1, distractor2, distractor3, support
+    arc   allenai/ai2_arc       question, choices {text: [...], label: [...]}, answerKey   (ARC-Challenge/-Easy)
+    gpqa  Idavidrein/gpqa       Question, Correct Answer, Incorrect Answer 1, ... 3        (gpqa_main, ...)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
+
+
+@dataclass(frozen=True)
+class MCItem:
+    question: str
+    choices: tuple[str, ...]  # in the source's order
+    correct: int  # index into choices
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    hub_id: str
+    hub_config: str | None
+    train_split: str
+    test_split: str
+    keys: str  # the row keys, for error messages
+
+
+def _text(row: Mapping[str, Any], key: str, where: str) -> str:
+    if key not in row:
+        raise ValueError(f"{where}: missing key {key!r}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {key!r} must be a string, got {type(value).__name__}")  # noqa: TRY004
+    text = value.strip()
+    if not text:
+        raise ValueError(f"{where}: {key!r} is empty")
+    return text
+
+
+def sciq_item(row: Mapping[str, Any], where: str) -> MCItem:
+    """SciQ: the correct answer first, then the three distractors (``support`` is not used)."""
+    keys = ("correct_answer", "distractor1", "distractor2", "distractor3")
+    return MCItem(_text(row, "question", where), tuple(_text(row, k, where) for k in keys), 0)
+
+
+def arc_item(row: Mapping[str, Any], where: str) -> MCItem:
+    """ARC: ``choices.text`` in ``choices.label`` order (labels A-E or 1-5); ``answerKey`` is one label."""
+    choices = row.get("choices")
+    if not isinstance(choices, Mapping) or not {"text", "label"} <= set(choices):
+        raise ValueError(f"{where}: 'choices' must be an object with 'text' and 'label' lists")
+    texts, labels = list(choices["text"]), [str(x).strip() for x in choices["label"]]
+    if len(texts) != len(labels) or len(texts) < 2:
+        raise ValueError(f"{where}: 'choices' needs as many labels as texts, at least 2 (got {len(texts)} texts, "
+                         f"{len(labels)} labels)")
+    key = str(row.get("answerKey", "")).strip()
+    if key not in labels:
+        raise ValueError(f"{where}: answerKey {key!r} is not one of the choice labels {labels}")
+    return MCItem(_text(row, "question", where),
+                  tuple(_text({"text": t}, "text", f"{where} choice {i}") for i, t in enumerate(texts)),
+                  labels.index(key))
+
+
+def gpqa_item(row: Mapping[str, Any], where: str) -> MCItem:
+    """GPQA: the correct answer first, then the three incorrect ones."""
+    keys = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+    return MCItem(_text(row, "Question", where), tuple(_text(row, k, where) for k in keys), 0)
+
+
+PARSERS: dict[str, Callable[[Mapping[str, Any], str], MCItem]] = {
+    "sciq": sciq_item, "arc": arc_item, "gpqa": gpqa_item,
+}
+# GPQA ships one split only: its halves stand in for train and test.
+SOURCES: dict[str, SourceSpec] = {
+    "sciq": SourceSpec("allenai/sciq", None, "train", "test",
+                       "question, correct_answer, distractor1-3"),
+    "arc": SourceSpec("allenai/ai2_arc", "ARC-Challenge", "train", "test",
+                      "question, choices {text, label}, answerKey"),
+    "gpqa": SourceSpec("Idavidrein/gpqa", "gpqa_main", "train[:50%]", "train[50%:]",
+                       "Question, Correct Answer, Incorrect Answer 1-3"),
+}
+
+
+def read_jsonl(path: Path, source: str, limit: int | None = None) -> list[MCItem]:
+    """Read ``source``-format JSONL (blank lines skipped), at most ``limit`` rows.
+
+    Raises:
+        ValueError: naming ``path:lineno`` for a line that is not a JSON object or not a valid row.
+    """
+    items: list[MCItem] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if limit is not None and len(items) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
+            items.append(PARSERS[source](row, where))
+    return items
+
+
+def load_local(data_dir: str | Path, source: str, split: str, limit: int | None) -> list[MCItem]:
+    folder = Path(data_dir).expanduser()
+    path = folder / SPLIT_FILES[split]
+    if not path.is_file():
+        what = "folder does not exist" if not folder.is_dir() else f"{path.name} is missing"
+        raise FileNotFoundError(
+            f"task.data_dir={str(data_dir)!r} (resolved to {folder.resolve()}): {what}. With task.source={source} "
+            f"it must contain {' and '.join(SPLIT_FILES.values())}, one JSON object per line with "
+            f"{SOURCES[source].keys}. Fix: point task.data_dir at such a folder, set task.data_dir=null to load "
+            f"{SOURCES[source].hub_id} from the hub, or use task.source=generated (offline)."
+        )
+    return read_jsonl(path, source, limit)
+
+
+def load_hub(source: str, hub_id: str, hub_config: str | None, split: str, limit: int | None) -> list[MCItem]:
+    import datasets  # deferred: importing it costs about a second and local runs never need it
+
+    try:
+        ds = datasets.load_dataset(hub_id, hub_config, split=split)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not load {hub_id} ({hub_config}, split {split}) from the hub: {err}. Offline, set "
+            f"task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} in the {source} format, or use "
+            "task.source=generated."
+        ) from err
+    rows: Iterable[Mapping[str, Any]] = itertools.islice(ds, limit)
+    return [PARSERS[source](row, f"{hub_id}[{split}][{i}]") for i, row in enumerate(rows)]
