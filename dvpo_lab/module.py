@@ -173,14 +173,13 @@ class RLModule(L.LightningModule):
         mean_v = algos.Critic.mean_value(values) if values is not None else None
         rows = []
         for i in range(n):
-            L_i = int(ro.response_mask[i].sum())
-            ids = ro.response_ids[i, :L_i].tolist()
+            pos = ro.response_mask[i].nonzero().squeeze(-1)  # trained tokens (a dialogue's assistant turns)
             row = {"prompt": rep[i].prompt, "answer": rep[i].answer,
-                   "tokens": [self.tokenizer.decode([t]) for t in ids],
-                   "advantages": [round(float(x), 5) for x in adv[i, :L_i]],
+                   "tokens": [self.tokenizer.decode([t]) for t in ro.response_ids[i, pos].tolist()],
+                   "advantages": [round(float(x), 5) for x in adv[i, pos]],
                    "reward": float(score[i]), "reward_clean": float(clean[i])}
             if mean_v is not None:
-                row["values"] = [round(float(x), 5) for x in mean_v[i, :L_i]]
+                row["values"] = [round(float(x), 5) for x in mean_v[i, pos]]
             rows.append(row)
         out = Path(self.cfg.paths.output_dir) / "advantages"
         out.mkdir(parents=True, exist_ok=True)
