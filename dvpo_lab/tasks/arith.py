@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dvpo_lab.tasks.base import Problem, Task, check_aligned, register_task
+from dvpo_lab.tasks.base import Problem, Task, check_aligned, draw_outside, register_task
 from dvpo_lab.tasks.hashing import hash_words as _hash
 from dvpo_lab.tasks.hashing import splitmix64 as _splitmix64
 from dvpo_lab.tasks.reward import extract_answer_strict, score_batch
@@ -133,12 +133,7 @@ class ArithTask(Task):
 
     def _draw_outside_test(self, stream: int, seed: int, index: int) -> Key:
         """Like :meth:`_draw`, redrawn with the next attempt counter until the problem is not a test one."""
-        attempt = 0
-        key = self._draw(stream, seed, index, attempt)
-        while key in self._test_keys:
-            attempt += 1
-            key = self._draw(stream, seed, index, attempt)
-        return key
+        return draw_outside(lambda attempt: self._draw(stream, seed, index, attempt), self._test_keys)
 
     def _worked(self, result: int) -> str:
         digits = f"{result:0{self.digits + 1}d}"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -169,6 +171,44 @@ def build_task(name: str, **kwargs: Any) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
     return TASKS[name](**kwargs)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def draw_outside(draw: Callable[[int], K], excluded: set | frozenset) -> K:
+    """``draw(attempt)`` for attempt 0, 1, ... until the key is not in ``excluded`` (generated tasks keep
+    their training stream off the test problems this way)."""
+    attempt = 0
+    key = draw(attempt)
+    while key in excluded:
+        attempt += 1
+        key = draw(attempt)
+    return key
+
+
+def iter_jsonl(path: Path, limit: int | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    """``(row, "path:lineno")`` for each JSON object line of ``path`` (blank lines skipped), at most ``limit``.
+
+    Raises:
+        ValueError: naming ``path:lineno`` for a line that is not valid JSON or not a JSON object.
+    """
+    count = 0
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if limit is not None and count >= limit:
+                return
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
+            count += 1
+            yield row, where
 
 
 def check_aligned(responses: Sequence[str], problems: Sequence[Problem]) -> None:

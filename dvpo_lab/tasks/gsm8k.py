@@ -13,7 +13,6 @@ Prompts and rewards follow veRL's GSM8K recipe (``examples/data_preprocess/gsm8k
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dvpo_lab.tasks.base import Problem, Task, check_aligned, register_task
+from dvpo_lab.tasks.base import Problem, Task, check_aligned, iter_jsonl, register_task
 from dvpo_lab.tasks.reward import SCORERS, extract_answer_math_verify, extract_answer_strict, score_batch
 from dvpo_lab.tasks.template import check_template, render_prompt
 
@@ -66,22 +65,7 @@ def read_jsonl(path: Path, limit: int | None = None, template: str = "plain", to
     Raises:
         ValueError: naming ``path:lineno`` for a line that is not a JSON object or lacks a valid row.
     """
-    problems: list[Problem] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if limit is not None and len(problems) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
-            problems.append(make_problem(row, where, template, tokenizer))
-    return problems
+    return [make_problem(row, where, template, tokenizer) for row, where in iter_jsonl(path, limit)]
 
 
 def _load_local(data_dir: str | Path, split: str, limit: int | None, template: str, tokenizer: Any) -> list[Problem]:

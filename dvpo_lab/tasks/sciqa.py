@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from dvpo_lab.tasks import sciqa_data
-from dvpo_lab.tasks.base import Problem, Task, check_aligned, register_task
+from dvpo_lab.tasks.base import Problem, Task, check_aligned, draw_outside, register_task
 from dvpo_lab.tasks.hashing import hash_words, splitmix64
 from dvpo_lab.tasks.sciqa_facts import build_facts, category_pools
 from dvpo_lab.tasks.template import check_template, render_prompt
@@ -236,12 +236,8 @@ class SciQATask(Task):
         return fi, tuple(options)
 
     def _draw_outside_test(self, stream: int, seed: int, index: int) -> Key:
-        attempt = 0
-        key = self._draw(stream, seed, index, attempt)
-        while key in self._test_keys:
-            attempt += 1
-            key = self._draw(stream, seed, index, attempt)
-        return key
+        """Like :meth:`_draw`, redrawn with the next attempt counter until the problem is not a test one."""
+        return draw_outside(lambda attempt: self._draw(stream, seed, index, attempt), self._test_keys)
 
     def _problem(self, key: Key) -> Problem:
         fi, options = key

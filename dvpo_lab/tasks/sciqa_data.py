@@ -11,11 +11,12 @@ shuffles the choices and renders the prompt. Row formats, as the hub serves them
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dvpo_lab.tasks.base import iter_jsonl
 
 SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
 
@@ -97,22 +98,7 @@ def read_jsonl(path: Path, source: str, limit: int | None = None) -> list[MCItem
     Raises:
         ValueError: naming ``path:lineno`` for a line that is not a JSON object or not a valid row.
     """
-    items: list[MCItem] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if limit is not None and len(items) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
-            items.append(PARSERS[source](row, where))
-    return items
+    return [PARSERS[source](row, where) for row, where in iter_jsonl(path, limit)]
 
 
 def load_local(data_dir: str | Path, source: str, split: str, limit: int | None) -> list[MCItem]:
