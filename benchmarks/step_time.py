@@ -2,7 +2,9 @@
 
 `--compare algo=ppo algo=dvpo` times several configurations side by side instead, alternating A B A B for
 `--pairs` rounds on the same machine in one process, and prints each phase's median per configuration and
-the per-round ratio of step times against the first one (the DVPO-overhead figure of the docs).
+the ratio of step times against the first one (the DVPO-overhead figure of the docs). Add
+`algo.actor_lr=0` to freeze the policy: then every configuration samples the identical rollouts (same seed,
+same weights) and only the critic and update work differs, which is what "equal batch" means there.
 
 Runs the real training loop (Lightning, the same code path as `python -m dvpo_lab`) for a few steps and
 prints the median seconds of each phase (generate, reward, scoring pass, update) and tokens/s, from the
@@ -46,23 +48,32 @@ def medians(rows) -> dict[str, float]:
 
 
 def compare(configs: list[str], common: list[str], pairs: int, steps: int, warmup: int) -> None:
-    """Alternate the configurations round by round; print phase medians and step-time ratios vs the first."""
-    results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    """Alternate the configurations round by round; print phase medians and step-time ratios vs the first.
+
+    Medians pool every timed step of every round (pairs x steps samples per configuration): this machine's
+    speed drifts by +-20 % between rounds, so a ratio of pooled medians is steadier than any single round.
+    """
+    rounds: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    pooled: dict[str, dict[str, list[float]]] = {c: {p: [] for p in PHASES} for c in configs}
     for _ in range(pairs):
         for c in configs:
             _, rows = time_steps([*common, *c.split()], steps, warmup)
-            results[c].append(medians(rows))
+            rounds[c].append(medians(rows))
+            for p in PHASES:
+                pooled[c][p] += [float(r[f"timing_s/{p}"]) for r in rows]
+    med = {c: {p: statistics.median(v) for p, v in ph.items()} for c, ph in pooled.items()}
     print(f"\n{pairs} rounds x {steps} timed steps, alternating; common overrides: {' '.join(common) or '-'}; "
           f"threads={torch.get_num_threads()}")
     print(f"  {'config':<28}" + "".join(f"{p:>14}" for p in PHASES))
-    for c, runs in results.items():
-        print(f"  {c:<28}" + "".join(f"{statistics.median(r[p] for r in runs):14.3f}" for p in PHASES))
+    for c in configs:
+        print(f"  {c:<28}" + "".join(f"{med[c][p]:14.3f}" for p in PHASES))
     base = configs[0]
     for c in configs[1:]:
-        ratios = [r["step"] / b["step"] for r, b in zip(results[c], results[base], strict=True)]
-        upd = [r["update"] / b["update"] for r, b in zip(results[c], results[base], strict=True)]
-        print(f"  step-time ratio {c} / {base}: per round {', '.join(f'{x:.3f}' for x in ratios)}; "
-              f"median {statistics.median(ratios):.3f} (update phase {statistics.median(upd):.3f})")
+        per_round = [r["step"] / b["step"] for r, b in zip(rounds[c], rounds[base], strict=True)]
+        print(f"  step-time ratio {c} / {base}: {med[c]['step'] / med[base]['step']:.3f} (pooled medians; "
+              f"update phase {med[c]['update'] / med[base]['update']:.3f}, scoring pass "
+              f"{med[c]['old_log_prob'] / med[base]['old_log_prob']:.3f}); per round "
+              f"{', '.join(f'{x:.3f}' for x in per_round)}")
 
 
 def main() -> None:

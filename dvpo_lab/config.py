@@ -131,6 +131,8 @@ class TaskConfig:
     name: str = "arith"  # registered task
     sft_max_steps: int | None = None  # overrides sft.max_steps for this task (null = keep)
     sft_batch_size: int | None = None  # overrides sft.batch_size for this task (null = keep)
+    sft_target_acc: float | None = None  # overrides sft.target_acc for this task (null = keep): a task whose
+    # chance level is high (multiple choice) needs a warm-start target well above it
 
 
 @dataclass

@@ -98,7 +98,7 @@ def make_task(cfg: DictConfig, tokenizer=None):
     if cfg.task.name not in TASKS:
         raise ConfigError(f"task.name={cfg.task.name!r} is not registered; choices: {sorted(TASKS)}")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
-              if k not in ("name", "sft_max_steps", "sft_batch_size")}
+              if k not in ("name", "sft_max_steps", "sft_batch_size", "sft_target_acc")}
     params = inspect.signature(TASKS[cfg.task.name].__init__).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:

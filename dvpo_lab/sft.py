@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+def target_acc(cfg: DictConfig) -> float | None:
+    """The warm-start's stopping accuracy: the task's `sft_target_acc` if set, else `sft.target_acc`."""
+    task_target = cfg.task.get("sft_target_acc")
+    return task_target if task_target is not None else cfg.sft.target_acc
+
+
 def warm_start_key(cfg: DictConfig) -> str:
     """Hash of the config fields that determine the warm-started weights."""
     spec = {
@@ -44,8 +50,9 @@ def warm_start_key(cfg: DictConfig) -> str:
             spec["model"].pop(key, None)
     if not spec["model"].get("lora", {}).get("enabled", False):
         spec["model"].pop("lora", None)
-    if spec["task"].get("sft_batch_size") is None:
-        spec["task"].pop("sft_batch_size", None)
+    for key in ("sft_batch_size", "sft_target_acc"):
+        if spec["task"].get(key) is None:
+            spec["task"].pop(key, None)
     blob = json.dumps(spec, sort_keys=True).encode()
     return f"{cfg.task.name}-{cfg.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
@@ -99,7 +106,7 @@ class SFTModule(L.LightningModule):
             self.last_acc = self.accuracy()
             self.curve.append((step, self.last_acc))
             self.log("sft/acc", self.last_acc, prog_bar=True)
-            target = self.cfg.sft.target_acc
+            target = target_acc(self.cfg)
             if target is not None and self.last_acc >= target:
                 log.info("warm-start reached acc %.3f >= target %.3f at step %d", self.last_acc, target, step)
                 self.trainer.should_stop = True

@@ -104,6 +104,30 @@ def test_compiled_cpu_kernel_equals_all_pairs(n, H, N, M, kappa, seed):
     assert torch.allclose(p1.grad, p2.grad, atol=1e-10)
 
 
+def test_compiled_cpu_kernel_over_many_chunks_float32_and_ties():
+    """Rows beyond one chunk, float32 predictions (the model's dtype), tied targets and tied predictions."""
+    from dvpo_lab.algos import _qr_kernel
+    from dvpo_lab.algos.distributional import quantile_huber
+
+    if not _qr_kernel.AVAILABLE:
+        pytest.skip("numba is not installed: the torch path is used (tested above)")
+    gen = torch.Generator().manual_seed(7)
+    n, H, N = 200, 3, 24  # 600 rows: three chunks of the kernel
+    pred = (torch.randn(n, H, N, generator=gen) * 0.3).round(decimals=1)  # many exact ties
+    z = (torch.rand(n, N, generator=gen) * 4).round() / 4  # targets in {0, .25, ..., 1}
+    z = z.double().sort(-1).values
+    taus = quantile_levels(N)
+    p1 = pred.clone().requires_grad_()
+    p2 = pred.double().clone().requires_grad_()
+    fast = quantile_huber(p1, z, taus, 0.02)
+    assert fast.dtype == torch.float32
+    ref = quantile_huber_pairs(p2, z.unsqueeze(1).expand(n, H, N), taus.double(), 0.02)
+    assert torch.allclose(fast.double(), ref, atol=1e-5)
+    fast.sum().backward()
+    ref.sum().backward()
+    assert torch.allclose(p1.grad.double(), p2.grad, atol=1e-5)
+
+
 # Oracles 23-25: what quantile regression learns -------------------------------------------------------------
 
 
@@ -351,6 +375,22 @@ def test_cvar_and_gain_vanish_when_tail_means_match():
         assert term(name, p, z, m, taus, tail_alpha=0.34, tail_beta=0.34)[0] == pytest.approx(0.0, abs=1e-12)
     p, z, m, taus = one_token([x + 0.3 for x in target], target)
     assert term("cvar", p, z, m, taus)[0] == pytest.approx(0.09, rel=1e-4)
+
+
+def test_loss_aggregation_modes_agree_when_every_sequence_has_the_same_length():
+    """With L valid tokens in every sequence: seq-mean-token-mean == token-mean, seq-mean-token-sum == L x it."""
+    pred, old, targets, _, taus = loss_inputs(B=4, T=6, seed=3)
+    mask = torch.zeros(4, 6)
+    mask[:, :4] = 1
+    weights = {t: 0.1 for t in DVPO_TERMS}
+    tm, m_tm = dvpo_critic_loss(pred, old, targets, mask, taus, weights=weights, loss_agg_mode="token-mean")
+    sm, m_sm = dvpo_critic_loss(pred, old, targets, mask, taus, weights=weights,
+                                loss_agg_mode="seq-mean-token-mean")
+    ss, _ = dvpo_critic_loss(pred, old, targets, mask, taus, weights=weights, loss_agg_mode="seq-mean-token-sum")
+    assert torch.allclose(tm, sm, atol=1e-6) and torch.allclose(ss, 4 * tm, atol=1e-5)
+    for k in m_tm:
+        if k.startswith("loss_"):
+            assert torch.allclose(m_tm[k], m_sm[k], atol=1e-6), k
 
 
 def test_value_clip_keeps_the_larger_loss():
