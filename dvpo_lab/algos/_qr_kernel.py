@@ -126,3 +126,175 @@ def quantile_huber_rows(theta: np.ndarray, z_sorted: np.ndarray, row_token: np.n
         _kernel(th, np.argsort(th, axis=1), z_sorted, row_token[lo:lo + _CHUNK], taus, float(kappa),
                 loss[lo:lo + _CHUNK], grad[lo:lo + _CHUNK])
     return loss, grad
+
+
+# The DVPO regularisers (spec 6.2 Eqs. 5-10) fused: value and gradient per token in two passes ---------------
+
+REG_TERMS = ("cvar", "gain", "shift", "shape", "curv", "cons")
+REG_STATS = ("var_lo_p", "var_up_p", "var_lo_z", "var_up_z", "crossed", "mean_p", "mean_z")
+
+
+def _mean_var(x, lo, hi):  # pragma: no cover - compiled
+    k = hi - lo
+    m = 0.0
+    for j in range(lo, hi):
+        m += x[j]
+    m /= k
+    v = 0.0
+    for j in range(lo, hi):
+        d = x[j] - m
+        v += d * d
+    return m, v / k
+
+
+def _ensemble(p, t, order, ens, es):  # pragma: no cover - compiled
+    H, N = p.shape[1], p.shape[2]
+    for i in range(N):
+        s = 0.0
+        for h in range(H):
+            s += p[t, h, i]
+        ens[i] = s / H
+    for j in range(N):
+        es[j] = ens[order[t, j]]
+
+
+def _reg_forward(p, z, order, ka, kb, kl, ku, ml, mu, terms, stats):  # pragma: no cover - compiled
+    n, H, N = p.shape
+    ens = np.empty(N)
+    es = np.empty(N)
+    n_pairs = H * (H - 1) // 2
+    for t in range(n):
+        _ensemble(p, t, order, ens, es)
+        zt = z[t]
+        m_lo_p, v_lo_p = _mean_var(es, 0, ka)
+        m_up_p, v_up_p = _mean_var(es, N - kb, N)
+        m_lo_z, v_lo_z = _mean_var(zt, 0, ka)
+        m_up_z, v_up_z = _mean_var(zt, N - kb, N)
+        m_p, _ = _mean_var(es, 0, N)
+        m_z, _ = _mean_var(zt, 0, N)
+        terms[0, t] = (m_lo_p - m_lo_z) ** 2
+        terms[1, t] = (m_up_p - m_up_z) ** 2
+        terms[2, t] = max(0.0, m_z - m_p)
+        terms[3, t] = max(0.0, v_lo_p - (1.0 - ml) * v_lo_z) + max(0.0, (1.0 + mu) * v_up_z - v_up_p)
+        curv = 0.0
+        if N >= 3:
+            lo = 0.0
+            for j in range(kl):
+                lo += es[j + 2] - 2.0 * es[j + 1] + es[j]
+            up = 0.0
+            for j in range(N - 2 - ku, N - 2):
+                up += es[j + 2] - 2.0 * es[j + 1] + es[j]
+            curv = max(0.0, lo / kl) + max(0.0, -up / ku)
+        terms[4, t] = curv
+        cons = 0.0
+        if H > 1:
+            for i in range(N):
+                s = 0.0
+                s2 = 0.0
+                for h in range(H):
+                    x = np.float64(p[t, h, i])
+                    s += x
+                    s2 += x * x
+                cons += H * s2 - s * s  # = sum over head pairs of (p_h - p_g)^2
+            cons /= n_pairs * N
+        terms[5, t] = cons
+        crossed = 0
+        for i in range(N - 1):
+            crossed += ens[i + 1] < ens[i]
+        stats[t, 0], stats[t, 1], stats[t, 2], stats[t, 3] = v_lo_p, v_up_p, v_lo_z, v_up_z
+        stats[t, 4], stats[t, 5], stats[t, 6] = crossed, m_p, m_z
+
+
+def _reg_backward(p, z, order, g, ka, kb, kl, ku, ml, mu, dp):  # pragma: no cover - compiled
+    n, H, N = p.shape
+    ens = np.empty(N)
+    es = np.empty(N)
+    des = np.empty(N)
+    n_pairs = H * (H - 1) // 2
+    for t in range(n):
+        _ensemble(p, t, order, ens, es)
+        zt = z[t]
+        m_lo_p, v_lo_p = _mean_var(es, 0, ka)
+        m_up_p, v_up_p = _mean_var(es, N - kb, N)
+        m_lo_z, v_lo_z = _mean_var(zt, 0, ka)
+        m_up_z, v_up_z = _mean_var(zt, N - kb, N)
+        m_p, _ = _mean_var(es, 0, N)
+        m_z, _ = _mean_var(zt, 0, N)
+        for j in range(N):
+            des[j] = 0.0
+        c = g[0, t] * 2.0 * (m_lo_p - m_lo_z) / ka  # cvar
+        for j in range(ka):
+            des[j] += c
+        c = g[1, t] * 2.0 * (m_up_p - m_up_z) / kb  # gain
+        for j in range(N - kb, N):
+            des[j] += c
+        if m_z - m_p > 0.0:  # shift (a ReLU's gradient is 0 at 0, as torch's)
+            c = -g[2, t] / N
+            for j in range(N):
+                des[j] += c
+        if v_lo_p - (1.0 - ml) * v_lo_z > 0.0:  # shape, lower tail
+            c = g[3, t] * 2.0 / ka
+            for j in range(ka):
+                des[j] += c * (es[j] - m_lo_p)
+        if (1.0 + mu) * v_up_z - v_up_p > 0.0:  # shape, upper tail
+            c = -g[3, t] * 2.0 / kb
+            for j in range(N - kb, N):
+                des[j] += c * (es[j] - m_up_p)
+        if N >= 3:  # curvature
+            lo = 0.0
+            for j in range(kl):
+                lo += es[j + 2] - 2.0 * es[j + 1] + es[j]
+            if lo > 0.0:
+                c = g[4, t] / kl
+                for j in range(kl):
+                    des[j] += c
+                    des[j + 1] -= 2.0 * c
+                    des[j + 2] += c
+            up = 0.0
+            for j in range(N - 2 - ku, N - 2):
+                up += es[j + 2] - 2.0 * es[j + 1] + es[j]
+            if -up > 0.0:
+                c = -g[4, t] / ku
+                for j in range(N - 2 - ku, N - 2):
+                    des[j] += c
+                    des[j + 1] -= 2.0 * c
+                    des[j + 2] += c
+        for j in range(N):
+            ens[order[t, j]] = des[j] / H  # d/d ens, back in the original quantile order, then per head
+        c = g[5, t] * 2.0 / (n_pairs * N) if H > 1 else 0.0
+        for i in range(N):
+            s = 0.0
+            for h in range(H):
+                s += p[t, h, i]
+            for h in range(H):
+                dp[t, h, i] = ens[i] + c * (H * p[t, h, i] - s)
+
+
+if AVAILABLE:
+    _mean_var = numba.njit(cache=True, nogil=True, inline="always")(_mean_var)
+    _ensemble = numba.njit(cache=True, nogil=True, inline="always")(_ensemble)
+    _reg_forward = numba.njit(cache=True, nogil=True)(_reg_forward)
+    _reg_backward = numba.njit(cache=True, nogil=True)(_reg_backward)
+
+
+def regularisers(p: np.ndarray, z_sorted: np.ndarray, ka: int, kb: int, kl: int, ku: int, margin_low: float,
+                 margin_up: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-token values of REG_TERMS `[6, n]`, diagnostics REG_STATS `[n, 7]` and the ensemble's argsort.
+
+    Args:
+        p: [n, H, N] predicted quantiles per head, z_sorted: [n, N] float64 ascending targets; ka/kb: tail
+        sizes over N quantiles, kl/ku over the N - 2 second differences; margins as in the loss.
+    """
+    n, H, N = p.shape
+    order = np.argsort(p.mean(axis=1), axis=1)
+    terms = np.zeros((len(REG_TERMS), n))
+    stats = np.zeros((n, len(REG_STATS)))
+    _reg_forward(p, z_sorted, order, ka, kb, kl, ku, float(margin_low), float(margin_up), terms, stats)
+    return terms, stats, order
+
+
+def regularisers_grad(p: np.ndarray, z_sorted: np.ndarray, order: np.ndarray, g: np.ndarray, ka: int, kb: int,
+                      kl: int, ku: int, margin_low: float, margin_up: float, dp: np.ndarray) -> None:
+    """dp[t, h, i] = sum_k g[k, t] d terms[k, t] / d p[t, h, i] (written into `dp`)."""
+    _reg_backward(p, z_sorted, order, np.ascontiguousarray(g, dtype=np.float64), ka, kb, kl, ku,
+                  float(margin_low), float(margin_up), dp)

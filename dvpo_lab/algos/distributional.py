@@ -289,6 +289,29 @@ class _QuantileHuberCPU(torch.autograd.Function):
         return grad_out * grad, None, None, None, None
 
 
+class _RegularisersCPU(torch.autograd.Function):
+    """The cvar/gain/shift/shape/curv/cons terms per token `[6, n]` and their diagnostics `[n, 7]`, both
+    passes compiled (`_qr_kernel.regularisers`): ~20 small torch ops and their backward become two loops."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, z_sorted: torch.Tensor, ka: int, kb: int, kl: int, ku: int,
+                margin_low: float, margin_up: float):
+        pn = p.detach().contiguous().numpy()
+        zn = z_sorted.detach().double().contiguous().numpy()
+        terms, stats, order = _qr_kernel.regularisers(pn, zn, ka, kb, kl, ku, margin_low, margin_up)
+        ctx.saved = (pn, zn, order, (ka, kb, kl, ku, margin_low, margin_up))
+        stats_t = torch.from_numpy(stats).to(p.dtype)
+        ctx.mark_non_differentiable(stats_t)
+        return torch.from_numpy(terms).to(p.dtype), stats_t
+
+    @staticmethod
+    def backward(ctx, g_terms: torch.Tensor, _g_stats: torch.Tensor):
+        pn, zn, order, (ka, kb, kl, ku, ml, mu) = ctx.saved
+        dp = np.empty_like(pn)
+        _qr_kernel.regularisers_grad(pn, zn, order, g_terms.detach().double().numpy(), ka, kb, kl, ku, ml, mu, dp)
+        return torch.from_numpy(dp), None, None, None, None, None, None, None
+
+
 def quantile_huber(pred: torch.Tensor, z_sorted: torch.Tensor, taus: torch.Tensor, kappa: float) -> torch.Tensor:
     """All-pairs quantile Huber loss per predicted quantile against ascending targets shared by the rows.
 
@@ -330,6 +353,47 @@ def _qr_per_token(pred_heads: torch.Tensor, z_sorted: torch.Tensor, taus: torch.
     return quantile_huber(pred, z_sorted, taus, kappa)
 
 
+def _fused_regularisers(p: torch.Tensor) -> bool:
+    return p.device.type == "cpu" and _qr_kernel.AVAILABLE and p.dtype in (torch.float32, torch.float64)
+
+
+def _regularisers_torch(p: torch.Tensor, z: torch.Tensor, w: dict[str, float], ka: int, kb: int, kl: int, ku: int,
+                        margin_low: float, margin_up: float) -> dict[str, torch.Tensor]:
+    """The cvar/gain/shift/shape/curv/cons terms per token in torch (the reference, and the GPU path).
+
+    Args:
+        p: [n, H, N] predicted quantiles per head, z: [n, N] ascending targets, w: the active terms; ka/kb:
+        tail sizes over the N quantiles, kl/ku over the N - 2 second differences.
+    """
+    n, H, N = p.shape
+    ens = p.mean(-2)  # [n, N]
+    ens_sorted = sort_last(ens)
+    lo_p, up_p, lo_z, up_z = ens_sorted[:, :ka], ens_sorted[:, N - kb:], z[:, :ka], z[:, N - kb:]
+    out: dict[str, torch.Tensor] = {}
+    if "cvar" in w:
+        out["cvar"] = (lo_p.mean(-1) - lo_z.mean(-1)).square()
+    if "gain" in w:
+        out["gain"] = (up_p.mean(-1) - up_z.mean(-1)).square()
+    if "shift" in w:
+        out["shift"] = F.relu(z.mean(-1) - ens.mean(-1))
+    if "shape" in w:
+        out["shape"] = (F.relu(_tail_var(lo_p) - (1 - margin_low) * _tail_var(lo_z))
+                        + F.relu((1 + margin_up) * _tail_var(up_z) - _tail_var(up_p)))
+    if "curv" in w:
+        if N >= 3:
+            d2 = ens_sorted[:, 2:] - 2 * ens_sorted[:, 1:-1] + ens_sorted[:, :-2]  # [n, N - 2]
+            out["curv"] = F.relu(d2[:, :kl].mean(-1)) + F.relu(-d2[:, N - 2 - ku:].mean(-1))
+        else:
+            out["curv"] = ens.new_zeros(n)
+    if "cons" in w:
+        if H > 1:
+            pairs = [(p[:, h] - p[:, g]).square().mean(-1) for h in range(H) for g in range(h + 1, H)]
+            out["cons"] = torch.stack(pairs).mean(0)
+        else:
+            out["cons"] = ens.new_zeros(n)
+    return out
+
+
 def dvpo_critic_loss(
     pred: torch.Tensor,
     old_pred: torch.Tensor,
@@ -348,6 +412,7 @@ def dvpo_critic_loss(
     risk_eta: float = 1.0,
     weights: dict[str, float] | None = None,
     loss_agg_mode: str = "token-mean",
+    fused: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Composite DVPO critic loss L = L_QR + sum_k w_k L_k over the terms of spec 6.2-6.3.
 
@@ -417,39 +482,30 @@ def dvpo_critic_loss(
         clipfrac = (qr_clip > per_tok["qr"]).float().mean() if n else p.new_zeros(())
         per_tok["qr"] = torch.maximum(per_tok["qr"], qr_clip)
 
-    ens = p.mean(-2)  # [n, N]
-    ens_sorted = sort_last(ens)
     ka, kb = tail_size(N, tail_alpha), tail_size(N, tail_beta)
-    lo_p, up_p, lo_z, up_z = ens_sorted[:, :ka], ens_sorted[:, N - kb:], z[:, :ka], z[:, N - kb:]
     if "risk" in w:
         rw = torch.exp(-risk_eta * (1.0 - taus.to(p.dtype)))
         rw = rw / rw.mean()
         per_tok["risk"] = (qr_q * rw).mean((-1, -2))
-    if "cvar" in w:
-        per_tok["cvar"] = (lo_p.mean(-1) - lo_z.mean(-1)).square()
-    if "gain" in w:
-        per_tok["gain"] = (up_p.mean(-1) - up_z.mean(-1)).square()
-    if "shift" in w:
-        per_tok["shift"] = F.relu(z.mean(-1) - ens.mean(-1))
-    var_lo_p, var_up_p = _tail_var(lo_p), _tail_var(up_p)
-    with torch.no_grad():
-        var_lo_z, var_up_z = _tail_var(lo_z), _tail_var(up_z)
-    if "shape" in w:
-        per_tok["shape"] = (F.relu(var_lo_p - (1 - margin_low) * var_lo_z)
-                            + F.relu((1 + margin_up) * var_up_z - var_up_p))
-    if "curv" in w:
-        if N >= 3:
-            d2 = ens_sorted[:, 2:] - 2 * ens_sorted[:, 1:-1] + ens_sorted[:, :-2]  # [n, N - 2]
-            k_lo, k_up = tail_size(N - 2, tail_alpha), tail_size(N - 2, tail_beta)
-            per_tok["curv"] = F.relu(d2[:, :k_lo].mean(-1)) + F.relu(-d2[:, N - 2 - k_up:].mean(-1))
-        else:
-            per_tok["curv"] = ens.new_zeros(n)
-    if "cons" in w:
-        if H > 1:
-            pairs = [(p[:, h] - p[:, g]).square().mean(-1) for h in range(H) for g in range(h + 1, H)]
-            per_tok["cons"] = torch.stack(pairs).mean(0)
-        else:
-            per_tok["cons"] = ens.new_zeros(n)
+    kl, ku = (tail_size(N - 2, tail_alpha), tail_size(N - 2, tail_beta)) if N >= 3 else (1, 1)
+    if fused is None:
+        fused = _fused_regularisers(p)
+    if fused:
+        reg, stats = _RegularisersCPU.apply(p, z, ka, kb, kl, ku, margin_low, margin_up)
+        for j, k in enumerate(_qr_kernel.REG_TERMS):
+            if k in w:
+                per_tok[k] = reg[j]
+        var_lo_p, var_up_p, var_lo_z, var_up_z, crossed, mean_p, mean_z = stats.unbind(-1)
+        crossed_frac = crossed.sum() / (n * (N - 1)) if n and N > 1 else p.new_zeros(())
+    else:
+        per_tok.update(_regularisers_torch(p, z, w, ka, kb, kl, ku, margin_low, margin_up))
+        with torch.no_grad():
+            ens = p.mean(-2)
+            ens_sorted = sort_last(ens)
+            var_lo_p, var_up_p = _tail_var(ens_sorted[:, :ka]), _tail_var(ens_sorted[:, N - kb:])
+            var_lo_z, var_up_z = _tail_var(z[:, :ka]), _tail_var(z[:, N - kb:])
+            mean_p, mean_z = ens.mean(-1), z.mean(-1)
+            crossed_frac = (ens[:, 1:] < ens[:, :-1]).float().mean() if n and N > 1 else p.new_zeros(())
 
     names = list(per_tok)
     stacked = torch.stack([per_tok[k].to(pred.dtype) for k in names])  # [K, n]: every term at once
@@ -469,10 +525,10 @@ def dvpo_critic_loss(
             "quantile_spread_up": var_up_p.mean() if n else zero,
             "target_spread_low": var_lo_z.mean() if n else zero,
             "target_spread_up": var_up_z.mean() if n else zero,
-            "mean_shift": (ens.mean(-1) - z.mean(-1)).mean() if n else zero,
+            "mean_shift": (mean_p - mean_z).mean() if n else zero,
             "head_disagreement": p.mean(-1).std(-1, unbiased=False).mean() if n and H > 1 else zero,
-            "crossed_frac": (ens[:, 1:] < ens[:, :-1]).float().mean() if n and N > 1 else zero,
-            "value_mean": ens.mean() if n else zero,
+            "crossed_frac": crossed_frac,
+            "value_mean": mean_p.mean() if n else zero,
             "vf_clipfrac": clipfrac if clip_on else zero,
         })
     return loss, metrics
