@@ -46,6 +46,10 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     cfg = model.config
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
         return "sliding-window attention layers"
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+        # these rescale with the longest position seen so far; the loop computes all positions up front
+        return f"rope_scaling type {rope.get('rope_type', rope.get('type'))!r}"
     if cfg._attn_implementation not in ("sdpa", "eager"):
         return f"attn_implementation={cfg._attn_implementation!r}"
     default = GenerationConfig()
@@ -143,6 +147,8 @@ def decode(
 
     Draws from the global torch RNG (fork and seed it around the call, as `rollout.sample` does). The model
     must pass `unsupported_reason`; it is run in inference mode whatever its train/eval flag (no dropout).
+    Attention is always torch's SDPA: bit-identical logits to `generate` on an `sdpa` model (the default),
+    equal to float rounding on an `eager` one.
 
     Returns:
         `Decoded`: tokens `[B, T]` with T the step at which every row had emitted EOS (or max_new_tokens),
