@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dvpo_lab.algos import entropy_from_logits
 from dvpo_lab.decode import decode, unsupported_reason
+from dvpo_lab.models.pretrained import is_lora
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("fast", "hf")
@@ -59,7 +60,12 @@ def fast_sampler_reason(policy: PreTrainedModel, sampler: str) -> str | None:
     """Why `sample(..., sampler=sampler)` will run `generate` rather than the fast loop (None: it will not)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"rollout.sampler={sampler!r}: expected one of {SAMPLERS}")
-    return "rollout.sampler=hf" if sampler == "hf" else unsupported_reason(policy)
+    return "rollout.sampler=hf" if sampler == "hf" else unsupported_reason(_decoder_of(policy))
+
+
+def _decoder_of(policy: PreTrainedModel) -> PreTrainedModel:
+    """The transformers model the fast loop runs: a LoRA policy's base model, whose layers carry the adapters."""
+    return policy.get_base_model() if is_lora(policy) else policy
 
 
 @torch.no_grad()
@@ -98,7 +104,7 @@ def sample(
         if seed is not None:
             torch.manual_seed(seed)
         if reason is None:
-            out = decode(policy, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+            out = decode(_decoder_of(policy), enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                          min_new_tokens=min_new_tokens, return_logprobs=return_logprobs)

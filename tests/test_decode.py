@@ -135,3 +135,24 @@ def test_unsupported_models_fall_back_to_generate(tiny, tokenizer):
     penalised = copy.deepcopy(tiny)
     penalised.generation_config.repetition_penalty = 1.1
     assert "repetition_penalty" in unsupported_reason(penalised)
+
+
+def test_lora_policy_runs_the_fast_loop_through_its_adapters(tiny, tokenizer):
+    pytest.importorskip("peft")
+    from dvpo_lab.config import LoraConfig
+    from dvpo_lab.models.pretrained import apply_lora
+
+    policy = apply_lora(copy.deepcopy(tiny), LoraConfig(enabled=True, r=4))
+    with torch.no_grad():  # LoRA B starts at zero: give the adapters an effect to reproduce
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2)
+    tok = _frequent_token_as_eos(policy, tokenizer, **SETTINGS["temp_top_p"])
+    fast, hf = _both(policy, tok, **SETTINGS["temp_top_p"])
+    _assert_same_rollout(fast, hf)
+    assert fast.logprobs is not None  # the fast loop ran, not the fallback
+    recomputed, _ = response_logprobs(policy, fast, 1.3)
+    mask = fast.response_mask.bool()
+    assert torch.allclose(fast.logprobs[mask], recomputed[mask], atol=1e-5, rtol=0)
+    base, _ = _both(tiny, tok, **SETTINGS["temp_top_p"])
+    assert not torch.equal(base.response_ids, fast.response_ids)  # the adapters changed what was drawn
