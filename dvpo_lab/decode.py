@@ -146,15 +146,26 @@ def decode(
     """Sample up to `max_new_tokens` tokens after left-padded prompts `input_ids [B, P]`, as `generate` does.
 
     Draws from the global torch RNG (fork and seed it around the call, as `rollout.sample` does). The model
-    must pass `unsupported_reason`; it is run in inference mode whatever its train/eval flag (no dropout).
-    Attention is always torch's SDPA: bit-identical logits to `generate` on an `sdpa` model (the default),
-    equal to float rounding on an `eager` one.
+    must pass `unsupported_reason`; it runs in eval mode (no dropout, e.g. LoRA's) and is restored after.
+    Attention is always torch's SDPA: the kernel `generate` uses on an `sdpa` model (the default; the tests
+    find identical tokens), equal to float rounding on an `eager` one.
 
     Returns:
         `Decoded`: tokens `[B, T]` with T the step at which every row had emitted EOS (or max_new_tokens),
         and with `return_logprobs`, the log-probs of those tokens under softmax(logits / temperature) of
         the unfiltered logits (1.0 for greedy), i.e. what the scoring pass recomputes.
     """
+    was_training = model.training
+    model.eval()
+    try:
+        return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
+                       temperature, top_k, top_p, min_new_tokens, return_logprobs)
+    finally:
+        model.train(was_training)
+
+
+def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
+            temperature, top_k, top_p, min_new_tokens, return_logprobs) -> Decoded:
     B, P = input_ids.shape
     device = input_ids.device
     net = _Layers(model, B, P + max_new_tokens)
