@@ -263,6 +263,13 @@ class RolloutConfig:
     max_new_tokens: int | None = None  # null = the task's max_response_len
     eval_batch_size: int = 256  # prompts per greedy evaluation batch
     eval_limit: int | None = None  # evaluate on the first N test problems only (null = all)
+    # fast: dvpo_lab.decode (preallocated KV cache, no per-token framework work; falls back to generate for
+    # models it does not cover, with a warning) | hf: model.generate. Both draw the same tokens from one seed.
+    sampler: str = "fast"
+    min_new_tokens: int = 0  # forbid EOS before this many response tokens (fixed-length benchmark workloads)
+    # take the old log-probs from the fast sampler's own logits instead of a second forward pass over the
+    # rollout; only where that is the same number (float32 policy, no dropout), else the pass runs
+    reuse_sampler_logprobs: bool = True
 
 
 @dataclass

@@ -24,7 +24,7 @@ from dvpo_lab.evaluate import greedy_scores, metric_sums
 from dvpo_lab.models.build import build_critic, build_reference
 from dvpo_lab.multiturn import sample_for_task
 from dvpo_lab.noise import RewardNoise
-from dvpo_lab.rollout import Rollout, response_logprobs, response_values, sample
+from dvpo_lab.rollout import Rollout, fast_sampler_reason, response_logprobs, response_values, sample
 from dvpo_lab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class RLModule(L.LightningModule):
         self.max_new_tokens = self.rcfg.max_new_tokens or task.max_response_len
         self.max_prompt_len = policy.config.max_position_embeddings - self.max_new_tokens
         self.eval_problems = task.test_problems()[: self.rcfg.eval_limit]
+        self.reuse_logprobs = self.sampler_logprobs_exact() if self.rcfg.reuse_sampler_logprobs else False
         self.history: list[dict[str, float]] = []  # val/acc per evaluated step, saved in checkpoints
         self._val_scores: list[torch.Tensor] = []
         self._val_metrics: list[dict[str, torch.Tensor]] = []
@@ -63,6 +64,26 @@ class RLModule(L.LightningModule):
         if self.critic is not None:
             opts.append(torch.optim.AdamW(self.critic.parameters(), lr=a.critic_lr, weight_decay=a.weight_decay))
         return opts
+
+    def sampler_logprobs_exact(self) -> bool:
+        """Whether the fast sampler's log-probs stand in for the old-log-prob pass over the rollout.
+
+        They are the same function of the same weights (the pass runs before any update of this step, in
+        every ppo epoch), computed by a cached decode instead of one full forward: equal up to float32
+        rounding. Not with dropout (the pass runs in train mode), low precision (rounding of the cached
+        path differs visibly), dialogues (played with generate) or a model the fast sampler falls back on.
+        """
+        why = fast_sampler_reason(self.policy, self.rcfg.sampler)
+        if why is None and self.task.multi_turn:
+            why = "multi-turn task"
+        if why is None and any(p.dtype != torch.float32 for p in self.policy.parameters()):
+            why = "policy is not float32"
+        if why is None and (getattr(self.policy.config, "attention_dropout", 0.0) or any(
+                isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.policy.modules())):
+            why = "policy has dropout"
+        if why is not None:
+            log.info("old log-probs: recomputed by a forward pass (%s)", why)
+        return why is None
 
     @property
     def rl_step(self) -> int:
@@ -101,7 +122,8 @@ class RLModule(L.LightningModule):
         rep = [p for p in problems for _ in range(G)]
         ro = sample_for_task(self.policy, self.tokenizer, self.task, rep, max_new_tokens=self.max_new_tokens,
                              temperature=self.rcfg.temperature, top_k=self.rcfg.top_k, top_p=self.rcfg.top_p,
-                             seed=self.step_seed(), max_prompt_len=self.max_prompt_len)
+                             seed=self.step_seed(), max_prompt_len=self.max_prompt_len, sampler=self.rcfg.sampler,
+                             min_new_tokens=self.rcfg.min_new_tokens, return_logprobs=self.reuse_logprobs)
         timing["gen"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -119,7 +141,8 @@ class RLModule(L.LightningModule):
         t2 = time.perf_counter()
         mask = ro.response_mask
         with torch.no_grad():
-            old_logp, _ = response_logprobs(self.policy, ro, self.rcfg.temperature)
+            old_logp = ro.logprobs if ro.logprobs is not None else response_logprobs(
+                self.policy, ro, self.rcfg.temperature)[0]
             ref_logp = response_logprobs(self.reference, ro, self.rcfg.temperature)[0] if self.needs_ref else None
             old_view = self.critic_spec.view(response_values(self.critic, ro)) if self.critic is not None else None
         values = self.critic_spec.estimator_values(old_view) if old_view is not None else None
@@ -190,7 +213,7 @@ class RLModule(L.LightningModule):
         """`n` responses per prompt (prompt-major) from the frozen initial policy: the noise's `Sampler`."""
         return sample(self.reference, self.tokenizer, [p for p in prompts for _ in range(n)],
                       max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed,
-                      max_prompt_len=self.max_prompt_len).texts
+                      max_prompt_len=self.max_prompt_len, sampler=self.rcfg.sampler).texts
 
     def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view) -> dict[str, float]:
         """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (spec 1.10)."""
@@ -287,7 +310,7 @@ class RLModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         problems = [self.eval_problems[i] for i in batch.tolist()]
         scores, texts = greedy_scores(self.policy, self.tokenizer, self.task, problems, len(problems),
-                                      self.max_new_tokens, self.max_prompt_len)
+                                      self.max_new_tokens, self.max_prompt_len, sampler=self.rcfg.sampler)
         self._val_scores.append(scores.to(self.device))
         self._val_metrics.append(self.task.metrics(texts, problems))  # e.g. dialogue TCR/ACR/GCR
 

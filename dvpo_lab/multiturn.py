@@ -187,7 +187,9 @@ def sample_for_task(
 ) -> Rollout:
     """One response per problem: a dialogue for a multi-turn task, else `rollout.sample` on the prompts.
     Keyword arguments are `sample`'s (max_new_tokens, do_sample, temperature, ..., seed, max_prompt_len)."""
-    if task.multi_turn:
+    if task.multi_turn:  # dialogues are played turn by turn with model.generate
+        for key in ("sampler", "min_new_tokens", "return_logprobs"):
+            kwargs.pop(key, None)
         return sample_dialogues(policy, tokenizer, task, problems, **kwargs)
     return sample(policy, tokenizer, [p.prompt for p in problems], **kwargs)
 

@@ -2,10 +2,14 @@
 
 Layout of a rollout: prompts are left-padded to P tokens, responses right-padded to T tokens, so
 `input_ids = [B, P + T]`; position ids come from the attention mask, so padding never shifts positions.
+
+Two samplers draw the same tokens from the same seed: `fast` (`dvpo_lab.decode`, the default: no per-token
+framework work) and `hf` (`model.generate`); `fast` falls back to `hf` for models it does not cover.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +17,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dvpo_lab.algos import entropy_from_logits
+from dvpo_lab.decode import decode, unsupported_reason
+from dvpo_lab.models.pretrained import is_lora
+
+log = logging.getLogger(__name__)
+SAMPLERS = ("fast", "hf")
+_fallbacks_logged: set[str] = set()
 
 
 @dataclass
@@ -23,6 +33,9 @@ class Rollout:
     response_ids: torch.Tensor  # [B, T]
     response_mask: torch.Tensor  # [B, T] float, 1 on generated tokens up to and including EOS
     texts: list[str]  # decoded responses, special tokens removed
+    # [B, T] float32 log-probs of the response tokens under softmax(logits / temperature), as the sampler
+    # computed them (0 on padding); None unless asked for and the fast sampler ran
+    logprobs: torch.Tensor | None = None
 
     @property
     def response_len(self) -> int:
@@ -43,6 +56,18 @@ def encode_prompts(
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+def fast_sampler_reason(policy: PreTrainedModel, sampler: str) -> str | None:
+    """Why `sample(..., sampler=sampler)` will run `generate` rather than the fast loop (None: it will not)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"rollout.sampler={sampler!r}: expected one of {SAMPLERS}")
+    return "rollout.sampler=hf" if sampler == "hf" else unsupported_reason(_decoder_of(policy))
+
+
+def _decoder_of(policy: PreTrainedModel) -> PreTrainedModel:
+    """The transformers model the fast loop runs: a LoRA policy's base model, whose layers carry the adapters."""
+    return policy.get_base_model() if is_lora(policy) else policy
+
+
 @torch.no_grad()
 def sample(
     policy: PreTrainedModel,
@@ -56,30 +81,43 @@ def sample(
     top_p: float = 1.0,
     seed: int | None = None,
     max_prompt_len: int | None = None,
+    min_new_tokens: int = 0,
+    sampler: str = "fast",
+    return_logprobs: bool = False,
 ) -> Rollout:
-    """Generate one response per prompt (repeat prompts for several samples). `seed` fixes the draw."""
+    """Generate one response per prompt (repeat prompts for several samples). `seed` fixes the draw.
+
+    `sampler`: fast | hf, the same tokens from the same seed (see the module docstring). `min_new_tokens`
+    forbids EOS before that many tokens (fixed-length benchmark workloads). `return_logprobs`: keep the fast
+    sampler's log-probs of its tokens in `Rollout.logprobs` (the `hf` path leaves it None).
+    """
     enc = encode_prompts(tokenizer, prompts, max_prompt_len)
     enc = {k: v.to(policy.device) for k, v in enc.items()}
+    reason = fast_sampler_reason(policy, sampler)
+    if reason is not None and sampler == "fast" and reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        log.warning("rollout.sampler=fast falls back to model.generate: %s", reason)
     was_training = policy.training
     policy.eval()
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
-    else:
-        gen_kwargs.update(temperature=None, top_k=None, top_p=None)
+    logprobs = None
     with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
-        out = policy.generate(**enc, **gen_kwargs)
+        if reason is None:
+            out = decode(_decoder_of(policy), enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                         min_new_tokens=min_new_tokens, return_logprobs=return_logprobs)
+            response, logprobs = out.tokens, out.logprobs
+        else:
+            response = _hf_generate(policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                    min_new_tokens)
     policy.train(was_training)
-    P = enc["input_ids"].shape[1]
-    response = out[:, P:]
     T = response.shape[1]
     is_eos = response == tokenizer.eos_token_id
     has_eos = is_eos.any(1)
     first = torch.where(has_eos, is_eos.int().argmax(1), torch.full_like(has_eos, T, dtype=torch.long))
-    response_mask = (torch.arange(T, device=out.device)[None, :] <= first[:, None]).float()
+    response_mask = (torch.arange(T, device=response.device)[None, :] <= first[:, None]).float()
     response = torch.where(response_mask.bool(), response, torch.full_like(response, tokenizer.pad_token_id))
     attention_mask = torch.cat([enc["attention_mask"], response_mask.long()], 1)
     texts = tokenizer.batch_decode(response, skip_special_tokens=True)
@@ -90,7 +128,23 @@ def sample(
         response_ids=response,
         response_mask=response_mask,
         texts=texts,
+        logprobs=logprobs * response_mask if logprobs is not None else None,
     )
+
+
+def _hf_generate(policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p,
+                 min_new_tokens) -> torch.Tensor:
+    """`model.generate` on the left-padded prompts; the response tokens `[B, T]`."""
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if min_new_tokens:
+        gen_kwargs["min_new_tokens"] = min_new_tokens
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
+    else:
+        gen_kwargs.update(temperature=None, top_k=None, top_p=None)
+    out = policy.generate(**enc, **gen_kwargs)
+    return out[:, enc["input_ids"].shape[1] :]
 
 
 def response_logprobs(
