@@ -192,6 +192,7 @@ class SciQATaskConfig(TaskConfig):
     n_sft: int = 2000  # generated: fixed demonstrations for the warm-start
     n_choices: int = 4  # generated: options per item (2-5)
     max_response_len: int | None = None  # null = longest generated solution + EOS + 2, or 256 (real sources)
+    categories: list[str] | None = None  # generated: only these fact categories (null = all ~380 facts)
 
 
 TASK_SCHEMAS = {"arith": ArithTaskConfig, "gsm8k": GSM8KTaskConfig, "sciqa": SciQATaskConfig,

@@ -150,6 +150,8 @@ class SciQATask(Task):
         max_response_len: tokens per response, EOS included; ``None`` = the longest generated solution + EOS
             + 2 (generated) or 256 (real sources).
         tokenizer: the model's tokenizer; only ``template=chat`` uses it.
+        categories: generated items only from these fact categories (``None`` = all); a smaller table is
+            seen more often per run.
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class SciQATask(Task):
         n_choices: int = 4,
         max_response_len: int | None = None,
         tokenizer: Any = None,
+        categories: Sequence[str] | None = None,
     ) -> None:
         if source not in SOURCES:
             raise ValueError(f"task.source={source!r}: expected one of {' | '.join(SOURCES)}")
@@ -185,7 +188,7 @@ class SciQATask(Task):
         self.source, self.template, self._tokenizer = source, template, tokenizer
         self.shuffle_seed = shuffle_seed
         if source == "generated":
-            self._init_generated(n_test, train_seed, test_seed, n_sft, n_choices)
+            self._init_generated(n_test, train_seed, test_seed, n_sft, n_choices, categories)
             self.max_response_len = max_response_len or self._longest_solution + 1 + RESPONSE_MARGIN
         else:
             self._init_real(data_dir, hub_id, hub_config, train_split, test_split, max_train, max_test)
@@ -193,8 +196,16 @@ class SciQATask(Task):
 
     # --- generated ------------------------------------------------------------------------------------
 
-    def _init_generated(self, n_test: int, train_seed: int, test_seed: int, n_sft: int, n_choices: int) -> None:
+    def _init_generated(self, n_test: int, train_seed: int, test_seed: int, n_sft: int, n_choices: int,
+                        categories: Sequence[str] | None = None) -> None:
         self.facts = build_facts()
+        if categories is not None:
+            known = sorted({f.category for f in self.facts})
+            unknown = sorted(set(categories) - set(known))
+            if unknown or not categories:
+                raise ValueError(f"task.categories={list(categories)}: unknown {unknown or 'empty list'}; "
+                                 f"categories: {known}")
+            self.facts = [f for f in self.facts if f.category in set(categories)]
         self._pools = category_pools(self.facts)
         small = {c: len(p) for c, p in self._pools.items() if len(p) < n_choices}
         if small:

@@ -117,6 +117,15 @@ def test_n_choices_knob() -> None:
     assert {p.answer for p in five.test_problems()} == set("ABCDE") and five.extract_answer("#### E") == "E"
 
 
+def test_categories_restrict_the_fact_table() -> None:
+    cats = ["element_symbol", "element_name", "atomic_number"]
+    t = SciQATask(categories=cats, n_test=100, n_sft=50)
+    assert len(t.facts) == 117 and {f.category for f in t.facts} == set(cats)
+    questions = {f.question for f in t.facts}
+    for p in [*t.test_problems(), *t.sft_problems()]:
+        assert p.prompt.split("?")[0] + "?" in questions
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -126,6 +135,8 @@ def test_n_choices_knob() -> None:
         ({"template": "fancy"}, "task.template"),
         ({"template": "chat"}, "chat"),  # no tokenizer
         ({"max_train": 0}, "max_train"),
+        ({"categories": ["element_symbol", "bogus"]}, "bogus"),
+        ({"categories": []}, "empty"),
     ],
 )
 def test_bad_knobs_fail_clearly(kwargs: dict, match: str) -> None:
