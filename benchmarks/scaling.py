@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +28,12 @@ HERE = Path(__file__).resolve().parent
 def point(overrides: list[str], steps: int) -> dict:
     """One configuration in a fresh process: phase medians (s), tokens per response, peak RSS (MiB)."""
     code = (
-        "import json, resource, sys; sys.path.insert(0, %r); from step_time import time_steps, medians; "
-        "cfg, rows = time_steps(%r, %d, 1); m = medians(rows); "
+        f"import json, resource, sys; sys.path.insert(0, {str(HERE)!r}); "
+        "from step_time import time_steps, medians; "
+        f"cfg, rows = time_steps({overrides!r}, {steps}, 1); m = medians(rows); "
         "m['resp_len'] = sum(float(r['response_length/mean']) for r in rows) / len(rows); "
         "m['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
-        "print('RESULT', json.dumps(m))" % (str(HERE), overrides, steps))
+        "print('RESULT', json.dumps(m))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
