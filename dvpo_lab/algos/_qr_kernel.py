@@ -158,34 +158,42 @@ def _ensemble(p, t, order, ens, es):  # pragma: no cover - compiled
         es[j] = ens[order[t, j]]
 
 
+def _token_stats(p, z, t, order, ens, es, ka, kb, kl, ku):  # pragma: no cover - compiled
+    """Token t: fills ens (head mean, quantile order) and es (ascending); returns the tail and overall means
+    and variances of es and z[t], and the sums of es's second differences over the lower (kl) and upper (ku)
+    tails (0 when N < 3) — what both passes of the regularisers need."""
+    N = p.shape[2]
+    _ensemble(p, t, order, ens, es)
+    zt = z[t]
+    m_lo_p, v_lo_p = _mean_var(es, 0, ka)
+    m_up_p, v_up_p = _mean_var(es, N - kb, N)
+    m_lo_z, v_lo_z = _mean_var(zt, 0, ka)
+    m_up_z, v_up_z = _mean_var(zt, N - kb, N)
+    m_p, _ = _mean_var(es, 0, N)
+    m_z, _ = _mean_var(zt, 0, N)
+    lo = 0.0
+    up = 0.0
+    if N >= 3:
+        for j in range(kl):
+            lo += es[j + 2] - 2.0 * es[j + 1] + es[j]
+        for j in range(N - 2 - ku, N - 2):
+            up += es[j + 2] - 2.0 * es[j + 1] + es[j]
+    return m_lo_p, v_lo_p, m_up_p, v_up_p, m_lo_z, v_lo_z, m_up_z, v_up_z, m_p, m_z, lo, up
+
+
 def _reg_forward(p, z, order, ka, kb, kl, ku, ml, mu, terms, stats):  # pragma: no cover - compiled
     n, H, N = p.shape
     ens = np.empty(N)
     es = np.empty(N)
     n_pairs = H * (H - 1) // 2
     for t in range(n):
-        _ensemble(p, t, order, ens, es)
-        zt = z[t]
-        m_lo_p, v_lo_p = _mean_var(es, 0, ka)
-        m_up_p, v_up_p = _mean_var(es, N - kb, N)
-        m_lo_z, v_lo_z = _mean_var(zt, 0, ka)
-        m_up_z, v_up_z = _mean_var(zt, N - kb, N)
-        m_p, _ = _mean_var(es, 0, N)
-        m_z, _ = _mean_var(zt, 0, N)
+        (m_lo_p, v_lo_p, m_up_p, v_up_p, m_lo_z, v_lo_z, m_up_z, v_up_z, m_p, m_z, lo, up) = _token_stats(
+            p, z, t, order, ens, es, ka, kb, kl, ku)
         terms[0, t] = (m_lo_p - m_lo_z) ** 2
         terms[1, t] = (m_up_p - m_up_z) ** 2
         terms[2, t] = max(0.0, m_z - m_p)
         terms[3, t] = max(0.0, v_lo_p - (1.0 - ml) * v_lo_z) + max(0.0, (1.0 + mu) * v_up_z - v_up_p)
-        curv = 0.0
-        if N >= 3:
-            lo = 0.0
-            for j in range(kl):
-                lo += es[j + 2] - 2.0 * es[j + 1] + es[j]
-            up = 0.0
-            for j in range(N - 2 - ku, N - 2):
-                up += es[j + 2] - 2.0 * es[j + 1] + es[j]
-            curv = max(0.0, lo / kl) + max(0.0, -up / ku)
-        terms[4, t] = curv
+        terms[4, t] = max(0.0, lo / kl) + max(0.0, -up / ku) if N >= 3 else 0.0
         cons = 0.0
         if H > 1:
             for i in range(N):
@@ -212,14 +220,8 @@ def _reg_backward(p, z, order, g, ka, kb, kl, ku, ml, mu, dp):  # pragma: no cov
     des = np.empty(N)
     n_pairs = H * (H - 1) // 2
     for t in range(n):
-        _ensemble(p, t, order, ens, es)
-        zt = z[t]
-        m_lo_p, v_lo_p = _mean_var(es, 0, ka)
-        m_up_p, v_up_p = _mean_var(es, N - kb, N)
-        m_lo_z, v_lo_z = _mean_var(zt, 0, ka)
-        m_up_z, v_up_z = _mean_var(zt, N - kb, N)
-        m_p, _ = _mean_var(es, 0, N)
-        m_z, _ = _mean_var(zt, 0, N)
+        (m_lo_p, v_lo_p, m_up_p, v_up_p, m_lo_z, v_lo_z, m_up_z, v_up_z, m_p, m_z, lo, up) = _token_stats(
+            p, z, t, order, ens, es, ka, kb, kl, ku)
         for j in range(N):
             des[j] = 0.0
         c = g[0, t] * 2.0 * (m_lo_p - m_lo_z) / ka  # cvar
@@ -241,18 +243,12 @@ def _reg_backward(p, z, order, g, ka, kb, kl, ku, ml, mu, dp):  # pragma: no cov
             for j in range(N - kb, N):
                 des[j] += c * (es[j] - m_up_p)
         if N >= 3:  # curvature
-            lo = 0.0
-            for j in range(kl):
-                lo += es[j + 2] - 2.0 * es[j + 1] + es[j]
             if lo > 0.0:
                 c = g[4, t] / kl
                 for j in range(kl):
                     des[j] += c
                     des[j + 1] -= 2.0 * c
                     des[j + 2] += c
-            up = 0.0
-            for j in range(N - 2 - ku, N - 2):
-                up += es[j + 2] - 2.0 * es[j + 1] + es[j]
             if -up > 0.0:
                 c = -g[4, t] / ku
                 for j in range(N - 2 - ku, N - 2):
@@ -273,6 +269,7 @@ def _reg_backward(p, z, order, g, ka, kb, kl, ku, ml, mu, dp):  # pragma: no cov
 if AVAILABLE:
     _mean_var = numba.njit(cache=True, nogil=True, inline="always")(_mean_var)
     _ensemble = numba.njit(cache=True, nogil=True, inline="always")(_ensemble)
+    _token_stats = numba.njit(cache=True, nogil=True, inline="always")(_token_stats)
     _reg_forward = numba.njit(cache=True, nogil=True)(_reg_forward)
     _reg_backward = numba.njit(cache=True, nogil=True)(_reg_backward)
 
