@@ -12,9 +12,9 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from dvpo_lab.run import run
+    from dvpo_lab.run import run_job
 
-    return run(cfg)
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"  # named studies: `python -m dvpo_lab -m sweep=NAME`
 
 
 @dataclass
@@ -321,6 +322,8 @@ class Config:
     ckpt_path: str | None = None  # "last" resumes the newest matching run; or a path to a .ckpt
     optimized_metric: str = "val/acc"
     threads: int | None = None  # torch intra-op threads (null = torch default)
+    study: str = "adhoc"  # the named study (sweeps/NAME.yaml) a job belongs to: W&B group and tag
+    resume: bool = False  # skip a job whose folder holds a finished run; continue an unfinished one from last.ckpt
 
 
 class ConfigError(ValueError):
@@ -344,5 +347,16 @@ def compose_config(overrides: list[str], output_dir: str | Path, config_dir: str
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    register_sweeps(cs)
     for name, node in TASK_SCHEMAS.items():
         cs.store(group="task", name=f"{name}_schema", node=node)
+
+
+def register_sweeps(cs: ConfigStore, folder: Path = SWEEPS_DIR) -> None:
+    """Each `sweeps/NAME.yaml` becomes the option `sweep=NAME` (a `# @package _global_` preset that sets the
+    study's grid or Optuna search in `hydra.sweeper`, its sweep folder and its RL budget). They live at the
+    top of the repository, beside `conf/`, because a study is a thing a user writes, not a building block."""
+    from omegaconf import OmegaConf
+
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_", provider="dvpo_lab")

@@ -27,6 +27,8 @@ from dvpo_lab.noise import RewardNoise
 from dvpo_lab.rollout import Rollout, fast_sampler_reason, response_logprobs, response_values, sample
 from dvpo_lab.tasks import Task
 
+SAMPLES_LOGGED = 16
+SAMPLE_COLUMNS = ["step", "prompt", "response", "answer", "reward_clean", "reward_noisy"]
 log = logging.getLogger(__name__)
 _SEED_STRIDE = 1_000_003
 
@@ -186,8 +188,21 @@ class RLModule(L.LightningModule):
             metrics["critic/vf_explained_var"] = float(1 - algos.masked_var(r_mean - v_mean, mask) / (var_r + 1e-8))
         if a.viz_every and self.global_rank == 0 and (self.rl_step % a.viz_every == 0):
             self.dump_advantages(ro, rep, clean, score, adv, values)
+        if self.rl_step % self.cfg.eval_every == 0 and self.trainer.is_global_zero:
+            self.log_samples(ro, rep, clean, score)
         self.log_rl(metrics)
         self.log("reward", metrics["critic/score_clean/mean"], prog_bar=True, logger=False)
+
+    def log_samples(self, ro: Rollout, rep, clean, score, n: int = SAMPLES_LOGGED) -> None:
+        """A table of this step's first `n` generations with their clean and noisy (trained-on) reward, to every
+        logger that takes tables (W&B: `samples`, one table per evaluation interval)."""
+        loggers = [lg for lg in self.loggers if hasattr(lg, "log_table")]
+        if not loggers:
+            return
+        rows = [[self.rl_step, rep[i].prompt, ro.texts[i], rep[i].answer, float(clean[i]), float(score[i])]
+                for i in range(min(n, len(ro.texts)))]
+        for lg in loggers:
+            lg.log_table(key="samples", columns=SAMPLE_COLUMNS, data=rows, step=self.rl_step)
 
     def dump_advantages(self, ro: Rollout, rep, clean, score, adv, values) -> None:
         """Per-token advantages of the first `algo.viz_samples` responses -> advantages/step_XXXXX.json

@@ -25,9 +25,10 @@ BEFORE_RESUME = "metrics.before_resume.csv"
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
-    """Identity of a run for `ckpt_path=last`: the config minus paths, loggers, callbacks and resume keys."""
+    """Identity of a run for `ckpt_path=last` and `resume=true`: the config minus paths, loggers, callbacks,
+    resume keys and the study's name (none of them changes what the run computes)."""
     c = OmegaConf.to_container(cfg, resolve=False)
-    for k in ("paths", "ckpt_path", "logger", "callbacks", "extras", "hydra"):
+    for k in ("paths", "ckpt_path", "logger", "callbacks", "extras", "hydra", "resume", "study"):
         c.pop(k, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

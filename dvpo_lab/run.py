@@ -7,12 +7,16 @@ import json
 import logging
 import math
 import os
+import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dvpo_lab import algos
@@ -33,6 +37,7 @@ from dvpo_lab.tasks import TASKS, build_task
 
 log = logging.getLogger("dvpo_lab")
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+FAILED = "failed.txt"  # a multirun job's traceback, in its folder
 
 
 def check_batch_sizes(cfg: DictConfig) -> str:
@@ -134,12 +139,56 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
 
 
+def run_job(cfg: DictConfig) -> float | None:
+    """`run` as `python -m dvpo_lab` calls it. In a multirun, a job that raises does not stop the sweep: its
+    traceback goes to `failed.txt` in its folder (the report lists it), nothing it wrote is removed, and the
+    sweeper gets NaN. A single run raises as usual. Ctrl-C is not caught."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    failed = Path(cfg.paths.output_dir) / FAILED
+    try:
+        result = run(cfg)
+    except Exception as e:
+        if not multirun:
+            raise
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.write_text(f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}")
+        log.error("job failed: %s: %s; recorded in %s; the sweep goes on", type(e).__name__, e, failed)
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish(exit_code=1)
+        return math.nan
+    failed.unlink(missing_ok=True)
+    return result
+
+
+def finished_metric(cfg: DictConfig, out_dir: Path) -> float | None:
+    """With `resume=true`: the metric of a run this folder already finished with this same config (None if
+    there is none). A finished run of another config in the folder is an error, not something to overwrite."""
+    summ, fp_file = out_dir / "summary.json", out_dir / "fingerprint.txt"
+    fp = config_fingerprint(cfg)
+    if fp_file.exists() and fp_file.read_text().strip() != fp:
+        raise ConfigError(
+            f"{out_dir} holds a run of another config (fingerprint {fp_file.read_text().strip()}, this job's "
+            f"{fp}): the sweep's file or overrides changed since it ran. Keep both: point this sweep at a new "
+            "folder (hydra.sweep.dir=...), or delete that folder to rerun it")
+    if not summ.exists():
+        return None
+    s = json.loads(summ.read_text())
+    log.info("resume=true: %s already finished (final val/acc %.4f); skipping it", out_dir, s["final/val_acc"])
+    return s["final/val_acc"] if cfg.optimized_metric == "val/acc" else s.get(cfg.optimized_metric)
+
+
 def run(cfg: DictConfig) -> float | None:
     quiet_lightning()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and cfg.mode == "train":
+        done = finished_metric(cfg, out_dir)
+        if done is not None:
+            return done
+        if cfg.ckpt_path is None and (out_dir / "checkpoints" / "last.ckpt").exists():
+            cfg.ckpt_path = "last"  # resolve_ckpt_path takes the folder's own checkpoint first
     os.environ.setdefault("WANDB_SILENT", "true")
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # never prompt for a key
@@ -198,6 +247,9 @@ def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
                "total_steps": cfg.total_steps, "initial/val_acc": initial, "final/val_acc": final,
                "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan), "history": hist}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    for lg in module.loggers:  # the numbers a W&B sweep or dashboard reads (sweeps/wandb/*.yaml: final/val_acc)
+        if hasattr(lg, "experiment") and hasattr(getattr(lg, "experiment", None), "summary"):
+            lg.experiment.summary.update({k: v for k, v in summary.items() if "/" in k})
     if module.trainer.is_global_zero:
         w = 26
         lines = ["", f"{'run':<{w}}{cfg.algo.name} | task={cfg.task.name} | noise={cfg.noise.name} | seed={cfg.seed}",
