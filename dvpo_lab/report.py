@@ -13,6 +13,11 @@ gain over the warm-start with its interval, and the mean of the last three evalu
 the last alone). Paired differences against `--baseline` (same task, noise and seed: same warm-start and
 same step-0 samples) come with a seeded bootstrap 95% interval over seeds and the count of seeds above.
 Plots: final accuracy against noise per method (mean and 95% CI), learning curves per noise setting.
+
+Beside report.md goes `runs.jsonl`, one line per job (status, config, evaluation history, wall time): small
+enough to commit with the report, and itself an input (`python -m dvpo_lab.report DIR/runs.jsonl`). On a new
+machine, `python -m dvpo_lab.report LEDGER --restore SWEEP_DIR` recreates the finished jobs' folders so that
+rerunning the study's command there skips them and runs only what is missing.
 """
 
 from __future__ import annotations
@@ -92,13 +97,19 @@ def _history_from_csv(folder: Path) -> list[dict]:
     return [{"step": int(float(r["step"])), "val/acc": float(r["val/acc"])} for r in rows]
 
 
+LEDGER = "runs.jsonl"  # one line per job, written beside report.md: the report's input, small enough to commit
+
+
 def load(roots: list[Path]) -> list[Run]:
-    """Every run folder under `roots`: finished, failed and unfinished."""
+    """Every run folder under `roots` (finished, failed and unfinished), or the jobs of a ledger file."""
     folders: set[Path] = set()
+    runs = []
     for root in roots:
+        if root.is_file():
+            runs += [ledger_run(json.loads(line)) for line in root.read_text().splitlines() if line.strip()]
+            continue
         for marker in ("fingerprint.txt", "summary.json", "failed.txt"):
             folders.update(p.parent for p in root.rglob(marker))
-    runs = []
     for folder in sorted(folders):
         ov = _overrides(folder)
         summ, failed = folder / "summary.json", folder / "failed.txt"
@@ -119,6 +130,42 @@ def load(roots: list[Path]) -> list[Run]:
             run.error = failed.read_text().splitlines()[0][:300] if failed.read_text() else "failed"
         runs.append(run)
     return runs
+
+
+def ledger_line(r: Run, root: Path) -> dict:
+    folder = str(r.folder.relative_to(root)) if r.folder.is_relative_to(root) else str(r.folder)
+    return {"job": folder, "status": r.status, "task": r.task, "algo": r.algo, "noise": r.noise, "seed": r.seed,
+            "total_steps": r.total_steps, "extra": r.extra, "history": r.history, "wall_s": r.wall_s,
+            "error": r.error, "overrides": _overrides(r.folder)}
+
+
+def ledger_run(d: dict) -> Run:
+    return Run(Path(d["job"]), d["status"], d["task"], d["algo"], d["noise"], d["seed"], d["total_steps"],
+               d["extra"], d["history"], d["wall_s"] if d["wall_s"] is not None else math.nan, d["error"])
+
+
+def restore(ledger: Path, sweep_dir: Path) -> int:
+    """Recreate the finished jobs of a ledger as folders under `sweep_dir` (summary.json + the job's overrides),
+    so that rerunning the study's command on another machine skips them (resume=true) and runs only the rest."""
+    n = 0
+    for line in ledger.read_text().splitlines():
+        d = json.loads(line) if line.strip() else None
+        if not d or d["status"] != "finished":
+            continue
+        folder = sweep_dir / d["job"]
+        if (folder / "summary.json").exists():
+            continue
+        (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(d["overrides"]))
+        hist = d["history"]
+        (folder / "summary.json").write_text(json.dumps({
+            "algo": d["algo"], "task": d["task"], "noise": d["noise"], "seed": d["seed"],
+            "total_steps": d["total_steps"], "initial/val_acc": hist[0]["val/acc"] if hist else math.nan,
+            "final/val_acc": hist[-1]["val/acc"] if hist else math.nan,
+            "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan), "history": hist,
+            "restored_from": str(ledger)}, indent=1))
+        n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -336,16 +383,29 @@ def write_report(roots: list[Path], out: Path, baseline: str = "ppo", title: str
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
+    dirs = [r for r in roots if r.is_dir()]
+    if dirs:  # the ledger: this report's input in one small file (python -m dvpo_lab.report out/runs.jsonl)
+        with (out / LEDGER).open("w") as f:
+            for r in runs:
+                root = next((d for d in dirs if r.folder.is_relative_to(d)), dirs[0])
+                f.write(json.dumps(ledger_line(r, root)) + "\n")
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dirs", nargs="+", type=Path, help="sweep, multirun or outputs folders")
+    ap.add_argument("dirs", nargs="+", type=Path, help="sweep, multirun or outputs folders, or a runs.jsonl ledger")
     ap.add_argument("--out", type=Path, default=None, help="where report.md and the PNGs go (default: the first DIR)")
     ap.add_argument("--baseline", default="ppo", help="method the paired differences are taken against")
     ap.add_argument("--title", default=None)
+    ap.add_argument("--restore", type=Path, default=None, metavar="SWEEP_DIR",
+                    help="recreate the finished jobs of the ledger DIR (a runs.jsonl) under SWEEP_DIR, so rerunning "
+                         "the study there skips them, and exit")
     args = ap.parse_args(argv)
+    if args.restore is not None:
+        n = restore(args.dirs[0], args.restore)
+        print(f"restored {n} finished jobs under {args.restore}")
+        return
     missing = [d for d in args.dirs if not d.exists()]
     if missing:
         raise SystemExit(f"no such folder: {', '.join(map(str, missing))}")
@@ -353,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         raise SystemExit(f"no run folder (summary.json, fingerprint.txt or failed.txt) under "
                          f"{', '.join(map(str, args.dirs))}")
-    path = write_report(args.dirs, args.out or args.dirs[0], args.baseline, args.title)
+    out = args.out or (args.dirs[0].parent if args.dirs[0].is_file() else args.dirs[0])
+    path = write_report(args.dirs, out, args.baseline, args.title)
     print(summary_table(runs))
     bad = [r for r in runs if r.status != "finished"]
     for r in bad:

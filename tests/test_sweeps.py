@@ -129,6 +129,14 @@ def test_report_on_hand_made_runs(tmp_path):
     assert "| arith | none | 2 | 76.0 | 72.0 |" in text
     assert "unfinished" in text and "ppo_flip0.3_1" in text
 
+    ledger = tmp_path / "out" / report.LEDGER  # the committed form: the same report from one file
+    table = report.summary_table(report.load([tmp_path]))
+    assert report.summary_table(report.load([ledger])) == table
+    from_ledger = report.write_report([ledger], tmp_path / "b").read_text()
+    assert "| arith | dvpo | flip0.2 | 3 | 20 | 50.0 | 71.0" in from_ledger
+    assert report.restore(ledger, tmp_path / "restored") == 12  # finished jobs only
+    assert report.summary_table(report.load([tmp_path / "restored"])) == table
+
 
 def test_wandb_offline_groups_tags_and_logs_sample_tables(smoke_cfg, monkeypatch, tmp_path):
     wandb = pytest.importorskip("wandb")
