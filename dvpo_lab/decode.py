@@ -14,6 +14,7 @@ settings it does not cover are reported by `unsupported_reason`; the caller then
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -134,7 +135,7 @@ def decode(
     attention_mask: torch.Tensor,
     *,
     max_new_tokens: int,
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     pad_token_id: int,
     do_sample: bool = True,
     temperature: float = 1.0,
@@ -168,6 +169,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_
             temperature, top_k, top_p, min_new_tokens, return_logprobs) -> Decoded:
     B, P = input_ids.shape
     device = input_ids.device
+    stop = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     net = _Layers(model, B, P + max_new_tokens)
     rotary = net.base.rotary_emb
     keys_ok = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)
@@ -193,7 +195,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_
         scores = logits
         if t < min_new_tokens:  # HF MinNewTokensLengthLogitsProcessor, before the warpers
             scores = scores.clone()
-            scores[:, eos_token_id] = -float("inf")
+            scores[:, stop] = -float("inf")
         if do_sample:
             if temperature != 1.0:
                 scores = scores / temperature
@@ -209,7 +211,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_
         if logprobs is not None:
             lp = F.log_softmax(logits / scale if scale != 1.0 else logits, -1)
             logprobs[:, t] = lp.gather(1, nxt[:, None]).squeeze(1)
-        unfinished &= nxt != eos_token_id
+        unfinished &= ~torch.isin(nxt, stop)  # any of the stop ids ends a row, as in `generate`
         if not unfinished.any() or t == max_new_tokens - 1:
             T = t + 1
             break

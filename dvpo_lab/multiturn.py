@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dvpo_lab.rollout import Rollout, positions_from_mask, sample
+from dvpo_lab.decode import decode
+from dvpo_lab.rollout import Rollout, _decoder_of, fast_sampler_reason, positions_from_mask, sample
 from dvpo_lab.tasks import MultiTurnTask, Problem, Task
 
 
@@ -73,6 +74,7 @@ def sample_dialogues(
     seed: int | None = None,
     max_prompt_len: int | None = None,
     record_logprobs: bool = False,
+    sampler: str = "fast",
 ) -> DialogueRollout:
     """Play one episode per problem (repeat problems for several samples). `seed` fixes every draw.
 
@@ -80,6 +82,8 @@ def sample_dialogues(
         max_new_tokens: budget for the whole response (assistant and user tokens together).
         record_logprobs: also return the sampler's log-probs of its tokens (at `temperature`), to check that
             the scoring pass over the assembled rollout reproduces them.
+        sampler: fast (`dvpo_lab.decode` for each assistant turn) | hf (`model.generate`): the same tokens from
+            the same seed (tests/test_decode.py); fast falls back to generate where it does not apply.
 
     Returns:
         a `DialogueRollout`; `texts[i]` is the transcript (each turn cut after its end-of-turn text).
@@ -101,6 +105,7 @@ def sample_dialogues(
         gen_kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
     else:
         gen_kwargs.update(temperature=None, top_k=None, top_p=None)
+    fast = sampler == "fast" and fast_sampler_reason(policy, sampler) is None
     was_training = policy.training
     policy.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -112,13 +117,20 @@ def sample_dialogues(
                 break
             cap = min(task.max_turn_tokens, max(max_new_tokens - len(resp[i]) for i in active))
             ids, attn = _left_pad([prompts[i] + resp[i] for i in active], tokenizer.pad_token_id)
-            out = policy.generate(input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=cap,
-                                  **gen_kwargs)
-            new = out.sequences[:, ids.shape[1] :].tolist()
-            if record_logprobs:  # [cap, b, V] raw logits -> log-probs of the drawn tokens
-                step_logits = torch.stack(out.logits, 0).float() / (temperature if do_sample else 1.0)
-                drawn = out.sequences[:, ids.shape[1] :].T.unsqueeze(-1)
-                step_logp = F.log_softmax(step_logits, -1).gather(-1, drawn).squeeze(-1).T.tolist()
+            if fast:
+                out = decode(_decoder_of(policy), ids.to(device), attn.to(device), max_new_tokens=cap,
+                             eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
+                             temperature=temperature, top_k=top_k, top_p=top_p, return_logprobs=record_logprobs)
+                new = out.tokens.tolist()
+                step_logp = out.logprobs.tolist() if record_logprobs else None
+            else:
+                out = policy.generate(input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=cap,
+                                      **gen_kwargs)
+                new = out.sequences[:, ids.shape[1] :].tolist()
+                if record_logprobs:  # [cap, b, V] raw logits -> log-probs of the drawn tokens
+                    step_logits = torch.stack(out.logits, 0).float() / (temperature if do_sample else 1.0)
+                    drawn = out.sequences[:, ids.shape[1] :].T.unsqueeze(-1)
+                    step_logp = F.log_softmax(step_logits, -1).gather(-1, drawn).squeeze(-1).T.tolist()
             still = []
             for row, i in enumerate(active):
                 toks = new[row][: max_new_tokens - len(resp[i])]
@@ -187,8 +199,8 @@ def sample_for_task(
 ) -> Rollout:
     """One response per problem: a dialogue for a multi-turn task, else `rollout.sample` on the prompts.
     Keyword arguments are `sample`'s (max_new_tokens, do_sample, temperature, ..., seed, max_prompt_len)."""
-    if task.multi_turn:  # dialogues are played turn by turn with model.generate
-        for key in ("sampler", "min_new_tokens", "return_logprobs"):
+    if task.multi_turn:  # dialogues are played turn by turn (each assistant turn with rollout.sampler)
+        for key in ("min_new_tokens", "return_logprobs"):
             kwargs.pop(key, None)
         return sample_dialogues(policy, tokenizer, task, problems, **kwargs)
     return sample(policy, tokenizer, [p.prompt for p in problems], **kwargs)

@@ -177,3 +177,21 @@ def test_sft_loss_covers_assistant_turns_only(setup):
         expected = "".join(text for text, is_assistant in task.demo_turns(p) if is_assistant)
         assert trained == expected
         assert "=" not in trained.split("book")[0], "no user reply (slot=value) is trained on"
+
+
+@pytest.mark.parametrize("kw", [dict(do_sample=True), dict(do_sample=True, temperature=0.8, top_k=7),
+                                dict(do_sample=False)], ids=["sample", "temp_top_k", "greedy"])
+def test_fast_sampler_plays_the_same_dialogues_as_generate(setup, kw):
+    """Each assistant turn through `dvpo_lab.decode` (several stop ids: turn end and EOS) draws exactly the
+    tokens `model.generate` draws from the same seed, across user turns, with the same sampler log-probs."""
+    tok, policy, task = setup
+    problems = task.train_problems(range(6))
+    runs = {s: sample_dialogues(policy, tok, ScriptedUserTask(task), problems, max_new_tokens=300, seed=5,
+                                record_logprobs=True, sampler=s, **kw) for s in ("fast", "hf")}
+    fast, hf = runs["fast"], runs["hf"]
+    for name in ("input_ids", "attention_mask", "response_ids", "response_mask"):
+        assert torch.equal(getattr(fast, name), getattr(hf, name)), name
+    assert fast.texts == hf.texts and torch.equal(fast.num_turns, hf.num_turns)
+    if kw["do_sample"]:  # (a random model's greedy turn repeats one token up to the cap)
+        assert int(fast.num_turns.max()) >= 2  # user turns were interleaved
+    torch.testing.assert_close(fast.sampled_logprobs, hf.sampled_logprobs, atol=1e-5, rtol=0)
