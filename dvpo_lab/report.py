@@ -35,7 +35,9 @@ import numpy as np
 import yaml
 
 NOISE_ORDER = ["none", "flip0.1", "flip0.2", "flip0.3", "asym_fp0.1_fn0.3", "gauss0.3", "rm0.72", "majority_vote"]
-NOT_METHOD = ("seed", "noise", "sweep", "debug", "paths.", "hydra.", "threads")  # override keys that are not the method
+# override keys that do not define the method
+NOT_METHOD = ("seed", "noise", "sweep", "debug", "paths.", "hydra.", "threads", "task_name", "resume", "study",
+              "logger", "callbacks", "ckpt_path", "ckpt_every")
 
 
 @dataclass
