@@ -159,12 +159,11 @@ def restore(ledger: Path, sweep_dir: Path) -> int:
             continue
         (folder / ".hydra").mkdir(parents=True, exist_ok=True)
         (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(d["overrides"]))
-        hist = d["history"]
+        r = ledger_run(d)
         (folder / "summary.json").write_text(json.dumps({
-            "algo": d["algo"], "task": d["task"], "noise": d["noise"], "seed": d["seed"],
-            "total_steps": d["total_steps"], "initial/val_acc": hist[0]["val/acc"] if hist else math.nan,
-            "final/val_acc": hist[-1]["val/acc"] if hist else math.nan,
-            "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan), "history": hist,
+            "algo": r.algo, "task": r.task, "noise": r.noise, "seed": r.seed, "total_steps": r.total_steps,
+            "initial/val_acc": r.initial, "final/val_acc": r.final,
+            "best/val_acc": max((h["val/acc"] for h in r.history), default=math.nan), "history": r.history,
             "restored_from": str(ledger)}, indent=1))
         n += 1
     return n

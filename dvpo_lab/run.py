@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dvpo_lab import algos
@@ -174,7 +175,12 @@ def finished_metric(cfg: DictConfig, out_dir: Path) -> float | None:
         return None
     s = json.loads(summ.read_text())
     log.info("resume=true: %s already finished (final val/acc %.4f); skipping it", out_dir, s["final/val_acc"])
-    return s["final/val_acc"] if cfg.optimized_metric == "val/acc" else s.get(cfg.optimized_metric)
+    return summary_metric(cfg, s)
+
+
+def summary_metric(cfg: DictConfig, summary: dict) -> float | None:
+    """The number a sweeper optimises (`optimized_metric`) out of a run's summary."""
+    return summary["final/val_acc"] if cfg.optimized_metric == "val/acc" else summary.get(cfg.optimized_metric)
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -248,7 +254,7 @@ def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
                "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan), "history": hist}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     for lg in module.loggers:  # the numbers a W&B sweep or dashboard reads (sweeps/wandb/*.yaml: final/val_acc)
-        if hasattr(lg, "experiment") and hasattr(getattr(lg, "experiment", None), "summary"):
+        if isinstance(lg, WandbLogger):
             lg.experiment.summary.update({k: v for k, v in summary.items() if "/" in k})
     if module.trainer.is_global_zero:
         w = 26
@@ -257,5 +263,4 @@ def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
                  f"({100 * (final - initial):+.1f} points)",
                  f"{'RL steps':<{w}}{cfg.total_steps}", f"{'run folder':<{w}}{out_dir}", ""]
         log.info("\n".join(lines))
-    metric = summary["final/val_acc"] if cfg.optimized_metric == "val/acc" else summary.get(cfg.optimized_metric)
-    return metric
+    return summary_metric(cfg, summary)
