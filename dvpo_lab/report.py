@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class Run:
     history: list[dict] = field(default_factory=list)  # [{"step": s, "val/acc": a}, ...]
     wall_s: float = math.nan
     error: str = ""
+    preset: str = ""  # the job's `experiment=` preset: orders methods as the study lists them (ablation rows)
 
     @property
     def method(self) -> str:
@@ -90,6 +92,21 @@ def _extra(overrides: list[str]) -> str:
     return ",".join(keep)
 
 
+def _preset(overrides: list[str]) -> str:
+    return next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), "")
+
+
+def split_common(runs: list[Run]) -> list[str]:
+    """Take the overrides every run shares (`trainer=gpu` for a whole study) out of the method names, so methods
+    read `dvpo_qr` and `--baseline dvpo_qr` matches; returns them for the report's header."""
+    if not runs:
+        return []
+    common = set.intersection(*(set(filter(None, r.extra.split(","))) for r in runs))
+    for r in runs:
+        r.extra = ",".join(o for o in r.extra.split(",") if o and o not in common)
+    return sorted(common)
+
+
 def _history_from_csv(folder: Path) -> list[dict]:
     path = folder / "csv" / "metrics.csv"
     if not path.exists():
@@ -120,14 +137,14 @@ def load(roots: list[Path]) -> list[Run]:
             start = folder / "fingerprint.txt"
             wall = summ.stat().st_mtime - start.stat().st_mtime if start.exists() else math.nan
             runs.append(Run(folder, "finished", s["task"], s["algo"], s["noise"], int(s["seed"]), int(s["total_steps"]),
-                            _extra(ov), s.get("history", []), wall))
+                            _extra(ov), s.get("history", []), wall, preset=_preset(ov)))
             continue
         cfg_path = folder / ".hydra" / "config.yaml"
         cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
         run = Run(folder, "failed" if failed.exists() else "unfinished",
                   (cfg.get("task") or {}).get("name", "?"), (cfg.get("algo") or {}).get("name", "?"),
                   (cfg.get("noise") or {}).get("name", "?"), int(cfg.get("seed", -1)), int(cfg.get("total_steps", 0)),
-                  _extra(ov), _history_from_csv(folder))
+                  _extra(ov), _history_from_csv(folder), preset=_preset(ov))
         if failed.exists():
             run.error = failed.read_text().splitlines()[0][:300] if failed.read_text() else "failed"
         runs.append(run)
@@ -143,7 +160,8 @@ def ledger_line(r: Run, root: Path) -> dict:
 
 def ledger_run(d: dict) -> Run:
     return Run(Path(d["job"]), d["status"], d["task"], d["algo"], d["noise"], d["seed"], d["total_steps"],
-               d["extra"], d["history"], d["wall_s"] if d["wall_s"] is not None else math.nan, d["error"])
+               d["extra"], d["history"], d["wall_s"] if d["wall_s"] is not None else math.nan, d["error"],
+               _preset(d.get("overrides", [])))
 
 
 def restore(ledger: Path, sweep_dir: Path) -> int:
@@ -210,7 +228,20 @@ def cells(runs: list[Run]) -> dict[tuple[str, str, str], list[Run]]:
             out[(r.task, r.method, r.noise)].append(r)
     for rs in out.values():
         rs.sort(key=lambda r: r.seed)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1], noise_key(kv[0][2]))))
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[1][0].preset, _natural(kv[0][1]),
+                                                    noise_key(kv[0][2]))))
+
+
+def _natural(name: str) -> list:
+    """Sort key with numbers compared as numbers: n_quantiles=50 < 200 < 500."""
+    return [(0, float(p), "") if re.fullmatch(r"\d+(\.\d+)?", p) else (1, 0.0, p)
+            for p in re.split(r"(\d+(?:\.\d+)?)", name) if p]
+
+
+def method_order(c: dict[tuple[str, str, str], list[Run]], task: str | None = None) -> list[str]:
+    """Methods in the study's order: by `experiment=` preset (ablation rows 1..5), then by name."""
+    key = {m: (rs[0].preset, _natural(m)) for (t, m, _), rs in c.items() if task is None or t == task}
+    return sorted(key, key=key.get)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -232,7 +263,7 @@ def summary_table(runs: list[Run]) -> str:
 
 def per_seed_table(runs: list[Run]) -> str:
     c = cells(runs)
-    methods = sorted({m for _, m, _ in c})
+    methods = method_order(c)
     rows: dict[tuple[str, str, int], dict[str, float]] = defaultdict(dict)
     for (task, method, noise), rs in c.items():
         for r in rs:
@@ -278,7 +309,7 @@ def plot_accuracy_vs_noise(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         noises = sorted({n for t, _, n in c if t == task}, key=noise_key)
-        methods = sorted({m for t, m, _ in c if t == task})
+        methods = method_order(c, task)
         for j, method in enumerate(methods):
             xs, ms, errs = [], [], []
             for i, noise in enumerate(noises):
@@ -316,7 +347,7 @@ def plot_learning_curves(runs: list[Run], path: Path) -> None:
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.6 * nrows), squeeze=False)
     for ax, (task, noise) in zip(axes.flat, panels, strict=False):
-        for method in sorted({m for t, m, n in c if (t, n) == (task, noise)}):
+        for method in [m for m in method_order(c, task) if (task, m, noise) in c]:
             rs = c[(task, method, noise)]
             steps = sorted({h["step"] for r in rs for h in r.history})
             mean, lo, hi = [], [], []
@@ -341,15 +372,27 @@ def plot_learning_curves(runs: list[Run], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- report
+def _command(roots: list[Path], out: Path, baseline: str, title: str | None) -> str:
+    """The command line that regenerates this report."""
+    cmd = ["python -m dvpo_lab.report", *map(str, roots), "--out", str(out)]
+    if baseline != "ppo":
+        cmd += ["--baseline", f"'{baseline}'" if " " in baseline else baseline]
+    if title:
+        cmd += ["--title", f"'{title}'"]
+    return " ".join(cmd)
+
+
 def write_report(roots: list[Path], out: Path, baseline: str = "ppo", title: str | None = None) -> Path:
     runs = load(roots)
+    common = split_common(runs)
     out.mkdir(parents=True, exist_ok=True)
     finished = [r for r in runs if r.status == "finished"]
     lines = [f"# {title or 'Sweep report'}", "",
-             f"Source: {', '.join(str(r) for r in roots)}. Generated by `python -m dvpo_lab.report "
-             f"{' '.join(str(r) for r in roots)}`.", "",
+             f"Source: {', '.join(str(r) for r in roots)}. Generated by `{_command(roots, out, baseline, title)}`.", "",
              f"Runs: {len(finished)} finished, {sum(r.status == 'failed' for r in runs)} failed, "
              f"{sum(r.status == 'unfinished' for r in runs)} unfinished."]
+    if common:
+        lines.append(f"Overrides every run shares (left out of the method names): `{' '.join(common)}`.")
     walls = [r.wall_s for r in finished if not math.isnan(r.wall_s)]
     if walls:
         lines.append(f"Run time (start of RL to summary, evaluations included): {sum(walls) / 3600:.2f} h summed over "
@@ -411,6 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         raise SystemExit(f"no such folder: {', '.join(map(str, missing))}")
     runs = load(args.dirs)
+    split_common(runs)
     if not runs:
         raise SystemExit(f"no run folder (summary.json, fingerprint.txt or failed.txt) under "
                          f"{', '.join(map(str, args.dirs))}")

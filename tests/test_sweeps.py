@@ -174,3 +174,28 @@ def test_optuna_study_replays_on_rerun(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == trials
     assert all("already finished" in (root / t / "__main__.log").read_text() for t in trials)
+
+
+def test_report_names_methods_without_shared_overrides_in_study_order(tmp_path):
+    """A study run with `trainer=gpu` on every job: methods read `dvpo_qr`, `--baseline dvpo_qr` pairs, the shared
+    override is stated once, and ablation rows follow their presets (1_qr before 2_cons), numbers sort as numbers."""
+    import json
+
+    import yaml
+
+    for preset, algo, acc in (("ablation_2_cons", "dvpo_cons", 0.80), ("ablation_1_qr", "dvpo_qr", 0.78)):
+        for seed in (1, 2):
+            d = tmp_path / f"{preset}_{seed}"
+            (d / ".hydra").mkdir(parents=True)
+            (d / ".hydra" / "overrides.yaml").write_text(
+                yaml.safe_dump([f"experiment={preset}", f"seed={seed}", "noise=flip0.2", "trainer=gpu"]))
+            hist = [{"step": 0, "val/acc": 0.5}, {"step": 10, "val/acc": acc + 0.01 * seed}]
+            (d / "summary.json").write_text(json.dumps({
+                "algo": algo, "task": "arith", "noise": "flip0.2", "seed": seed, "total_steps": 10, "history": hist}))
+    text = report.write_report([tmp_path], tmp_path / "out", baseline="dvpo_qr").read_text()
+    assert "left out of the method names): `trainer=gpu`" in text
+    assert "| arith | flip0.2 | dvpo_cons | 2 | +2.0 |" in text
+    assert text.index("| arith | dvpo_qr |") < text.index("| arith | dvpo_cons |")
+    assert "--baseline dvpo_qr" in text
+    names = ["dvpo critic.n_quantiles=500", "dvpo critic.n_quantiles=50", "dvpo critic.n_quantiles=200"]
+    assert sorted(names, key=report._natural) == [names[1], names[2], names[0]]
