@@ -18,8 +18,13 @@ update (the rest: scoring passes, loss, backward, optimizer, framework overhead)
 
 MFU counts the model FLOPs one GRPO step needs, identical for both sides: 2 N per token of the rollout
 (prefill and decode) plus 6 N per token of the training forward and backward, N = parameters inside matrix
-multiplies (embedding lookup excluded), attention scores ignored (< 3% here). It divides by the fp32 matmul
-peak measured at start, at the same thread count, on this machine.
+multiplies (embedding lookup excluded), attention scores ignored (< 3% here). It divides by the matmul peak
+of the run's dtype (fp32, or bf16 with `--precision bf16-mixed`) measured at start, at the same thread count,
+on this machine. Printed for the whole step, for the generate phase (2 N per rollout token) and for the update
+phase (6 N per trained token: forward, backward and optimizer, the issue's "update at >= 40 % of peak").
+
+`--precision bf16-mixed` runs both sides with bf16 autocast and fp32 master weights (dvpo_lab:
+`trainer.precision=bf16-mixed`; TRL: `bf16=True`).
 """
 
 from __future__ import annotations
@@ -77,12 +82,12 @@ def matmul_params(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def matmul_peak(seconds: float = 1.0) -> float:
-    """Sustained fp32 GFLOP/s of the best of a few GEMM shapes (square and this model's MLP shapes)."""
+def matmul_peak(seconds: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
+    """Sustained GFLOP/s of the best of a few GEMM shapes (square and this model's MLP shapes) in `dtype`."""
     best = 0.0
     for m, k, n in ((1024, 1024, 1024), (4096, 256, 1024), (4096, 1024, 256)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        out = torch.empty(m, n)
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        out = torch.empty(m, n, dtype=dtype)
         torch.matmul(a, b, out=out)
         reps, t0 = 0, time.perf_counter()
         while (dt := time.perf_counter() - t0) < seconds / 3:
@@ -151,7 +156,8 @@ def run_dvpo(args, work_dir: str) -> list[dict[str, float]]:
             self.marks.append(time.perf_counter())
 
     clock = StepClock()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=total, logger=False, callbacks=[clock],
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=args.precision, max_epochs=total, logger=False,
+                        callbacks=[clock],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, check_val_every_n_epoch=total + 1, default_root_dir=work_dir)
     trainer.fit(module, RLDataModule(len(module.eval_problems), 8))
@@ -214,8 +220,8 @@ def run_trl(args, work_dir: str) -> list[dict[str, float]]:
         output_dir=os.path.join(work_dir, "trl"), per_device_train_batch_size=args.prompts * args.samples,
         gradient_accumulation_steps=1, num_generations=args.samples, max_completion_length=args.new_tokens,
         temperature=1.0, beta=0.0, learning_rate=args.lr, max_steps=args.warmup + args.steps, logging_steps=1,
-        report_to="none", bf16=False, use_cpu=True, use_vllm=False, save_strategy="no", disable_tqdm=True,
-        seed=args.seed, generation_kwargs={"min_new_tokens": args.new_tokens}, **extra)
+        report_to="none", bf16=args.precision == "bf16-mixed", use_cpu=True, use_vllm=False, save_strategy="no",
+        disable_tqdm=True, seed=args.seed, generation_kwargs={"min_new_tokens": args.new_tokens}, **extra)
     trainer = GRPOTrainer(model=model, reward_funcs=addition_reward, args=cfg, train_dataset=ds,
                           processing_class=tok, callbacks=[StepClock()])
     trainer.remove_callback(PrinterCallback)  # its per-step log dicts would bury the table
@@ -237,6 +243,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sampler", default="fast", help="dvpo_lab rollout.sampler: fast | hf")
     ap.add_argument("--reuse-logprobs", default="true", help="dvpo_lab rollout.reuse_sampler_logprobs")
+    ap.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     ap.add_argument("--trl-gradient-checkpointing", choices=["default", "on", "off"], default="default")
     args = ap.parse_args()
     try:
@@ -254,9 +261,11 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     tok = make_tokenizer()
     n_mm = matmul_params(make_model(tok))
-    peak = matmul_peak()
+    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32
+    peak = matmul_peak(dtype=dtype)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-          f"threads {torch.get_num_threads()}; fp32 matmul peak {peak:.1f} GFLOP/s (measured now)")
+          f"threads {torch.get_num_threads()}, precision {args.precision}; {str(dtype)[6:]} matmul peak "
+          f"{peak:.1f} GFLOP/s (measured now)")
 
     runs: dict[str, list[list[dict[str, float]]]] = {"dvpo_lab": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -269,15 +278,18 @@ def main() -> None:
 
     B, T = args.prompts * args.samples, args.new_tokens
     P = max(len(p) for p, _ in make_rows(2000, args.seed))
-    flops = 2 * n_mm * B * (P + T) + 6 * n_mm * B * (P + T)  # rollout + training forward/backward
+    gen_flops, upd_flops = 2 * n_mm * B * (P + T), 6 * n_mm * B * (P + T)  # rollout; training fwd + bwd
+    flops = gen_flops + upd_flops
     med = {side: {p: statistics.median(s[p] for rnd in rr for s in rnd) for p in PHASES}
            for side, rr in runs.items()}
     print(f"\n{args.rounds} rounds x {args.steps} timed steps, alternating dvpo_lab / TRL; {B} completions x {T} "
           f"tokens per step; {n_mm / 1e6:.2f}M matmul params; {flops / 1e9:.2f} model GFLOP per step")
-    print(f"  {'':10}" + "".join(f"{p + ' s':>10}" for p in PHASES) + f"{'tok/s':>10}{'MFU':>8}")
+    print(f"  {'':10}" + "".join(f"{p + ' s':>10}" for p in PHASES) + f"{'tok/s':>10}{'MFU':>8}{'gen MFU':>9}"
+          f"{'upd MFU':>9}")
     for side, m in med.items():
-        mfu = flops / m["step"] / (peak * 1e9)
-        print(f"  {side:10}" + "".join(f"{m[p]:10.3f}" for p in PHASES) + f"{B * T / m['step']:10.0f}{mfu:8.1%}")
+        mfu = [f / s / (peak * 1e9) for f, s in ((flops, m["step"]), (gen_flops, m["gen"]), (upd_flops, m["update"]))]
+        print(f"  {side:10}" + "".join(f"{m[p]:10.3f}" for p in PHASES) + f"{B * T / m['step']:10.0f}"
+              f"{mfu[0]:8.1%}{mfu[1]:9.1%}{mfu[2]:9.1%}")
     per_round = [statistics.median(s["step"] for s in t) / statistics.median(s["step"] for s in d)
                  for d, t in zip(runs["dvpo_lab"], runs["trl"], strict=True)]
     print(f"  TRL / dvpo_lab step time: {med['trl']['step'] / med['dvpo_lab']['step']:.2f} (pooled medians); "

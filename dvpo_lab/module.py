@@ -122,10 +122,12 @@ class RLModule(L.LightningModule):
         t0 = time.perf_counter()
         problems = self.task.train_problems(self.prompt_indices())
         rep = [p for p in problems for _ in range(G)]
+        # under autocast (trainer.precision=bf16-mixed) the cached decode and the full forward round differently
+        reuse = self.reuse_logprobs and not torch.is_autocast_enabled(self.device.type)
         ro = sample_for_task(self.policy, self.tokenizer, self.task, rep, max_new_tokens=self.max_new_tokens,
                              temperature=self.rcfg.temperature, top_k=self.rcfg.top_k, top_p=self.rcfg.top_p,
                              seed=self.step_seed(), max_prompt_len=self.max_prompt_len, sampler=self.rcfg.sampler,
-                             min_new_tokens=self.rcfg.min_new_tokens, return_logprobs=self.reuse_logprobs)
+                             min_new_tokens=self.rcfg.min_new_tokens, return_logprobs=reuse)
         timing["gen"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()

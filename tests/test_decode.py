@@ -178,3 +178,27 @@ def test_training_step_is_the_same_with_either_sampler(smoke_cfg, algo):
     assert hf["critic/score/mean"] == fast["critic/score/mean"]
     for key in hf:
         assert fast[key] == pytest.approx(hf[key], rel=1e-4, abs=1e-5), key
+
+
+def test_bf16_autocast_recomputes_old_logprobs(smoke_cfg, monkeypatch):
+    """Under `trainer.precision=bf16-mixed` the cached decode and the full forward round differently, so the step
+    runs the old-log-prob pass over the rollout instead of reusing the sampler's log-probs (fp32: reused)."""
+    import dvpo_lab.module as module_mod
+    from dvpo_lab.run import run
+
+    scored = []
+    real = module_mod.response_logprobs
+
+    def spy(model, ro, temperature, **kw):
+        if not torch.is_grad_enabled():  # the old-log-prob pass (the update's forward keeps its graph)
+            scored.append((type(model).__name__, torch.is_autocast_enabled("cpu")))
+        return real(model, ro, temperature, **kw)
+
+    monkeypatch.setattr(module_mod, "response_logprobs", spy)
+    for precision in ("32-true", "bf16-mixed"):
+        scored.clear()
+        cfg = smoke_cfg("algo=grpo", "algo.use_kl_loss=false", "total_steps=1", "eval_every=2",
+                        f"trainer.precision={precision}", name=precision)
+        run(cfg)
+        passes = [autocast for _, autocast in scored]
+        assert passes == ([True] if precision == "bf16-mixed" else []), (precision, scored)
