@@ -228,8 +228,7 @@ def cells(runs: list[Run]) -> dict[tuple[str, str, str], list[Run]]:
             out[(r.task, r.method, r.noise)].append(r)
     for rs in out.values():
         rs.sort(key=lambda r: r.seed)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[1][0].preset, _natural(kv[0][1]),
-                                                    noise_key(kv[0][2]))))
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], _method_key(kv[0][1], kv[1]), noise_key(kv[0][2]))))
 
 
 def _natural(name: str) -> list:
@@ -238,9 +237,14 @@ def _natural(name: str) -> list:
             for p in re.split(r"(\d+(?:\.\d+)?)", name) if p]
 
 
+def _method_key(method: str, runs: list[Run]) -> tuple:
+    """The study's order: by `experiment=` preset (ablation rows 1..5), then by name."""
+    return runs[0].preset, _natural(method)
+
+
 def method_order(c: dict[tuple[str, str, str], list[Run]], task: str | None = None) -> list[str]:
-    """Methods in the study's order: by `experiment=` preset (ablation rows 1..5), then by name."""
-    key = {m: (rs[0].preset, _natural(m)) for (t, m, _), rs in c.items() if task is None or t == task}
+    """The methods of `cells` (of one task) in the study's order."""
+    key = {m: _method_key(m, rs) for (t, m, _), rs in c.items() if task is None or t == task}
     return sorted(key, key=key.get)
 
 
