@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dvpo_lab.algos import _qr_kernel
-from dvpo_lab.algos.core import agg_loss, compute_gae, masked_whiten
+from dvpo_lab.algos.core import agg_loss, masked_whiten
 from dvpo_lab.algos.registry import register_adv_est
 
 __all__ = [
@@ -138,12 +138,22 @@ def quantile_gae(
     if quantiles.dim() != 3 or quantiles.shape[:2] != token_rewards.shape or mask.shape != token_rewards.shape:
         raise ValueError(f"expected rewards [B, T], quantiles [B, T, N], mask [B, T]; got "
                          f"{tuple(token_rewards.shape)}, {tuple(quantiles.shape)}, {tuple(mask.shape)}")
-    B, T, N = quantiles.shape
-    flat_v = quantiles.permute(0, 2, 1).reshape(B * N, T)
-    flat_r = token_rewards.repeat_interleave(N, dim=0)
-    flat_m = mask.repeat_interleave(N, dim=0)
-    adv, ret = compute_gae(flat_r, flat_v, flat_m, gamma=gamma, lam=lam)
-    return adv.reshape(B, N, T).permute(0, 2, 1), ret.reshape(B, N, T).permute(0, 2, 1)
+    # `compute_gae`'s recursion, element for element (bit-identical to running it on the B * N rows of the
+    # transposed values), but on the [B, N] slices of the [B, T, N] layout: contiguous rows, no transposes
+    valid = mask.bool().unsqueeze(-1)  # [B, T, 1]
+    rewards = token_rewards.unsqueeze(-1)
+    next_value = torch.zeros_like(quantiles[:, 0])
+    running = torch.zeros_like(quantiles[:, 0])
+    adv = torch.zeros_like(quantiles)
+    for t in reversed(range(quantiles.shape[1])):
+        v = quantiles[:, t]
+        delta = rewards[:, t] + gamma * next_value - v
+        gae_t = delta + gamma * lam * running
+        next_value = torch.where(valid[:, t], v, next_value)
+        running = torch.where(valid[:, t], gae_t, running)
+        adv[:, t] = running
+    adv = torch.where(valid, adv, torch.zeros_like(adv))
+    return adv, torch.where(valid, adv + quantiles, torch.zeros_like(quantiles))
 
 
 def _actor_weights(n: int, kind: str, alpha: float, eta: float, device, dtype) -> torch.Tensor | None:

@@ -200,6 +200,22 @@ def test_per_quantile_gae_mean_equals_scalar_gae_on_the_mean(B, T, N, lam, gamma
     assert torch.allclose(est, masked_whiten(adv, mask), atol=1e-8) and torch.equal(est_targets, targets)
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_per_quantile_gae_is_scalar_gae_on_each_quantile_bit_for_bit(interleaved):
+    """Each quantile's column is exactly `compute_gae` on that column, float32, incl. interleaved padding."""
+    gen = torch.Generator().manual_seed(3)
+    B, T, N = 6, 11, 9
+    mask = random_mask(B, T, gen)
+    if interleaved:
+        mask = mask * (torch.rand(B, T, generator=gen) > 0.3).float()
+    r = torch.randn(B, T, generator=gen) * mask
+    q = torch.randn(B, T, N, generator=gen)
+    adv_q, targets = quantile_gae(r, q, mask, 0.99, 0.95)
+    for j in range(N):
+        adv, ret = compute_gae(r, q[..., j], mask, 0.99, 0.95)
+        assert torch.equal(adv_q[..., j], adv) and torch.equal(targets[..., j], ret)
+
+
 def test_equal_quantiles_give_the_scalar_advantage_for_every_quantile():
     r = torch.tensor([[0.0, 0.0, 1.0]])
     v = torch.tensor([[0.5, 0.6, 0.7]])
