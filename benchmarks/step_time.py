@@ -68,12 +68,20 @@ def compare(configs: list[str], common: list[str], pairs: int, steps: int, warmu
     for c in configs:
         print(f"  {c:<28}" + "".join(f"{med[c][p]:14.3f}" for p in PHASES))
     base = configs[0]
+    # With a frozen policy (algo.actor_lr=0) every configuration generates the identical rollouts, so their
+    # generation times differ by machine noise only (+-20 % here): the second ratio times every
+    # configuration's own post-generation work (step - gen, per step) on top of one shared generation median.
+    gen = statistics.median(g for c in configs for g in pooled[c]["gen"])
+    rest = {c: statistics.median(s - g for s, g in zip(pooled[c]["step"], pooled[c]["gen"], strict=True))
+            for c in configs}
     for c in configs[1:]:
         per_round = [r["step"] / b["step"] for r, b in zip(rounds[c], rounds[base], strict=True)]
         print(f"  step-time ratio {c} / {base}: {med[c]['step'] / med[base]['step']:.3f} (pooled medians; "
               f"update phase {med[c]['update'] / med[base]['update']:.3f}, scoring pass "
               f"{med[c]['old_log_prob'] / med[base]['old_log_prob']:.3f}); per round "
               f"{', '.join(f'{x:.3f}' for x in per_round)}")
+        print(f"    with the generation phase shared ({gen:.3f} s; same rollouts only if the policy is frozen): "
+              f"{(gen + rest[c]) / (gen + rest[base]):.3f} (after generation: {rest[c]:.3f} vs {rest[base]:.3f} s)")
 
 
 def main() -> None:
