@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -126,6 +127,54 @@ def test_compiled_cpu_kernel_over_many_chunks_float32_and_ties():
     fast.sum().backward()
     ref.sum().backward()
     assert torch.allclose(p1.grad.double(), p2.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kappa", [0.0, 0.02])
+def test_native_kernel_equals_the_numba_kernel_bit_for_bit(dtype, kappa):
+    """The C++ kernel (torch's threads) gives the numba kernel's numbers exactly: wide, narrow, tied and
+    overlapping predictions, several rows per token, float32 ties that differ in float64."""
+    from dvpo_lab.algos import _qr_kernel, _qr_native
+
+    if not _qr_kernel.AVAILABLE:
+        pytest.skip("numba is not installed: nothing to compare with")
+    if _qr_native.load() is None:
+        pytest.skip("no C++ compiler here: the numba kernel is used (tested above)")
+    rng = np.random.default_rng(11)
+    n, H, N, M = 150, 3, 200, 200
+    z = np.sort(rng.normal(0.5, 0.08, (n, M)), axis=1)
+    z[:20] = np.sort(np.round(z[:20], 1), axis=1)  # tied targets
+    theta = rng.normal(0.5, 0.3, (n * H, N))
+    theta[:60] = np.round(theta[:60], 2)  # tied predictions
+    theta[60:120] = 0.5 + 1e-9 * rng.integers(0, 3, (60, N))  # distinct in float64, equal in float32,
+    z[20:40, :4] = 0.5 + 1e-9 * np.array([0.5, 1.5, 0.5, 1.5])  # with targets between them (tokens 20-39)
+    z = np.sort(z, axis=1)
+    theta = theta.astype(dtype)
+    row_token = np.repeat(np.arange(n), H)
+    taus = quantile_levels(N, dtype=torch.float64).numpy()
+    ref = _qr_kernel.quantile_huber_rows(theta, z, row_token, taus, kappa, native=False)
+    got = _qr_kernel.quantile_huber_rows(theta, z, row_token, taus, kappa, native=True)
+    assert got[0].dtype == dtype
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    for threads in (1, 2):  # the split over threads does not change a number
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            again = _qr_kernel.quantile_huber_rows(theta, z, row_token, taus, kappa, native=True)
+        finally:
+            torch.set_num_threads(old)
+        assert np.array_equal(again[0], ref[0]) and np.array_equal(again[1], ref[1])
+
+
+def test_native_kernel_rejects_bad_row_tokens():
+    from dvpo_lab.algos import _qr_kernel, _qr_native
+
+    if _qr_native.load() is None:
+        pytest.skip("no C++ compiler here")
+    theta = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="row_token"):
+        _qr_kernel.quantile_huber_rows(theta, np.zeros((2, 5)), np.array([0, 1, 2]), np.full(4, 0.5), 0.02,
+                                       native=True)
 
 
 # Oracles 23-25: what quantile regression learns -------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""The quantile Huber kernel in C++ on torch's OpenMP threads (`_qr_native.cpp`), compiled on first use.
+
+`load()` compiles the source with the system C++ compiler (`$CXX`, else `c++`/`g++`) into a per-user cache
+(`$DVPO_LAB_CACHE`, else `~/.cache/dvpo_lab/native`, one file per source hash, written atomically so parallel
+jobs can race) and loads it with ctypes (~1 s once; nothing at install time). Where there is no compiler, the
+build fails, or `DVPO_LAB_NATIVE=0`, `load()` returns None after one logged line and `_qr_kernel` keeps its
+numba kernel, which gives bit-identical numbers single-threaded.
+
+torch must be imported first (it is, by everything that calls this): the library then shares torch's
+libgomp, so `torch.set_num_threads` sets its thread count too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_qr_native.cpp")
+FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++17"]
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DVPO_LAB_CACHE") or Path.home() / ".cache" / "dvpo_lab" / "native")
+
+
+def _compiler() -> str | None:
+    for cand in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if cand and shutil.which(cand):
+            return cand
+    return None
+
+
+def build(target: Path, cxx: str) -> None:
+    """Compile SOURCE into `target` (atomically: a temporary file in the same folder, then a rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cxx} failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, or None (numba fallback) where it cannot be built; tried once per process."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get("DVPO_LAB_NATIVE", "1") == "0":
+        log.info("DVPO_LAB_NATIVE=0: quantile loss on the numba kernel")
+        return None
+    if sys.platform != "linux":
+        log.info("native quantile kernel is built on Linux only; using the numba kernel")
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        log.warning("no C++ compiler found (set CXX): the quantile loss runs on the single-threaded numba kernel")
+        return None
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([cxx, *FLAGS]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"qr_native_{digest}.so"
+    try:
+        if not target.exists():
+            build(target, cxx)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("could not build the native quantile kernel (%s); using the numba kernel", e)
+        return None
+    for name in ("qr_rows_f32", "qr_rows_f64"):
+        getattr(lib, name).argtypes = [_P, _I, _I, _P, _I, _P, _P, _D, _P, _P]
+        getattr(lib, name).restype = None
+    _lib = lib
+    return lib
+
+
+def quantile_huber_rows(lib: ctypes.CDLL, theta: np.ndarray, z_sorted: np.ndarray, row_token: np.ndarray,
+                        taus: np.ndarray, kappa: float, loss: np.ndarray, grad: np.ndarray) -> None:
+    """`_qr_kernel.quantile_huber_rows` on the compiled library (same arguments; outputs written in place)."""
+    fn = {np.dtype(np.float32): lib.qr_rows_f32, np.dtype(np.float64): lib.qr_rows_f64}[theta.dtype]
+    arrays = (theta, z_sorted, row_token, taus, loss, grad)
+    if not all(a.flags.c_contiguous for a in arrays) or loss.dtype != theta.dtype or grad.dtype != theta.dtype:
+        raise ValueError("native quantile kernel needs C-contiguous arrays and outputs in theta's dtype")
+    if z_sorted.dtype != np.float64 or taus.dtype != np.float64 or row_token.dtype != np.int64:
+        raise ValueError("native quantile kernel needs float64 targets and levels and int64 row tokens")
+    R, N = theta.shape
+    if row_token.shape != (R,) or (R and (row_token.min() < 0 or row_token.max() >= z_sorted.shape[0])):
+        raise ValueError(f"row_token must be [{R}] indices into the {z_sorted.shape[0]} target rows")
+    fn(theta.ctypes.data, R, N, z_sorted.ctypes.data, z_sorted.shape[1], row_token.ctypes.data, taus.ctypes.data,
+       float(kappa), loss.ctypes.data, grad.ctypes.data)
