@@ -291,23 +291,35 @@ if AVAILABLE:
 
 
 def regularisers(p: np.ndarray, z_sorted: np.ndarray, ka: int, kb: int, kl: int, ku: int, margin_low: float,
-                 margin_up: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 margin_up: float, native: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-token values of REG_TERMS `[6, n]`, diagnostics REG_STATS `[n, 7]` and the ensemble's argsort.
 
     Args:
         p: [n, H, N] predicted quantiles per head, z_sorted: [n, N] float64 ascending targets; ka/kb: tail
-        sizes over N quantiles, kl/ku over the N - 2 second differences; margins as in the loss.
+        sizes over N quantiles, kl/ku over the N - 2 second differences; margins as in the loss; native:
+        None = the compiled kernel (torch's threads) when it builds, False = numba; the same numbers either way.
     """
     n, H, N = p.shape
-    order = np.argsort(p.mean(axis=1), axis=1)
+    order = np.argsort(p.mean(axis=1), axis=1)  # numpy's order (ties included) on both paths: same numbers
     terms = np.zeros((len(REG_TERMS), n))
     stats = np.zeros((n, len(REG_STATS)))
-    _reg_forward(p, z_sorted, order, ka, kb, kl, ku, float(margin_low), float(margin_up), terms, stats)
+    lib = _qr_native.load() if native is not False else None
+    if lib is not None:
+        _qr_native.reg_forward(lib, np.ascontiguousarray(p), np.ascontiguousarray(z_sorted), order, ka, kb, kl, ku,
+                               margin_low, margin_up, terms, stats)
+    else:
+        _reg_forward(p, z_sorted, order, ka, kb, kl, ku, float(margin_low), float(margin_up), terms, stats)
     return terms, stats, order
 
 
 def regularisers_grad(p: np.ndarray, z_sorted: np.ndarray, order: np.ndarray, g: np.ndarray, ka: int, kb: int,
-                      kl: int, ku: int, margin_low: float, margin_up: float, dp: np.ndarray) -> None:
+                      kl: int, ku: int, margin_low: float, margin_up: float, dp: np.ndarray,
+                      native: bool | None = None) -> None:
     """dp[t, h, i] = sum_k g[k, t] d terms[k, t] / d p[t, h, i] (written into `dp`)."""
+    lib = _qr_native.load() if native is not False else None
+    if lib is not None:
+        _qr_native.reg_backward(lib, np.ascontiguousarray(p), np.ascontiguousarray(z_sorted), order,
+                                np.ascontiguousarray(g, dtype=np.float64), ka, kb, kl, ku, margin_low, margin_up, dp)
+        return
     _reg_backward(p, z_sorted, order, np.ascontiguousarray(g, dtype=np.float64), ka, kb, kl, ku,
                   float(margin_low), float(margin_up), dp)

@@ -9,7 +9,8 @@
 //     set) instead of a second pool competing with them;
 //   - each row is sorted by an LSD radix sort of (order-preserving float bits, index) pairs instead of a
 //     comparison sort: 4 branch-free passes over 200 keys beat numpy's argsort here.
-// Compiled on first use by `_qr_native.py`; without a compiler the numba kernel runs instead.
+// The DVPO regularisers (forward and backward) are here too, split over tokens the same way.
+// Compiled on first use by `_qr_native.py`; without a compiler the numba kernels run instead.
 
 #include <cstdint>
 #include <cstring>
@@ -157,6 +158,165 @@ void qr_rows(const T* theta, int64_t R, int64_t N, const double* z, int64_t M, c
     }
 }
 
+// The DVPO regularisers (`_qr_kernel._reg_forward` / `_reg_backward`), the same float64 arithmetic token for
+// token, tokens split over torch's threads. `order` is numpy's argsort of the float32 head mean, computed by the
+// caller exactly as the numba path does (ties included), so the two paths agree bit for bit.
+struct TokenStats {
+    double m_lo_p, v_lo_p, m_up_p, v_up_p, m_lo_z, v_lo_z, m_up_z, v_up_z, m_p, m_z, lo, up;
+};
+
+inline void mean_var(const double* x, int64_t lo, int64_t hi, double* m_out, double* v_out) {
+    const int64_t k = hi - lo;
+    double m = 0.0;
+    for (int64_t j = lo; j < hi; ++j) m += x[j];
+    m /= static_cast<double>(k);
+    double v = 0.0;
+    for (int64_t j = lo; j < hi; ++j) {
+        const double d = x[j] - m;
+        v += d * d;
+    }
+    *m_out = m;
+    *v_out = v / static_cast<double>(k);
+}
+
+template <typename T>
+TokenStats token_stats(const T* p, const double* zt, const int64_t* ord, int64_t H, int64_t N, int64_t ka,
+                          int64_t kb, int64_t kl, int64_t ku, double* ens, double* es) {
+    for (int64_t i = 0; i < N; ++i) {
+        double s = 0.0;
+        for (int64_t h = 0; h < H; ++h) s += static_cast<double>(p[h * N + i]);
+        ens[i] = s / static_cast<double>(H);
+    }
+    for (int64_t j = 0; j < N; ++j) es[j] = ens[ord[j]];
+    TokenStats st;
+    double unused;
+    mean_var(es, 0, ka, &st.m_lo_p, &st.v_lo_p);
+    mean_var(es, N - kb, N, &st.m_up_p, &st.v_up_p);
+    mean_var(zt, 0, ka, &st.m_lo_z, &st.v_lo_z);
+    mean_var(zt, N - kb, N, &st.m_up_z, &st.v_up_z);
+    mean_var(es, 0, N, &st.m_p, &unused);
+    mean_var(zt, 0, N, &st.m_z, &unused);
+    st.lo = 0.0;
+    st.up = 0.0;
+    if (N >= 3) {
+        for (int64_t j = 0; j < kl; ++j) st.lo += es[j + 2] - 2.0 * es[j + 1] + es[j];
+        for (int64_t j = N - 2 - ku; j < N - 2; ++j) st.up += es[j + 2] - 2.0 * es[j + 1] + es[j];
+    }
+    return st;
+}
+
+inline double relu0(double x) { return x > 0.0 ? x : 0.0; }  // Python's max(0.0, x)
+
+template <typename T>
+void reg_forward(const T* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order, int64_t ka,
+                 int64_t kb, int64_t kl, int64_t ku, double ml, double mu, double* terms, double* stats) {
+    const int64_t n_pairs = H * (H - 1) / 2;
+#pragma omp parallel
+    {
+        std::vector<double> ens(N), es(N);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n; ++t) {
+            const T* pt = p + t * H * N;
+            const TokenStats st = token_stats<T>(pt, z + t * N, order + t * N, H, N, ka, kb, kl, ku, ens.data(),
+                                                    es.data());
+            double d = st.m_lo_p - st.m_lo_z;
+            terms[0 * n + t] = d * d;
+            d = st.m_up_p - st.m_up_z;
+            terms[1 * n + t] = d * d;
+            terms[2 * n + t] = relu0(st.m_z - st.m_p);
+            terms[3 * n + t] = relu0(st.v_lo_p - (1.0 - ml) * st.v_lo_z) + relu0((1.0 + mu) * st.v_up_z - st.v_up_p);
+            terms[4 * n + t] = N >= 3 ? relu0(st.lo / static_cast<double>(kl)) + relu0(-st.up / static_cast<double>(ku))
+                                      : 0.0;
+            double cons = 0.0;
+            if (H > 1) {
+                for (int64_t i = 0; i < N; ++i) {
+                    double s = 0.0, s2 = 0.0;
+                    for (int64_t h = 0; h < H; ++h) {
+                        const double x = static_cast<double>(pt[h * N + i]);
+                        s += x;
+                        s2 += x * x;
+                    }
+                    cons += static_cast<double>(H) * s2 - s * s;
+                }
+                cons /= static_cast<double>(n_pairs * N);
+            }
+            terms[5 * n + t] = cons;
+            int64_t crossed = 0;
+            for (int64_t i = 0; i < N - 1; ++i) crossed += ens[i + 1] < ens[i];
+            double* so = stats + t * 7;
+            so[0] = st.v_lo_p;
+            so[1] = st.v_up_p;
+            so[2] = st.v_lo_z;
+            so[3] = st.v_up_z;
+            so[4] = static_cast<double>(crossed);
+            so[5] = st.m_p;
+            so[6] = st.m_z;
+        }
+    }
+}
+
+template <typename T>
+void reg_backward(const T* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order, const double* g,
+                  int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu, T* dp) {
+    const int64_t n_pairs = H * (H - 1) / 2;
+    const double dka = static_cast<double>(ka), dkb = static_cast<double>(kb);
+    const double dkl = static_cast<double>(kl), dku = static_cast<double>(ku), dH = static_cast<double>(H);
+#pragma omp parallel
+    {
+        std::vector<double> ens(N), es(N), des(N);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < n; ++t) {
+            const T* pt = p + t * H * N;
+            const int64_t* ord = order + t * N;
+            const TokenStats st = token_stats<T>(pt, z + t * N, ord, H, N, ka, kb, kl, ku, ens.data(), es.data());
+            for (int64_t j = 0; j < N; ++j) des[j] = 0.0;
+            double c = g[0 * n + t] * 2.0 * (st.m_lo_p - st.m_lo_z) / dka;  // cvar
+            for (int64_t j = 0; j < ka; ++j) des[j] += c;
+            c = g[1 * n + t] * 2.0 * (st.m_up_p - st.m_up_z) / dkb;  // gain
+            for (int64_t j = N - kb; j < N; ++j) des[j] += c;
+            if (st.m_z - st.m_p > 0.0) {  // shift
+                c = -g[2 * n + t] / static_cast<double>(N);
+                for (int64_t j = 0; j < N; ++j) des[j] += c;
+            }
+            if (st.v_lo_p - (1.0 - ml) * st.v_lo_z > 0.0) {  // shape, lower tail
+                c = g[3 * n + t] * 2.0 / dka;
+                for (int64_t j = 0; j < ka; ++j) des[j] += c * (es[j] - st.m_lo_p);
+            }
+            if ((1.0 + mu) * st.v_up_z - st.v_up_p > 0.0) {  // shape, upper tail
+                c = -g[3 * n + t] * 2.0 / dkb;
+                for (int64_t j = N - kb; j < N; ++j) des[j] += c * (es[j] - st.m_up_p);
+            }
+            if (N >= 3) {  // curvature
+                if (st.lo > 0.0) {
+                    c = g[4 * n + t] / dkl;
+                    for (int64_t j = 0; j < kl; ++j) {
+                        des[j] += c;
+                        des[j + 1] -= 2.0 * c;
+                        des[j + 2] += c;
+                    }
+                }
+                if (-st.up > 0.0) {
+                    c = -g[4 * n + t] / dku;
+                    for (int64_t j = N - 2 - ku; j < N - 2; ++j) {
+                        des[j] += c;
+                        des[j + 1] -= 2.0 * c;
+                        des[j + 2] += c;
+                    }
+                }
+            }
+            for (int64_t j = 0; j < N; ++j) ens[ord[j]] = des[j] / dH;
+            c = H > 1 ? g[5 * n + t] * 2.0 / static_cast<double>(n_pairs * N) : 0.0;
+            T* dpt = dp + t * H * N;
+            for (int64_t i = 0; i < N; ++i) {
+                double s = 0.0;
+                for (int64_t h = 0; h < H; ++h) s += static_cast<double>(pt[h * N + i]);
+                for (int64_t h = 0; h < H; ++h)
+                    dpt[h * N + i] = static_cast<T>(ens[i] + c * (dH * static_cast<double>(pt[h * N + i]) - s));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -169,6 +329,30 @@ void qr_rows_f32(const float* theta, int64_t R, int64_t N, const double* z, int6
 void qr_rows_f64(const double* theta, int64_t R, int64_t N, const double* z, int64_t M, const int64_t* row_token,
                  const double* taus, double kappa, double* loss, double* grad) {
     qr_rows<double>(theta, R, N, z, M, row_token, taus, kappa, loss, grad);
+}
+
+void reg_forward_f32(const float* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
+                     int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu, double* terms,
+                     double* stats) {
+    reg_forward<float>(p, n, H, N, z, order, ka, kb, kl, ku, ml, mu, terms, stats);
+}
+
+void reg_forward_f64(const double* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
+                     int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu, double* terms,
+                     double* stats) {
+    reg_forward<double>(p, n, H, N, z, order, ka, kb, kl, ku, ml, mu, terms, stats);
+}
+
+void reg_backward_f32(const float* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
+                      const double* g, int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu,
+                      float* dp) {
+    reg_backward<float>(p, n, H, N, z, order, g, ka, kb, kl, ku, ml, mu, dp);
+}
+
+void reg_backward_f64(const double* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
+                      const double* g, int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu,
+                      double* dp) {
+    reg_backward<double>(p, n, H, N, z, order, g, ka, kb, kl, ku, ml, mu, dp);
 }
 
 }

@@ -84,9 +84,15 @@ def load() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         log.warning("could not build the native quantile kernel (%s); using the numba kernel", e)
         return None
-    for name in ("qr_rows_f32", "qr_rows_f64"):
-        getattr(lib, name).argtypes = [_P, _I, _I, _P, _I, _P, _P, _D, _P, _P]
-        getattr(lib, name).restype = None
+    signatures = {
+        "qr_rows": [_P, _I, _I, _P, _I, _P, _P, _D, _P, _P],
+        "reg_forward": [_P, _I, _I, _I, _P, _P, _I, _I, _I, _I, _D, _D, _P, _P],
+        "reg_backward": [_P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _D, _D, _P],
+    }
+    for name, argtypes in signatures.items():
+        for suffix in ("_f32", "_f64"):
+            fn = getattr(lib, name + suffix)
+            fn.argtypes, fn.restype = argtypes, None
     _lib = lib
     return lib
 
@@ -105,3 +111,41 @@ def quantile_huber_rows(lib: ctypes.CDLL, theta: np.ndarray, z_sorted: np.ndarra
         raise ValueError(f"row_token must be [{R}] indices into the {z_sorted.shape[0]} target rows")
     fn(theta.ctypes.data, R, N, z_sorted.ctypes.data, z_sorted.shape[1], row_token.ctypes.data, taus.ctypes.data,
        float(kappa), loss.ctypes.data, grad.ctypes.data)
+
+
+def _fn(lib: ctypes.CDLL, name: str, dtype: np.dtype):
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"native kernels take float32 or float64, got {dtype}")
+    return getattr(lib, f"{name}_f{64 if dtype == np.float64 else 32}")
+
+
+def _check_reg(p: np.ndarray, z_sorted: np.ndarray, order: np.ndarray, *more: np.ndarray) -> None:
+    n, _, N = p.shape
+    if z_sorted.shape != (n, N) or order.shape != (n, N):
+        raise ValueError(f"expected z_sorted and order [{n}, {N}], got {z_sorted.shape}, {order.shape}")
+    if z_sorted.dtype != np.float64 or order.dtype != np.int64:
+        raise ValueError("native regularisers need float64 targets and an int64 order")
+    if not all(a.flags.c_contiguous for a in (p, z_sorted, order, *more)):
+        raise ValueError("native regularisers need C-contiguous arrays")
+
+
+def reg_forward(lib: ctypes.CDLL, p: np.ndarray, z_sorted: np.ndarray, order: np.ndarray, ka: int, kb: int, kl: int,
+                ku: int, margin_low: float, margin_up: float, terms: np.ndarray, stats: np.ndarray) -> None:
+    """`_qr_kernel._reg_forward` on the compiled library (outputs `terms [6, n]`, `stats [n, 7]` float64)."""
+    _check_reg(p, z_sorted, order, terms, stats)
+    n, H, N = p.shape
+    if terms.shape != (6, n) or stats.shape != (n, 7) or terms.dtype != np.float64 or stats.dtype != np.float64:
+        raise ValueError("terms must be float64 [6, n] and stats float64 [n, 7]")
+    _fn(lib, "reg_forward", p.dtype)(p.ctypes.data, n, H, N, z_sorted.ctypes.data, order.ctypes.data, ka, kb, kl,
+                                     ku, float(margin_low), float(margin_up), terms.ctypes.data, stats.ctypes.data)
+
+
+def reg_backward(lib: ctypes.CDLL, p: np.ndarray, z_sorted: np.ndarray, order: np.ndarray, g: np.ndarray, ka: int,
+                 kb: int, kl: int, ku: int, margin_low: float, margin_up: float, dp: np.ndarray) -> None:
+    """`_qr_kernel._reg_backward` on the compiled library (`dp` in p's dtype and shape, written in place)."""
+    _check_reg(p, z_sorted, order, g, dp)
+    n, H, N = p.shape
+    if g.shape != (6, n) or g.dtype != np.float64 or dp.shape != p.shape or dp.dtype != p.dtype:
+        raise ValueError("g must be float64 [6, n] and dp like p")
+    _fn(lib, "reg_backward", p.dtype)(p.ctypes.data, n, H, N, z_sorted.ctypes.data, order.ctypes.data, g.ctypes.data,
+                                      ka, kb, kl, ku, float(margin_low), float(margin_up), dp.ctypes.data)

@@ -166,6 +166,35 @@ def test_native_kernel_equals_the_numba_kernel_bit_for_bit(dtype, kappa):
         assert np.array_equal(again[0], ref[0]) and np.array_equal(again[1], ref[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,margins", [(3, (0.0, 0.0)), (1, (0.2, 0.3)), (2, (0.0, 0.5))])
+def test_native_regularisers_equal_the_numba_ones_bit_for_bit(dtype, H, margins):
+    """Values, diagnostics and gradients of the fused regularisers: compiled (torch's threads) == numba."""
+    from dvpo_lab.algos import _qr_kernel, _qr_native
+
+    if not _qr_kernel.AVAILABLE:
+        pytest.skip("numba is not installed: nothing to compare with")
+    if _qr_native.load() is None:
+        pytest.skip("no C++ compiler here: the numba kernels are used")
+    rng = np.random.default_rng(5)
+    n, N = 120, 200
+    p = rng.normal(0.5, 0.3, (n, H, N))
+    p[:30] = np.round(p[:30], 2)  # tied quantiles and tied head means
+    p[30:60] = np.sort(p[30:60], axis=-1)  # monotone heads: curvature terms active both ways
+    p = p.astype(dtype)
+    z = np.sort(rng.normal(0.5, 0.1, (n, N)), axis=1)
+    ka, kb, kl, ku = 20, 20, 19, 19
+    ref = _qr_kernel.regularisers(p, z, ka, kb, kl, ku, *margins, native=False)
+    got = _qr_kernel.regularisers(p, z, ka, kb, kl, ku, *margins)
+    for a, b in zip(got, ref, strict=True):
+        assert np.array_equal(a, b)
+    g = rng.normal(size=(6, n))
+    dp_ref, dp_got = np.empty_like(p), np.empty_like(p)
+    _qr_kernel.regularisers_grad(p, z, ref[2], g, ka, kb, kl, ku, *margins, dp_ref, native=False)
+    _qr_kernel.regularisers_grad(p, z, ref[2], g, ka, kb, kl, ku, *margins, dp_got)
+    assert np.array_equal(dp_got, dp_ref)
+
+
 def test_native_kernel_rejects_bad_row_tokens():
     from dvpo_lab.algos import _qr_kernel, _qr_native
 
