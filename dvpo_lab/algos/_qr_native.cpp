@@ -5,8 +5,8 @@
 // (interleaved, branch-free) to get #{z < theta - kappa}, #{z < theta}, #{z <= theta + kappa}, then closed
 // forms from prefix sums of z and z^2. Two differences make it ~2x faster inside a training step:
 //   - the rows are split over OpenMP threads. Built with -fopenmp, this library resolves libgomp.so.1 to the
-//     copy torch has already loaded, so it runs on torch's own worker threads (the count torch.set_num_threads
-//     set) instead of a second pool competing with them;
+//     copy torch has already loaded, so it runs on torch's own worker threads (the caller passes
+//     torch.get_num_threads()) instead of a second pool competing with them;
 //   - each row is sorted by an LSD radix sort of (order-preserving float bits, index) pairs instead of a
 //     comparison sort: 4 branch-free passes over 200 keys beat numpy's argsort here.
 // The DVPO regularisers (forward and backward) are here too, split over tokens the same way.
@@ -31,12 +31,12 @@ inline uint32_t key_bits(double f) { return key_bits(static_cast<float>(f)); }
 
 template <typename T>
 void qr_rows(const T* theta, int64_t R, int64_t N, const double* z, int64_t M, const int64_t* row_token,
-             const double* taus, double kappa, T* loss, T* grad) {
+             const double* taus, double kappa, T* loss, T* grad, int nthreads) {
     const double inv_m = 1.0 / static_cast<double>(M);
     const double inv_k = kappa > 0.0 ? 1.0 / kappa : 0.0;
     const double half_inv_k = 0.5 * inv_k;
     const double inf = std::numeric_limits<double>::infinity();
-#pragma omp parallel
+#pragma omp parallel num_threads(nthreads)
     {
         std::vector<uint32_t> key_a(N), key_b(N), idx_a(N), idx_b(N);
         std::vector<int64_t> perm(N), cnt_a(N + 1), cnt_b(N + 1), cnt_c(N + 1);
@@ -209,9 +209,10 @@ inline double relu0(double x) { return x > 0.0 ? x : 0.0; }  // Python's max(0.0
 
 template <typename T>
 void reg_forward(const T* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order, int64_t ka,
-                 int64_t kb, int64_t kl, int64_t ku, double ml, double mu, double* terms, double* stats) {
+                 int64_t kb, int64_t kl, int64_t ku, double ml, double mu, double* terms, double* stats,
+                 int nthreads) {
     const int64_t n_pairs = H * (H - 1) / 2;
-#pragma omp parallel
+#pragma omp parallel num_threads(nthreads)
     {
         std::vector<double> ens(N), es(N);
 #pragma omp for schedule(static)
@@ -257,11 +258,11 @@ void reg_forward(const T* p, int64_t n, int64_t H, int64_t N, const double* z, c
 
 template <typename T>
 void reg_backward(const T* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order, const double* g,
-                  int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu, T* dp) {
+                  int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu, T* dp, int nthreads) {
     const int64_t n_pairs = H * (H - 1) / 2;
     const double dka = static_cast<double>(ka), dkb = static_cast<double>(kb);
     const double dkl = static_cast<double>(kl), dku = static_cast<double>(ku), dH = static_cast<double>(H);
-#pragma omp parallel
+#pragma omp parallel num_threads(nthreads)
     {
         std::vector<double> ens(N), es(N), des(N);
 #pragma omp for schedule(static)
@@ -322,37 +323,37 @@ void reg_backward(const T* p, int64_t n, int64_t H, int64_t N, const double* z, 
 extern "C" {
 
 void qr_rows_f32(const float* theta, int64_t R, int64_t N, const double* z, int64_t M, const int64_t* row_token,
-                 const double* taus, double kappa, float* loss, float* grad) {
-    qr_rows<float>(theta, R, N, z, M, row_token, taus, kappa, loss, grad);
+                 const double* taus, double kappa, float* loss, float* grad, int nthreads) {
+    qr_rows<float>(theta, R, N, z, M, row_token, taus, kappa, loss, grad, nthreads);
 }
 
 void qr_rows_f64(const double* theta, int64_t R, int64_t N, const double* z, int64_t M, const int64_t* row_token,
-                 const double* taus, double kappa, double* loss, double* grad) {
-    qr_rows<double>(theta, R, N, z, M, row_token, taus, kappa, loss, grad);
+                 const double* taus, double kappa, double* loss, double* grad, int nthreads) {
+    qr_rows<double>(theta, R, N, z, M, row_token, taus, kappa, loss, grad, nthreads);
 }
 
 void reg_forward_f32(const float* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
                      int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu, double* terms,
-                     double* stats) {
-    reg_forward<float>(p, n, H, N, z, order, ka, kb, kl, ku, ml, mu, terms, stats);
+                     double* stats, int nthreads) {
+    reg_forward<float>(p, n, H, N, z, order, ka, kb, kl, ku, ml, mu, terms, stats, nthreads);
 }
 
 void reg_forward_f64(const double* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
                      int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu, double* terms,
-                     double* stats) {
-    reg_forward<double>(p, n, H, N, z, order, ka, kb, kl, ku, ml, mu, terms, stats);
+                     double* stats, int nthreads) {
+    reg_forward<double>(p, n, H, N, z, order, ka, kb, kl, ku, ml, mu, terms, stats, nthreads);
 }
 
 void reg_backward_f32(const float* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
                       const double* g, int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu,
-                      float* dp) {
-    reg_backward<float>(p, n, H, N, z, order, g, ka, kb, kl, ku, ml, mu, dp);
+                      float* dp, int nthreads) {
+    reg_backward<float>(p, n, H, N, z, order, g, ka, kb, kl, ku, ml, mu, dp, nthreads);
 }
 
 void reg_backward_f64(const double* p, int64_t n, int64_t H, int64_t N, const double* z, const int64_t* order,
                       const double* g, int64_t ka, int64_t kb, int64_t kl, int64_t ku, double ml, double mu,
-                      double* dp) {
-    reg_backward<double>(p, n, H, N, z, order, g, ka, kb, kl, ku, ml, mu, dp);
+                      double* dp, int nthreads) {
+    reg_backward<double>(p, n, H, N, z, order, g, ka, kb, kl, ku, ml, mu, dp, nthreads);
 }
 
 }

@@ -6,8 +6,9 @@ jobs can race) and loads it with ctypes (~1 s once; nothing at install time). Wh
 build fails, or `DVPO_LAB_NATIVE=0`, `load()` returns None after one logged line and `_qr_kernel` keeps its
 numba kernel, which gives bit-identical numbers single-threaded.
 
-torch must be imported first (it is, by everything that calls this): the library then shares torch's
-libgomp, so `torch.set_num_threads` sets its thread count too.
+torch is imported first (here), so the library shares torch's libgomp and its worker threads; every call
+passes `torch.get_num_threads()` as the thread count. Results do not depend on the count (rows and tokens are
+independent).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_qr_native.cpp")
 FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++17"]
-_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_P, _I, _D, _N = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -85,9 +87,9 @@ def load() -> ctypes.CDLL | None:
         log.warning("could not build the native quantile kernel (%s); using the numba kernel", e)
         return None
     signatures = {
-        "qr_rows": [_P, _I, _I, _P, _I, _P, _P, _D, _P, _P],
-        "reg_forward": [_P, _I, _I, _I, _P, _P, _I, _I, _I, _I, _D, _D, _P, _P],
-        "reg_backward": [_P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _D, _D, _P],
+        "qr_rows": [_P, _I, _I, _P, _I, _P, _P, _D, _P, _P, _N],
+        "reg_forward": [_P, _I, _I, _I, _P, _P, _I, _I, _I, _I, _D, _D, _P, _P, _N],
+        "reg_backward": [_P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, _D, _D, _P, _N],
     }
     for name, argtypes in signatures.items():
         for suffix in ("_f32", "_f64"):
@@ -110,7 +112,7 @@ def quantile_huber_rows(lib: ctypes.CDLL, theta: np.ndarray, z_sorted: np.ndarra
     if row_token.shape != (R,) or (R and (row_token.min() < 0 or row_token.max() >= z_sorted.shape[0])):
         raise ValueError(f"row_token must be [{R}] indices into the {z_sorted.shape[0]} target rows")
     fn(theta.ctypes.data, R, N, z_sorted.ctypes.data, z_sorted.shape[1], row_token.ctypes.data, taus.ctypes.data,
-       float(kappa), loss.ctypes.data, grad.ctypes.data)
+       float(kappa), loss.ctypes.data, grad.ctypes.data, torch.get_num_threads())
 
 
 def _fn(lib: ctypes.CDLL, name: str, dtype: np.dtype):
@@ -137,7 +139,8 @@ def reg_forward(lib: ctypes.CDLL, p: np.ndarray, z_sorted: np.ndarray, order: np
     if terms.shape != (6, n) or stats.shape != (n, 7) or terms.dtype != np.float64 or stats.dtype != np.float64:
         raise ValueError("terms must be float64 [6, n] and stats float64 [n, 7]")
     _fn(lib, "reg_forward", p.dtype)(p.ctypes.data, n, H, N, z_sorted.ctypes.data, order.ctypes.data, ka, kb, kl,
-                                     ku, float(margin_low), float(margin_up), terms.ctypes.data, stats.ctypes.data)
+                                     ku, float(margin_low), float(margin_up), terms.ctypes.data, stats.ctypes.data,
+                                     torch.get_num_threads())
 
 
 def reg_backward(lib: ctypes.CDLL, p: np.ndarray, z_sorted: np.ndarray, order: np.ndarray, g: np.ndarray, ka: int,
@@ -148,4 +151,5 @@ def reg_backward(lib: ctypes.CDLL, p: np.ndarray, z_sorted: np.ndarray, order: n
     if g.shape != (6, n) or g.dtype != np.float64 or dp.shape != p.shape or dp.dtype != p.dtype:
         raise ValueError("g must be float64 [6, n] and dp like p")
     _fn(lib, "reg_backward", p.dtype)(p.ctypes.data, n, H, N, z_sorted.ctypes.data, order.ctypes.data, g.ctypes.data,
-                                      ka, kb, kl, ku, float(margin_low), float(margin_up), dp.ctypes.data)
+                                      ka, kb, kl, ku, float(margin_low), float(margin_up), dp.ctypes.data,
+                                      torch.get_num_threads())
