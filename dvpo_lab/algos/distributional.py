@@ -345,9 +345,13 @@ def quantile_huber(pred: torch.Tensor, z_sorted: torch.Tensor, taus: torch.Tenso
 
 def sort_last(x: torch.Tensor) -> torch.Tensor:
     """Ascending sort along the last dim, differentiable. On CPU the order comes from numpy's vectorised
-    argsort (~10x faster than `torch.sort` here) and the values from `gather` (whose backward is a scatter)."""
+    argsort (~10x faster than `torch.sort` here) and the values from `gather` (whose backward is a scatter);
+    a tensor that needs no gradient is sorted by value alone (numpy's sort, ~5x faster again: the values of a
+    sort do not depend on how ties are ordered)."""
     if x.device.type != "cpu" or x.dim() == 0 or x.dtype not in (torch.float32, torch.float64):
         return x.sort(dim=-1).values
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1))
     idx = torch.from_numpy(np.argsort(x.detach().contiguous().numpy(), axis=-1))
     return x.gather(-1, idx)
 
