@@ -95,6 +95,7 @@ def load() -> ctypes.CDLL | None:
         for suffix in ("_f32", "_f64"):
             fn = getattr(lib, name + suffix)
             fn.argtypes, fn.restype = argtypes, None
+    log.info("native quantile kernels: %s (%d threads from torch)", target, torch.get_num_threads())
     _lib = lib
     return lib
 
