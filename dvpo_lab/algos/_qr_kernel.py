@@ -129,9 +129,7 @@ def quantile_huber_rows(theta: np.ndarray, z_sorted: np.ndarray, row_token: np.n
     """
     loss = np.empty_like(theta) if loss is None else loss
     grad = np.empty_like(theta) if grad is None else grad
-    lib = _qr_native.load() if native is not False else None
-    if native and lib is None:
-        raise RuntimeError("the native quantile kernel could not be built here (see the log); pass native=None")
+    lib = _qr_native.library(native)
     if lib is not None:
         _qr_native.quantile_huber_rows(lib, np.ascontiguousarray(theta), np.ascontiguousarray(z_sorted),
                                        np.ascontiguousarray(row_token, dtype=np.int64), np.ascontiguousarray(taus),
@@ -297,13 +295,13 @@ def regularisers(p: np.ndarray, z_sorted: np.ndarray, ka: int, kb: int, kl: int,
     Args:
         p: [n, H, N] predicted quantiles per head, z_sorted: [n, N] float64 ascending targets; ka/kb: tail
         sizes over N quantiles, kl/ku over the N - 2 second differences; margins as in the loss; native:
-        None = the compiled kernel (torch's threads) when it builds, False = numba; the same numbers either way.
+        as in `quantile_huber_rows` (None: compiled if it builds, False: numba); the same numbers either way.
     """
     n, H, N = p.shape
     order = np.argsort(p.mean(axis=1), axis=1)  # numpy's order (ties included) on both paths: same numbers
     terms = np.zeros((len(REG_TERMS), n))
     stats = np.zeros((n, len(REG_STATS)))
-    lib = _qr_native.load() if native is not False else None
+    lib = _qr_native.library(native)
     if lib is not None:
         _qr_native.reg_forward(lib, np.ascontiguousarray(p), np.ascontiguousarray(z_sorted), order, ka, kb, kl, ku,
                                margin_low, margin_up, terms, stats)
@@ -316,7 +314,7 @@ def regularisers_grad(p: np.ndarray, z_sorted: np.ndarray, order: np.ndarray, g:
                       kl: int, ku: int, margin_low: float, margin_up: float, dp: np.ndarray,
                       native: bool | None = None) -> None:
     """dp[t, h, i] = sum_k g[k, t] d terms[k, t] / d p[t, h, i] (written into `dp`)."""
-    lib = _qr_native.load() if native is not False else None
+    lib = _qr_native.library(native)
     if lib is not None:
         _qr_native.reg_backward(lib, np.ascontiguousarray(p), np.ascontiguousarray(z_sorted), order,
                                 np.ascontiguousarray(g, dtype=np.float64), ka, kb, kl, ku, margin_low, margin_up, dp)

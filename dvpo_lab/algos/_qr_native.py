@@ -1,4 +1,5 @@
-"""The quantile Huber kernel in C++ on torch's OpenMP threads (`_qr_native.cpp`), compiled on first use.
+"""DVPO's critic-loss kernels (quantile Huber, regularisers) in C++ on torch's OpenMP threads (`_qr_native.cpp`),
+compiled on first use.
 
 `load()` compiles the source with the system C++ compiler (`$CXX`, else `c++`/`g++`) into a per-user cache
 (`$DVPO_LAB_CACHE`, else `~/.cache/dvpo_lab/native`, one file per source hash, written atomically so parallel
@@ -100,10 +101,19 @@ def load() -> ctypes.CDLL | None:
     return lib
 
 
+def library(native: bool | None) -> ctypes.CDLL | None:
+    """What a caller's `native` switch selects: None = the library if it builds, False = none (numba), True = the
+    library or a RuntimeError."""
+    lib = load() if native is not False else None
+    if native and lib is None:
+        raise RuntimeError("the native kernels could not be built here (see the log); pass native=None")
+    return lib
+
+
 def quantile_huber_rows(lib: ctypes.CDLL, theta: np.ndarray, z_sorted: np.ndarray, row_token: np.ndarray,
                         taus: np.ndarray, kappa: float, loss: np.ndarray, grad: np.ndarray) -> None:
     """`_qr_kernel.quantile_huber_rows` on the compiled library (same arguments; outputs written in place)."""
-    fn = {np.dtype(np.float32): lib.qr_rows_f32, np.dtype(np.float64): lib.qr_rows_f64}[theta.dtype]
+    fn = _fn(lib, "qr_rows", theta.dtype)
     arrays = (theta, z_sorted, row_token, taus, loss, grad)
     if not all(a.flags.c_contiguous for a in arrays) or loss.dtype != theta.dtype or grad.dtype != theta.dtype:
         raise ValueError("native quantile kernel needs C-contiguous arrays and outputs in theta's dtype")
