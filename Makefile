@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-run: setup  ## the embedded default: warm-start (cached) + PPO on the arithmetic testbed, prints a final table
+run: setup  ## the default run: warm-start (cached) + 200 DVPO steps under flip0.2 noise on the arithmetic testbed
 	$(PY) -m dvpo_lab $(ARGS)
 
 test: setup  ## lint + the default test suite (slow tests excluded)

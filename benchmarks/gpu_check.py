@@ -2,8 +2,8 @@
 
 For a machine with one NVIDIA GPU (what a user of `trainer=gpu` runs on). Each section is independent,
 prints its figures, and appends them to `DIR/gpu_check.json`; a section that fails records its error and the
-rest still run; sections stop starting once `--budget-s` seconds have passed (the lent machines here are
-short). In order:
+rest still run; sections stop starting once `--budget-s` seconds have passed (for GPU time that is rationed).
+In order:
 
 1. env: torch, GPU, a bf16 and an fp32 matmul peak (8192^3, mean of 10 after 3 warm-ups).
 2. critic: the DVPO critic loss and its gradient on CUDA (torch path) against the CPU compiled kernel.

@@ -3,12 +3,12 @@
     pip install -e ".[bench]"     # trl, the peer (it leaves torch alone)
     OMP_NUM_THREADS=1 python benchmarks/vs_trl.py [--rounds 3 --steps 5 --warmup 2 --threads 1]
 
-Workload (the one of the project's reference-speed scripts, rebuilt here so that nothing outside the repo is
-needed): a Llama of 4 layers, width 256, 4 heads, MLP 688, untied head (3.2M parameters), fp32, random init
-(seed 0), over a character tokenizer; prompts "Q: a+b=? A:" with two-digit a, b; 8 prompts x 8 samples per
-step, exactly 32 new tokens each (EOS forbidden before: every step has the same work), temperature 1; reward
-1 if the completion contains a + b; group-normalised advantages, clip 0.2, token-level loss normalisation, no
-KL term and no reference model, AdamW at lr 1e-6, grad-norm clip 1; one optimizer step per batch.
+Workload (self-contained, so that nothing outside the repo is needed): a Llama of 4 layers, width 256, 4 heads, MLP
+688, untied head (3.2M parameters), fp32, random init (seed 0), over a character tokenizer; prompts "Q: a+b=? A:"
+with two-digit a, b; 8 prompts x 8 samples per step, exactly 32 new tokens each (EOS forbidden before: every step
+has the same work), temperature 1; reward 1 if the completion contains a + b; group-normalised advantages, clip
+0.2, token-level loss normalisation, no KL term and no reference model, AdamW at lr 1e-6, grad-norm clip 1; one
+optimizer step per batch.
 
 Both sides run their real training loop: dvpo_lab's RLModule under a Lightning Trainer (the code path of
 `python -m dvpo_lab`), TRL's GRPOTrainer with its defaults otherwise (gradient checkpointing is on by
@@ -21,7 +21,7 @@ MFU counts the model FLOPs one GRPO step needs, identical for both sides: 2 N pe
 multiplies (embedding lookup excluded), attention scores ignored (< 3% here). It divides by the matmul peak
 of the run's dtype (fp32, or bf16 with `--precision bf16-mixed`) measured at start, at the same thread count,
 on this machine. Printed for the whole step, for the generate phase (2 N per rollout token) and for the update
-phase (6 N per trained token: forward, backward and optimizer, the issue's "update at >= 40 % of peak").
+phase (6 N per trained token: forward, backward and optimizer).
 
 `--precision bf16-mixed` runs both sides with bf16 autocast and fp32 master weights (dvpo_lab:
 `trainer.precision=bf16-mixed`; TRL: `bf16=True`).

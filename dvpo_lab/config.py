@@ -158,6 +158,9 @@ class GSM8KTaskConfig(TaskConfig):
     max_response_len: int = 256
     template: str = "plain"  # plain (veRL's prompt) | chat (the tokenizer's chat template around it)
     reward: str = "strict"  # strict (veRL's "####" rule) | math_verify (flexible equivalence)
+    # characters of each response the reward reads, from its end: null = all (text after the committed
+    # "#### <answer>" never changes the score) | 300 = veRL's window, to compare with numbers published with it
+    reward_window: int | None = None
 
 
 @dataclass
@@ -293,7 +296,7 @@ class PathsConfig:
     root_dir: str = "."
     data_dir: str = "data"
     log_dir: str = "outputs"
-    output_dir: str = "outputs"
+    output_dir: str | None = "outputs"  # the run folder: ${hydra:runtime.output_dir}; null outside a run (--cfg)
     work_dir: str = "."
     cache_dir: str = ".cache"
 

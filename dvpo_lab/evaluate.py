@@ -20,7 +20,11 @@ def greedy_scores(
     max_prompt_len: int | None = None,
     sampler: str = "fast",
 ) -> tuple[torch.Tensor, list[str]]:
-    """Clean scores `[n]` of greedy responses to `problems` (dialogues for a multi-turn task), and the responses."""
+    """Clean scores `[n]` of greedy responses to `problems` (dialogues for a multi-turn task), and the responses.
+
+    `max_prompt_len`: pass the training rollout's prompt budget (`rollout.prompt_budget`), so an evaluation sees
+    the prompts training sees (truncated alike); None keeps every prompt whole.
+    """
     scores, texts = [], []
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]

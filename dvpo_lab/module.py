@@ -24,7 +24,14 @@ from dvpo_lab.evaluate import greedy_scores, metric_sums
 from dvpo_lab.models.build import build_critic, build_reference
 from dvpo_lab.multiturn import sample_for_task
 from dvpo_lab.noise import RewardNoise
-from dvpo_lab.rollout import Rollout, fast_sampler_reason, response_logprobs, response_values, sample
+from dvpo_lab.rollout import (
+    Rollout,
+    fast_sampler_reason,
+    prompt_budget,
+    response_logprobs,
+    response_values,
+    sample,
+)
 from dvpo_lab.tasks import Task
 
 SAMPLES_LOGGED = 16
@@ -52,10 +59,11 @@ class RLModule(L.LightningModule):
             self.kl_ctrl = algos.FixedKLController(self.acfg.kl_coef)
         self.estimator = algos.get_adv_estimator(self.acfg.adv_estimator)
         self.max_new_tokens = self.rcfg.max_new_tokens or task.max_response_len
-        self.max_prompt_len = policy.config.max_position_embeddings - self.max_new_tokens
+        self.max_prompt_len = prompt_budget(policy, self.max_new_tokens)
         self.eval_problems = task.test_problems()[: self.rcfg.eval_limit]
         self.reuse_logprobs = self.sampler_logprobs_exact() if self.rcfg.reuse_sampler_logprobs else False
         self.history: list[dict[str, float]] = []  # val/acc per evaluated step, saved in checkpoints
+        self.fingerprint: str | None = None  # the run's config fingerprint (dvpo_lab.resume), saved in checkpoints
         self._val_scores: list[torch.Tensor] = []
         self._val_metrics: list[dict[str, torch.Tensor]] = []
 
@@ -169,6 +177,7 @@ class RLModule(L.LightningModule):
             metrics["actor/reward_kl_penalty_coeff"] = self.kl_ctrl.value
 
         n_tokens = float(mask.sum())
+        resp_len, prompt_len = mask.sum(-1), ro.prompt_lengths.float()
         timing["step"] = time.perf_counter() - t0
         metrics.update({
             "critic/score/mean": float(score.mean()),
@@ -177,8 +186,16 @@ class RLModule(L.LightningModule):
             "critic/advantages/max": float(adv[mask.bool()].max()) if n_tokens else 0.0,
             "critic/advantages/min": float(adv[mask.bool()].min()) if n_tokens else 0.0,
             "critic/returns/mean": float(algos.masked_mean(algos.Critic.mean_value(returns), mask)),
-            "response_length/mean": float(mask.sum(-1).mean()),
-            "response_length/clip_ratio": float((mask[:, -1] > 0).float().mean()),
+            # trained tokens (a dialogue's assistant turns); clip_ratio: cut off by max_new_tokens before the end
+            "response_length/mean": float(resp_len.mean()),
+            "response_length/max": float(resp_len.max()),
+            "response_length/min": float(resp_len.min()),
+            "response_length/clip_ratio": float(ro.response_clipped.float().mean()),
+            # prompt tokens after truncation; clip_ratio: prompts that lost their first tokens to the budget
+            "prompt_length/mean": float(prompt_len.mean()),
+            "prompt_length/max": float(prompt_len.max()),
+            "prompt_length/min": float(prompt_len.min()),
+            "prompt_length/clip_ratio": float(ro.prompt_clipped.float().mean()),
             "perf/tokens_per_s": n_tokens / timing["step"],
             **noise_metrics,
             **{f"timing_s/{k}": v for k, v in timing.items()},
@@ -193,7 +210,9 @@ class RLModule(L.LightningModule):
         if self.rl_step % self.cfg.eval_every == 0 and self.trainer.is_global_zero:
             self.log_samples(ro, rep, clean, score)
         self.log_rl(metrics)
-        self.log("reward", metrics["critic/score_clean/mean"], prog_bar=True, logger=False)
+        # the bar shows the (noisy) score the policy trains on and the clean one it is meant to improve
+        self.log("reward", metrics["critic/score/mean"], prog_bar=True, logger=False)
+        self.log("reward_clean", metrics["critic/score_clean/mean"], prog_bar=True, logger=False)
 
     def log_samples(self, ro: Rollout, rep, clean, score, n: int = SAMPLES_LOGGED) -> None:
         """A table of this step's first `n` generations with their clean and noisy (trained-on) reward, to every
@@ -240,6 +259,7 @@ class RLModule(L.LightningModule):
         actor_opt, critic_opt = opts[0], (opts[1] if len(opts) > 1 else None)
         n, mb = ro.input_ids.shape[0], self.rcfg.minibatch_size
         mask = ro.response_mask
+        budget = self.max_new_tokens  # the Dr. GRPO modes' constant divisor (a dialogue's T is capped by it too)
         train_actor = self.rl_step >= a.critic_warmup
         sums: dict[str, float] = {}
         count = 0
@@ -253,22 +273,22 @@ class RLModule(L.LightningModule):
                                                   with_entropy=True, rows=rows)
                     pg_loss, pg_m = algos.compute_policy_loss(
                         logp, old_logp[rows], adv[rows], m, a.clip_ratio_low, a.clip_ratio_high,
-                        a.clip_ratio_c, a.loss_agg_mode)
-                    entropy = algos.agg_loss(ent, m, a.loss_agg_mode)
+                        a.clip_ratio_c, a.loss_agg_mode, budget)
+                    entropy = algos.agg_loss(ent, m, a.loss_agg_mode, budget)
                     loss = pg_loss - a.entropy_coeff * entropy
                     out.update({"actor/pg_loss": pg_loss, "actor/entropy": entropy,
                                 "actor/pg_clipfrac": pg_m["pg_clipfrac"], "actor/ppo_kl": pg_m["ppo_kl"],
                                 "actor/pg_clipfrac_lower": pg_m["pg_clipfrac_lower"]})
                     if a.use_kl_loss:
                         kl_loss = algos.agg_loss(algos.kl_penalty(logp, ref_logp[rows], a.kl_loss_type), m,
-                                                 a.loss_agg_mode)
+                                                 a.loss_agg_mode, budget)
                         loss = loss + a.kl_loss_coef * kl_loss
                         out["actor/kl_loss"] = kl_loss
                     self.check_finite(out, ("actor/pg_loss", "actor/kl_loss", "actor/entropy"))
                     out["actor/grad_norm"] = self.optimizer_step(actor_opt, loss, self.policy)
                 if critic_opt is not None:
                     view = self.critic_spec.view(response_values(self.critic, ro, rows=rows))
-                    vf_loss, vf_m = self.critic_spec.loss(view, old_view[rows], returns[rows], m)
+                    vf_loss, vf_m = self.critic_spec.loss(view, old_view[rows], returns[rows], m, budget)
                     out.update({f"critic/{k}": v for k, v in vf_m.items()})
                     self.check_finite({"critic/vf_loss": vf_loss, **out},
                                       ("critic/vf_loss", *(f"critic/loss_{t}" for t in ("qr", *algos.DVPO_TERMS))))
@@ -357,7 +377,8 @@ class RLModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dvpo_lab"] = {"kl_ctrl": self.kl_ctrl.state_dict(), "history": self.history,
-                                  "torch_rng": torch.get_rng_state()}
+                                  "torch_rng": torch.get_rng_state(),
+                                  "fingerprint": self.fingerprint}  # ckpt_path refuses another config's
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("dvpo_lab", {})

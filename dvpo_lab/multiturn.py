@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dvpo_lab.decode import decode
-from dvpo_lab.rollout import Rollout, _decoder_of, fast_sampler_reason, positions_from_mask, sample
+from dvpo_lab.rollout import (
+    Rollout,
+    _decoder_of,
+    check_prompt_budget,
+    fast_sampler_reason,
+    positions_from_mask,
+    sample,
+    warn_prompts_truncated,
+)
 from dvpo_lab.tasks import MultiTurnTask, Problem, Task
 
 
@@ -87,13 +95,23 @@ def sample_dialogues(
 
     Returns:
         a `DialogueRollout`; `texts[i]` is the transcript (each turn cut after its end-of-turn text).
+        `response_clipped[i]`: the episode was still going when its tokens reached `max_new_tokens` (an episode
+        that ends by itself, on EOS, a final action or `max_turns`, is not clipped, nor is a turn cut by
+        `max_turn_tokens` before the budget). `prompt_clipped[i]`: as in `rollout.encode_prompts`.
+    Raises:
+        ValueError: `max_prompt_len` <= 0.
     """
+    check_prompt_budget(max_prompt_len)
     B, device, end = len(problems), policy.device, task.turn_end
     stop_ids = _turn_end_ids(tokenizer, end)
     stop_set = set(stop_ids)
     prompts = [_encode(tokenizer, p.prompt) for p in problems]
+    prompt_clipped = torch.tensor([max_prompt_len is not None and len(ids) > max_prompt_len for ids in prompts],
+                                  dtype=torch.bool)
     if max_prompt_len is not None:
-        prompts = [ids[-max_prompt_len:] for ids in prompts]
+        prompts = [ids[-max_prompt_len:] for ids in prompts]  # keep the end, as `encode_prompts` does
+        warn_prompts_truncated(int(prompt_clipped.sum()), B, max_prompt_len)
+    clipped = [False] * B
     resp: list[list[int]] = [[] for _ in range(B)]
     mask: list[list[int]] = [[] for _ in range(B)]
     logps: list[list[float]] = [[] for _ in range(B)]
@@ -112,6 +130,8 @@ def sample_dialogues(
         if seed is not None:
             torch.manual_seed(seed)
         for turn in range(task.max_turns):
+            for i in active:  # an episode still going (its user just replied) that has no budget left
+                clipped[i] = clipped[i] or len(resp[i]) >= max_new_tokens
             active = [i for i in active if len(resp[i]) < max_new_tokens]
             if not active:
                 break
@@ -144,6 +164,7 @@ def sample_dialogues(
                 text = tokenizer.decode(toks, skip_special_tokens=True)
                 if stop is None or toks[-1] == tokenizer.eos_token_id or end not in text:
                     texts[i] += text  # EOS, or cut off by the per-turn cap or the budget: the episode ends
+                    clipped[i] = stop is None and len(resp[i]) >= max_new_tokens
                     continue
                 said = text.split(end, 1)[0]
                 texts[i] += said + end
@@ -158,7 +179,9 @@ def sample_dialogues(
                 still.append(i)
             active = still
     policy.train(was_training)
-    return _assemble(tokenizer, prompts, resp, mask, logps if record_logprobs else None, texts, turns, device)
+    ro = _assemble(tokenizer, prompts, resp, mask, logps if record_logprobs else None, texts, turns, device)
+    ro.prompt_clipped, ro.response_clipped = prompt_clipped, torch.tensor(clipped, dtype=torch.bool)
+    return ro
 
 
 def _assemble(tokenizer, prompts, resp, mask, logps, texts, turns, device) -> DialogueRollout:

@@ -23,6 +23,7 @@ from dvpo_lab.models.pretrained import is_lora
 log = logging.getLogger(__name__)
 SAMPLERS = ("fast", "hf")
 _fallbacks_logged: set[str] = set()
+_warned: set[str] = set()  # one-per-process warnings already given (e.g. "prompt_truncation")
 
 
 @dataclass
@@ -36,24 +37,92 @@ class Rollout:
     # [B, T] float32 log-probs of the response tokens under softmax(logits / temperature), as the sampler
     # computed them (0 on padding); None unless asked for and the fast sampler ran
     logprobs: torch.Tensor | None = None
+    # [B] bool: prompts that lost their first tokens to the prompt budget `max_prompt_len`
+    prompt_clipped: torch.Tensor | None = None
+    # [B] bool: responses stopped by the generation budget `max_new_tokens` before they ended
+    response_clipped: torch.Tensor | None = None
 
     @property
     def response_len(self) -> int:
         return self.response_ids.shape[1]
+
+    @property
+    def prompt_lengths(self) -> torch.Tensor:
+        """`[B]` prompt tokens each row's response was sampled from (after any truncation)."""
+        return self.attention_mask[:, : self.input_ids.shape[1] - self.response_len].sum(-1)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """`[B]` response tokens each row holds: generated tokens, and a dialogue's user replies too."""
+        return self.attention_mask[:, self.input_ids.shape[1] - self.response_len :].sum(-1)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_budget(policy: PreTrainedModel, max_new_tokens: int) -> int:
+    """Prompt tokens that fit beside a `max_new_tokens`-token response in the policy's context window: every
+    rollout and every evaluation (RL validation, the warm-start's accuracy checks) truncates prompts to it."""
+    return policy.config.max_position_embeddings - max_new_tokens
+
+
+def check_prompt_budget(max_prompt_len: int | None) -> None:
+    """Raise ValueError when the prompt budget (model context - rollout.max_new_tokens) leaves no prompt token."""
+    if max_prompt_len is not None and max_prompt_len <= 0:
+        raise ValueError(f"prompt budget max_prompt_len={max_prompt_len} tokens (model context - "
+                         "rollout.max_new_tokens) leaves no room for the prompt; lower rollout.max_new_tokens")
+
+
+def warn_prompts_truncated(n_clipped: int, n_prompts: int, max_prompt_len: int) -> None:
+    """Warn, once per process, that prompts lost their first tokens to the prompt budget."""
+    if n_clipped == 0 or "prompt_truncation" in _warned:
+        return
+    _warned.add("prompt_truncation")
+    log.warning("%d of %d prompts are longer than the prompt budget of %d tokens (model context - "
+                "rollout.max_new_tokens) and lose their first tokens; raise the model's context length or lower "
+                "rollout.max_new_tokens (logged every RL step as prompt_length/clip_ratio; warned once)",
+                n_clipped, n_prompts, max_prompt_len)
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_prompt_len: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Left-padded prompt batch; prompts longer than `max_prompt_len` keep their last tokens."""
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Left-padded prompt batch; a prompt longer than `max_prompt_len` tokens keeps its last `max_prompt_len`
+    (where the question ends and the answer starts), and is counted and warned about (`warn_prompts_truncated`).
+
+    Returns:
+        ({"input_ids": [B, P], "attention_mask": [B, P]} with P <= max_prompt_len, clipped [B] bool).
+    Raises:
+        ValueError: `max_prompt_len` <= 0.
+    """
+    check_prompt_budget(max_prompt_len)
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    lengths = enc["attention_mask"].sum(-1)
+    clipped = lengths > max_prompt_len if max_prompt_len is not None else torch.zeros_like(lengths, dtype=torch.bool)
     if max_prompt_len is not None and enc["input_ids"].shape[1] > max_prompt_len:
         enc = {k: v[:, -max_prompt_len:] for k, v in enc.items()}
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        warn_prompts_truncated(int(clipped.sum()), len(prompts), max_prompt_len)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, clipped
+
+
+def clipped_responses(
+    response_ids: torch.Tensor, response_attn: torch.Tensor, eos_token_id: int, max_new_tokens: int
+) -> torch.Tensor:
+    """Which responses the generation budget cut off: they hold `max_new_tokens` tokens and the last is not
+    EOS (a response whose EOS falls exactly on the budget ended on its own). `response_length/clip_ratio` is its
+    mean: measured against the configured budget (as veRL, which pads to it), not the batch's longest response.
+    Dialogues record the same in the sampler (`multiturn.sample_dialogues`).
+
+    Args:
+        response_ids: [B, T] right-padded responses, response_attn: [B, T] {0, 1}, 1 on the response's tokens,
+        eos_token_id: the tokenizer's EOS, max_new_tokens: the budget.
+    Returns:
+        [B] bool.
+    """
+    lengths = response_attn.long().sum(-1)
+    last = response_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lengths >= max_new_tokens) & (last != eos_token_id)
 
 
 def fast_sampler_reason(policy: PreTrainedModel, sampler: str) -> str | None:
@@ -91,7 +160,7 @@ def sample(
     forbids EOS before that many tokens (fixed-length benchmark workloads). `return_logprobs`: keep the fast
     sampler's log-probs of its tokens in `Rollout.logprobs` (the `hf` path leaves it None).
     """
-    enc = encode_prompts(tokenizer, prompts, max_prompt_len)
+    enc, prompt_clipped = encode_prompts(tokenizer, prompts, max_prompt_len)
     enc = {k: v.to(policy.device) for k, v in enc.items()}
     reason = fast_sampler_reason(policy, sampler)
     if reason is not None and sampler == "fast" and reason not in _fallbacks_logged:
@@ -129,6 +198,8 @@ def sample(
         response_mask=response_mask,
         texts=texts,
         logprobs=logprobs * response_mask if logprobs is not None else None,
+        prompt_clipped=prompt_clipped,
+        response_clipped=clipped_responses(response, response_mask, tokenizer.eos_token_id, max_new_tokens).cpu(),
     )
 
 

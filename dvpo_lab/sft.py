@@ -19,10 +19,12 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
+from dvpo_lab.callbacks import sft_progress
 from dvpo_lab.evaluate import greedy_scores
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.models.pretrained import savable
 from dvpo_lab.multiturn import encode_dialogue_demo
+from dvpo_lab.rollout import prompt_budget
 from dvpo_lab.tasks import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -113,8 +115,11 @@ class SFTModule(L.LightningModule):
         return loss
 
     def accuracy(self) -> float:
-        scores, _ = greedy_scores(self.policy, self.tokenizer, self.task, self.eval_problems,
-                                  batch_size=256, max_new_tokens=self.task.max_response_len)
+        # the RL run's budgets, so this accuracy and RL step-0 val/acc see the same (possibly truncated) prompts
+        max_new_tokens = self.cfg.rollout.max_new_tokens or self.task.max_response_len
+        scores, _ = greedy_scores(self.policy, self.tokenizer, self.task, self.eval_problems, batch_size=256,
+                                  max_new_tokens=max_new_tokens,
+                                  max_prompt_len=prompt_budget(self.policy, max_new_tokens))
         return float(scores.mean()) if len(scores) else float("nan")
 
     def configure_optimizers(self):
@@ -153,7 +158,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         module = SFTModule(policy, tokenizer, task, cfg, max_steps)
         trainer = L.Trainer(max_steps=max_steps, accelerator="cpu" if cfg.trainer.accelerator == "cpu" else "auto",
                             devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                            gradient_clip_val=1.0, enable_progress_bar=True, num_sanity_val_steps=0)
+                            gradient_clip_val=1.0, callbacks=[sft_progress(cfg)], num_sanity_val_steps=0)
         t0 = time.perf_counter()
         L.seed_everything(cfg.sft.seed, verbose=False)
         trainer.fit(module, train_dataloaders=loader)

@@ -14,8 +14,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
+from dvpo_lab.checks import check_batch_sizes
 from dvpo_lab.config import ConfigError
-from dvpo_lab.run import check_batch_sizes
 from tests.conftest import CONF, compose_cfg
 
 GROUPS = ["algo", "task", "noise", "model", "trainer", "logger", "experiment", "debug"]
@@ -154,15 +154,15 @@ def test_impossible_batch_sizes(overrides, words):
     (["algo.dist.kappa=-1"], ["algo.dist.kappa"]),
     (["algo.dist.tail_alpha=0"], ["algo.dist.tail_alpha"]),
     (["algo.dist.value_clip=both"], ["algo.dist.value_clip"]),
-    (["algo=rbppo", "critic.head_init_std=0"], ["critic.head_init_std", "inert"]),
+    (["algo=rbppo", "critic.head_init_std=0"], ["critic.head_init_std=0", "stay equal"]),
     (["algo=rbppo", "algo.robust.v_lo=min"], ["algo.robust.v_lo", "batch_min"]),
     (["critic.n_quantiles=0"], ["critic.n_quantiles=0"]),
     (["algo.adv_estimator=vtrace"], ["vtrace", "dist_gae"]),
 ])
 def test_algorithm_and_critic_mismatches_fail_with_the_fix(overrides, words):
-    from dvpo_lab.run import check_algo
+    from dvpo_lab.checks import check_values
 
     with pytest.raises(ConfigError) as e:
-        check_algo(compose_cfg(overrides))
+        check_values(compose_cfg(overrides))
     for w in words:
         assert w in str(e.value), str(e.value)

@@ -1,8 +1,9 @@
 """Core tensor functions shared by PPO, GRPO and DVPO (spec `algorithms.md`, sections 1 and 2).
 
 Every function is pure: tensors in, tensors out, no module state. Shapes use B = batch of sequences,
-T = padded response length (L_max), V = vocabulary. Masks are {0, 1} (bool or float) with 1 = valid generated
-token; they are never broadcast implicitly: a mask must have exactly the shape of the tensor it masks.
+T = padded response length (at most the generation budget L), V = vocabulary. Masks are {0, 1} (bool or float)
+with 1 = valid generated token; they are never broadcast implicitly: a mask must have exactly the shape of the
+tensor it masks.
 
 Masked statistics read padded positions through `torch.where`, never through `x * mask`, so a NaN or inf
 sitting in a padded slot (e.g. a -inf log-prob) cannot leak into a valid result or its gradient.
@@ -117,35 +118,48 @@ def masked_whiten(
 # Loss aggregation (spec 1.9, 2.3) ---------------------------------------------------------------------------
 
 
-def agg_loss(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+def agg_loss(
+    loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, loss_scale_factor: int | None = None
+) -> torch.Tensor:
     """Reduce a per-token loss matrix to a scalar (verl `loss_agg_mode`, spec 1.9).
 
-    Modes (L_max = T, the padded length of `loss_mat`):
+    Modes (L = `loss_scale_factor`, the configured generation budget `rollout.max_new_tokens`):
         token-mean:              sum(m*l) / sum(m)                        (verl default, TRL "bnpo")
         seq-mean-token-mean:     mean_i( sum_t(m*l) / sum_t(m) )          (original GRPO)
         seq-mean-token-sum:      mean_i( sum_t(m*l) )
-        seq-mean-token-sum-norm: sum(m*l) / L_max                         (verl Dr. GRPO; not divided by B)
-        dr-grpo:                 sum(m*l) / (B * L_max)                   (TRL `loss_type="dr_grpo"`)
-    Sequences with no valid token contribute 0 but still count in B.
+        seq-mean-token-sum-norm: sum(m*l) / L                             (verl Dr. GRPO; not divided by B)
+        dr-grpo:                 sum(m*l) / (B * L)                       (TRL `loss_type="dr_grpo"`)
+    Sequences with no valid token contribute 0 but still count in B. The two Dr. GRPO modes divide by a
+    constant, not by the padded width T: a batch's padding follows its longest response, so dividing by T
+    would re-introduce the length-dependent weighting Dr. GRPO removes (veRL pads every batch to the budget,
+    TRL and SkyRL divide by `max_completion_length` explicitly).
 
     Args:
         loss_mat: [B, T], mask: [B, T].
+        loss_scale_factor: L in tokens, >= T; required by the two Dr. GRPO modes, ignored by the others.
     Returns:
         scalar tensor.
+    Raises:
+        ValueError: unknown mode; a Dr. GRPO mode without `loss_scale_factor`, or with one below T.
     """
     if loss_mat.dim() != 2:
         raise ValueError(f"loss_mat must be [B, T], got shape {tuple(loss_mat.shape)}")
-    n_seq, max_len = loss_mat.shape
+    n_seq, width = loss_mat.shape
     if mode == "token-mean":
         return masked_mean(loss_mat, mask)
     if mode == "seq-mean-token-mean":
         return masked_mean(loss_mat, mask, dim=-1).mean()
     if mode == "seq-mean-token-sum":
         return masked_sum(loss_mat, mask, dim=-1).mean()
-    if mode == "seq-mean-token-sum-norm":
-        return masked_sum(loss_mat, mask) / max_len
-    if mode == "dr-grpo":
-        return masked_sum(loss_mat, mask) / (n_seq * max_len)
+    if mode in ("seq-mean-token-sum-norm", "dr-grpo"):
+        if loss_scale_factor is None:
+            raise ValueError(f"loss_agg_mode {mode!r} needs loss_scale_factor (the generation budget, "
+                             "rollout.max_new_tokens): it divides by a constant, not by the padded width")
+        if loss_scale_factor < width:
+            # a response longer than the budget means the caller passed the wrong budget
+            raise ValueError(f"loss_scale_factor={loss_scale_factor} is below the padded response width {width}")
+        total = masked_sum(loss_mat, mask)
+        return total / loss_scale_factor if mode == "seq-mean-token-sum-norm" else total / (n_seq * loss_scale_factor)
     raise ValueError(f"unknown loss_agg_mode {mode!r}; valid modes: {list(AGG_LOSS_MODES)}")
 
 
@@ -208,6 +222,7 @@ def compute_policy_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float | None = 3.0,
     loss_agg_mode: str = "token-mean",
+    loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate with optional dual clip (spec 1.6; verl `compute_policy_loss_vanilla`).
 
@@ -219,6 +234,7 @@ def compute_policy_loss(
         logp: [B, T] log pi_theta (carries the gradient), old_logp: [B, T] log pi_old,
         advantages: [B, T] (already whitened if wanted), mask: [B, T].
         clip_ratio_c: dual-clip constant c (> 1); None disables dual clip.
+        loss_agg_mode, loss_scale_factor: passed to `agg_loss`.
     Returns:
         (loss scalar, metrics) with detached scalar tensors: pg_clipfrac (fraction of valid tokens where the
         clipped branch is active), ppo_kl (masked mean of old_logp - logp), pg_clipfrac_lower (fraction where
@@ -245,7 +261,7 @@ def compute_policy_loss(
         pg_losses = torch.where(negative, torch.minimum(clip_losses, pg_losses3), clip_losses)
         pg_clipfrac_lower = masked_mean(((clip_losses > pg_losses3) & negative).to(logp.dtype), mask)
 
-    loss = agg_loss(pg_losses, mask, loss_agg_mode)
+    loss = agg_loss(pg_losses, mask, loss_agg_mode, loss_scale_factor)
     metrics = {
         "pg_clipfrac": pg_clipfrac.detach(),
         "ppo_kl": masked_mean(-log_ratio, mask).detach(),
@@ -261,6 +277,7 @@ def compute_value_loss(
     mask: torch.Tensor,
     cliprange_value: float | None = 0.5,
     loss_agg_mode: str = "token-mean",
+    loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss (spec 1.7): 0.5 * agg(max((v - R)^2, (v_clip - R)^2)),
     v_clip = clip(v, v_old - eps_v, v_old + eps_v).
@@ -269,6 +286,7 @@ def compute_value_loss(
         values: [B, T] current critic outputs (carry the gradient), old_values: [B, T] rollout-time values,
         returns: [B, T] critic targets (GAE returns, detached), mask: [B, T].
         cliprange_value: eps_v; None disables clipping (plain 0.5 * squared error).
+        loss_agg_mode, loss_scale_factor: passed to `agg_loss`.
     Returns:
         (loss scalar, {"vf_clipfrac": detached scalar}); vf_clipfrac = fraction of valid tokens where the
         clipped branch wins.
@@ -283,7 +301,7 @@ def compute_value_loss(
         vf_losses2 = (v_clipped - returns).square()
         vf_losses = torch.maximum(vf_losses1, vf_losses2)
         vf_clipfrac = masked_mean((vf_losses2 > vf_losses1).to(values.dtype), mask)
-    loss = 0.5 * agg_loss(vf_losses, mask, loss_agg_mode)
+    loss = 0.5 * agg_loss(vf_losses, mask, loss_agg_mode, loss_scale_factor)
     return loss, {"vf_clipfrac": vf_clipfrac.detach()}
 
 

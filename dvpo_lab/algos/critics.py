@@ -68,14 +68,16 @@ class Critic:
         """A scalar value per token `[B, T]` from estimator values or targets (for explained variance)."""
         return values if values.dim() == 2 else values.mean(-1)
 
-    def loss(self, view, old_view, targets, mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The critic loss for this kind; metrics come back without the `critic/` prefix."""
-        a = self.acfg
+    def loss(self, view, old_view, targets, mask, loss_scale_factor: int | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The critic loss for this kind; metrics come back without the `critic/` prefix.
+        `loss_scale_factor`: the generation budget, the constant divisor of the Dr. GRPO `loss_agg_mode`s."""
+        a, budget = self.acfg, loss_scale_factor
         if self.kind == "scalar":
-            loss, m = compute_value_loss(view, old_view, targets, mask, a.cliprange_value, a.loss_agg_mode)
+            loss, m = compute_value_loss(view, old_view, targets, mask, a.cliprange_value, a.loss_agg_mode, budget)
             return loss, {"vf_loss": loss.detach(), **m}
         if self.kind == "ensemble":
-            loss, m = ensemble_value_loss(view, old_view, targets, mask, a.cliprange_value, a.loss_agg_mode)
+            loss, m = ensemble_value_loss(view, old_view, targets, mask, a.cliprange_value, a.loss_agg_mode, budget)
             return loss, {"vf_loss": loss.detach(), **m}
         d = a.dist
         weights = {t: d.weights[t] if d.use[t] else 0.0 for t in DVPO_TERMS}
@@ -83,5 +85,5 @@ class Critic:
             view, old_view, targets, mask, self.taus.to(view.device, view.dtype), kappa=d.kappa, qr_on=d.qr_on,
             value_clip=d.value_clip, cliprange_value=a.cliprange_value, tail_alpha=d.tail_alpha,
             tail_beta=d.tail_beta, margin_low=d.margin_low, margin_up=d.margin_up, risk_eta=d.risk_eta,
-            weights=weights, loss_agg_mode=a.loss_agg_mode)
+            weights=weights, loss_agg_mode=a.loss_agg_mode, loss_scale_factor=budget)
         return loss, {"vf_loss": loss.detach(), **m}

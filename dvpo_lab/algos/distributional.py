@@ -426,6 +426,7 @@ def dvpo_critic_loss(
     risk_eta: float = 1.0,
     weights: dict[str, float] | None = None,
     loss_agg_mode: str = "token-mean",
+    loss_scale_factor: int | None = None,
     fused: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Composite DVPO critic loss L = L_QR + sum_k w_k L_k over the terms of spec 6.2-6.3.
@@ -449,6 +450,7 @@ def dvpo_critic_loss(
     Args:
         pred: [B, T, H, N] current critic quantiles, old_pred: [B, T, H, N] rollout-time ones,
         targets: [B, T, N] per-quantile lambda-returns (detached), mask: [B, T], taus: [N].
+        loss_agg_mode, loss_scale_factor: how each term's [B, T] matrix is reduced (`agg_loss`).
     Returns:
         (loss scalar, metrics) with every term as `loss_<name>` (unweighted) and diagnostics, all detached.
     """
@@ -527,7 +529,7 @@ def dvpo_critic_loss(
         agg = stacked.mean(-1) if n else stacked.new_zeros(len(names))
     else:
         mats = pred.new_zeros(len(names), B, T).masked_scatter(valid.expand(len(names), B, T), stacked)
-        agg = torch.stack([agg_loss(m, mask.to(m.dtype), loss_agg_mode) for m in mats])
+        agg = torch.stack([agg_loss(m, mask.to(m.dtype), loss_agg_mode, loss_scale_factor) for m in mats])
     terms = dict(zip(names, agg.unbind(0), strict=True))
     loss = terms["qr"] + sum(w[k] * terms[k] for k in terms if k != "qr")
 

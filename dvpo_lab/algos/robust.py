@@ -108,13 +108,14 @@ def robust_gae_advantage(
 
 def ensemble_value_loss(
     values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-    cliprange_value: float | None = 0.5, loss_agg_mode: str = "token-mean",
+    cliprange_value: float | None = 0.5, loss_agg_mode: str = "token-mean", loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over heads of the clipped value loss (spec 4.6 item 4): every head regresses the same target y_t,
     each clipped around its own rollout-time value (TD3 convention).
 
     Args:
         values: [B, T, K] (carry the gradient), old_values: [B, T, K], targets: [B, T], mask: [B, T].
+        loss_agg_mode, loss_scale_factor: passed to `agg_loss` (the budget L of the Dr. GRPO modes).
     Returns:
         (loss, {"vf_clipfrac", "head_disagreement"}) with detached metrics.
     """
@@ -124,7 +125,7 @@ def ensemble_value_loss(
     K = values.shape[-1]
     for k in range(K):
         loss_k, m = compute_value_loss(values[..., k], old_values[..., k], targets, mask, cliprange_value,
-                                       loss_agg_mode)
+                                       loss_agg_mode, loss_scale_factor)
         total = total + loss_k
         clipfrac = clipfrac + m["vf_clipfrac"] / K
     spread = values.detach().std(-1, unbiased=False) if K > 1 else values.new_zeros(values.shape[:2])

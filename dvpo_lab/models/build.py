@@ -58,7 +58,7 @@ def build_policy(
     src = path or cfg.name_or_path
     dtype = torch_dtype(cfg.dtype)
     if src is not None:
-        model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)

@@ -80,7 +80,7 @@ def convert_gguf(spec: str, cache_dir: str | Path) -> Path:
         log.info("converting %s to a plain HF folder %s (once)", gguf, folder)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     torch_dtype=torch.float32)
+                                                     dtype=torch.float32)
         if SMOLLM2_EOS in tokenizer.get_vocab():
             tokenizer.eos_token = tokenizer.pad_token = SMOLLM2_EOS
             tokenizer.add_bos_token = False  # the HF release adds none; prompts are encoded without specials

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from dvpo_lab.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -169,7 +171,7 @@ def register_task(name: str) -> Callable[[_T], _T]:
 def build_task(name: str, **kwargs: Any) -> Task:
     """Instantiate the task registered as ``name`` with its constructor keyword arguments."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
+        raise ConfigError(f"task.name={name!r} is not a registered task; choose one of {sorted(TASKS)}")
     return TASKS[name](**kwargs)
 
 
@@ -187,26 +189,39 @@ def draw_outside(draw: Callable[[int], K], excluded: set | frozenset) -> K:
     return key
 
 
+class BadRow(ValueError):
+    """A data file's line (or a hub row) that cannot be read; the message starts with ``path:lineno:``.
+
+    Loaders turn it into a :class:`dvpo_lab.config.ConfigError` that also names the config key and the fix.
+    """
+
+
 def iter_jsonl(path: Path, limit: int | None = None) -> Iterator[tuple[dict[str, Any], str]]:
     """``(row, "path:lineno")`` for each JSON object line of ``path`` (blank lines skipped), at most ``limit``.
 
     Raises:
-        ValueError: naming ``path:lineno`` for a line that is not valid JSON or not a JSON object.
+        BadRow: naming ``path:lineno`` for a line that is not UTF-8, not valid JSON or not a JSON object.
     """
     count = 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # bytes, so an undecodable line is reported with its own line number
+        for lineno, raw in enumerate(fh, start=1):
             if limit is not None and count >= limit:
                 return
-            if not line.strip():
-                continue
             where = f"{path}:{lineno}"
             try:
-                row = json.loads(line)
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
+            except UnicodeDecodeError as err:
+                raise BadRow(f"{where}: not UTF-8 text (byte {err.start + 1} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.rstrip("\r\n"))  # a truncated last value is "unterminated", not "\n"
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from err
+                # err.lineno is always 1 here (one line per document), so the column is what helps
+                msg = err.msg.removesuffix(" at")  # "Unterminated string starting at"
+                raise BadRow(f"{where}: not valid JSON ({msg} at column {err.colno})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
+                raise BadRow(f"{where}: expected a JSON object, got {type(row).__name__}")
             count += 1
             yield row, where
 

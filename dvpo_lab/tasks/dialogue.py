@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dvpo_lab.config import ConfigError
 from dvpo_lab.tasks.arith import _hash, _splitmix64
 from dvpo_lab.tasks.base import MultiTurnTask, Problem, check_aligned, register_task
 
@@ -197,17 +198,17 @@ class DialogueTask(MultiTurnTask):
     ) -> None:
         unknown = sorted(set(domains) - set(DOMAINS))
         if not domains or unknown:
-            raise ValueError(f"task.domains={list(domains)}: expected a non-empty subset of {list(DOMAINS)}")
+            raise ConfigError(f"task.domains={list(domains)}: expected a non-empty subset of {list(DOMAINS)}")
         if reward not in REWARDS:
-            raise ValueError(f"task.reward={reward!r}: expected one of {list(REWARDS)}")
+            raise ConfigError(f"task.reward={reward!r}: expected one of {list(REWARDS)}")
         self.domains = tuple(d for d in DOMAINS if d in set(domains))
         self.services = tuple(s for d in self.domains for s in DOMAINS[d])
         longest = max(len(SERVICE_SLOTS[s]) for s in self.services)
         if max_turns < longest + 1:
-            raise ValueError(f"task.max_turns={max_turns} leaves no room to ask {longest} slots and then book; "
+            raise ConfigError(f"task.max_turns={max_turns} leaves no room to ask {longest} slots and then book; "
                              f"set task.max_turns >= {longest + 1}")
         if n_test < 1 or n_sft < 0:
-            raise ValueError(f"task.n_test must be >= 1 and task.n_sft >= 0, got {n_test} and {n_sft}")
+            raise ConfigError(f"task.n_test must be >= 1 and task.n_sft >= 0, got {n_test} and {n_sft}")
         self.n_test, self.train_seed, self.test_seed, self.n_sft = n_test, train_seed, test_seed, n_sft
         self.max_turns, self.reward = max_turns, reward
 
@@ -224,7 +225,7 @@ class DialogueTask(MultiTurnTask):
             goal = self._draw(_STREAM_TEST, test_seed, index, 0)
             index += 1
             if index > 100 * n_test:
-                raise ValueError(f"task.n_test={n_test} exceeds the distinct goals of domains {self.domains}")
+                raise ConfigError(f"task.n_test={n_test} exceeds the distinct goals of domains {self.domains}")
             if goal.key() not in self._test_keys:
                 self._test_keys.add(goal.key())
                 self._test.append(self._problem(goal))

@@ -6,8 +6,12 @@ Prompts and rewards follow veRL's GSM8K recipe (``examples/data_preprocess/gsm8k
     task.template=plain   "<question> Let's think step by step and output the final answer after "####"."
     task.template=chat    the same text as the user turn of the tokenizer's chat template (instruct models)
     task.reward=strict    veRL's rule: the last "#### <number>" must equal the reference exactly
-    task.reward=math_verify  math-verify's equivalence on the text after the last "####" (or the whole tail
-                          when there is none): "#### 5.0", "\\boxed{5}" and "the answer is 5" match "5"
+    task.reward=math_verify  math-verify's equivalence on the answer the last "####" commits to (the whole
+                          response when there is none): "#### 5.0", "\\boxed{5}" and "the answer is 5" match "5"
+    task.reward_window=null  both rules read the whole response: text after the committed answer never
+                          changes the score. 300 = veRL's window (only the last 300 characters are read, so a
+                          "#### 42" followed by 300 characters of explanation scores 0), for comparisons with
+                          numbers published with it. See :mod:`dvpo_lab.tasks.reward`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any
 
 import torch
 
-from dvpo_lab.tasks.base import Problem, Task, check_aligned, iter_jsonl, register_task
-from dvpo_lab.tasks.reward import SCORERS, extract_answer_math_verify, extract_answer_strict, score_batch
+from dvpo_lab.config import ConfigError
+from dvpo_lab.tasks.base import BadRow, Problem, Task, check_aligned, iter_jsonl, register_task
+from dvpo_lab.tasks.reward import EXTRACTORS, SCORERS, score_batch
 from dvpo_lab.tasks.template import check_template, render_prompt
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,10 @@ HUB_ID, HUB_CONFIG = "openai/gsm8k", "main"
 SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
 # veRL's instruction, appended after one space.
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+# The fix every data error ends with: what a data folder must hold (one line).
+DATA_FIX = (f"set task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} (GSM8K format: one JSON "
+            "object per line with 'question' and 'answer', the answer ending in '#### <number>'), or "
+            f"task.data_dir=null to download {HUB_ID} from the hub")
 
 
 def reference_answer(answer_text: str) -> str | None:
@@ -43,18 +52,20 @@ def make_problem(row: Mapping[str, Any], where: str, template: str = "plain", to
     """Turn one ``{"question", "answer"}`` row into a :class:`Problem`; ``where`` names it in errors.
 
     ``template``/``tokenizer`` render the prompt (:func:`dvpo_lab.tasks.template.render_prompt`).
+
+    Raises:
+        BadRow: ``"<where>: <what is wrong>"`` for a row without a string ``question`` and an ``answer``
+            ending in ``#### <number>``.
     """
     for key in ("question", "answer"):
         if key not in row:
-            raise ValueError(f"{where}: missing key {key!r} (each row needs 'question' and 'answer')")
+            raise BadRow(f"{where}: missing key {key!r} (each row needs 'question' and 'answer'; it has "
+                         f"{sorted(row)})")
         if not isinstance(row[key], str):
-            # every bad-data problem is a ValueError with a location, so callers catch one type
-            raise ValueError(  # noqa: TRY004
-                f"{where}: {key!r} must be a string, got {type(row[key]).__name__}"
-            )
+            raise BadRow(f"{where}: {key!r} must be a string, got {type(row[key]).__name__}")
     answer = reference_answer(row["answer"])
     if not answer:
-        raise ValueError(f"{where}: 'answer' must end with '#### <number>', got ...{row['answer'][-60:]!r}")
+        raise BadRow(f"{where}: 'answer' must end with '#### <number>', got ...{row['answer'][-60:]!r}")
     prompt = render_prompt(f"{row['question']} {INSTRUCTION}", template, tokenizer)
     return Problem(prompt=prompt, answer=answer, solution=row["answer"])
 
@@ -63,37 +74,55 @@ def read_jsonl(path: Path, limit: int | None = None, template: str = "plain", to
     """Read GSM8K-format JSONL (one object per line; blank lines skipped), at most ``limit`` rows.
 
     Raises:
-        ValueError: naming ``path:lineno`` for a line that is not a JSON object or lacks a valid row.
+        BadRow: naming ``path:lineno`` for a line that is not a JSON object or lacks a valid row.
     """
     return [make_problem(row, where, template, tokenizer) for row, where in iter_jsonl(path, limit)]
 
 
 def _load_local(data_dir: str | Path, split: str, limit: int | None, template: str, tokenizer: Any) -> list[Problem]:
+    """One split from ``data_dir``; every data problem is a one-line :class:`ConfigError` naming
+    ``task.data_dir``, the file (and line) and the fix."""
     folder = Path(data_dir).expanduser()
     path = folder / SPLIT_FILES[split]
+    key = f"task.data_dir={str(data_dir)!r}"
     if not path.is_file():
-        what = "folder does not exist" if not folder.is_dir() else f"{path.name} is missing"
-        raise FileNotFoundError(
-            f"task.data_dir={str(data_dir)!r} (resolved to {folder.resolve()}): {what}. It must contain "
-            f"{' and '.join(SPLIT_FILES.values())}, one JSON object per line with 'question' and 'answer' "
-            f"(answer ending in '#### <number>'). Fix: point task.data_dir at such a folder (here: "
-            f"../shared/data/gsm8k), or set task.data_dir=null to download {HUB_ID} from the hub."
-        )
-    return read_jsonl(path, limit, template, tokenizer)
+        if not folder.exists():
+            what = f"folder {folder.resolve()} does not exist"
+        elif not folder.is_dir():
+            what = f"{folder.resolve()} is a file, not a folder"
+        else:
+            what = f"{path.name} is missing in {folder.resolve()}"
+        raise ConfigError(f"{key}: {what}. Fix: {DATA_FIX}")
+    try:
+        problems = read_jsonl(path, limit, template, tokenizer)
+    except BadRow as err:
+        raise ConfigError(f"{key}: {err}. Fix: {DATA_FIX}") from None
+    except OSError as err:  # unreadable (permissions, a folder named train.jsonl, ...)
+        raise ConfigError(f"{key}: cannot read {path}: {err.strerror or err}. Fix: {DATA_FIX}") from None
+    if not problems:
+        raise ConfigError(f"{key}: {path} has no rows (empty, or only blank lines). Fix: {DATA_FIX}")
+    return problems
 
 
 def _load_hub(split: str, limit: int | None, template: str, tokenizer: Any) -> list[Problem]:
     import datasets  # deferred: importing it costs about a second and local runs never need it
 
+    key = f"task.data_dir=null (hub {HUB_ID}, {HUB_CONFIG}, split {split})"
     try:
         ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)
-    except Exception as err:
-        raise RuntimeError(
-            f"could not load {HUB_ID} ({HUB_CONFIG}, split {split}) from the hub: {err}. Offline, set "
-            f"task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())}."
-        ) from err
+    # any hub or network failure (offline, renamed dataset, ...) is the user's to fix, with a local folder
+    except Exception as err:  # noqa: BLE001
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}: could not load it ({reason}). Fix: offline, set task.data_dir to a folder "
+                          f"with {' and '.join(SPLIT_FILES.values())} (GSM8K format: question, answer)") from None
     rows: Iterable[Mapping[str, Any]] = itertools.islice(ds, limit)
-    return [make_problem(row, f"{HUB_ID}[{split}][{i}]", template, tokenizer) for i, row in enumerate(rows)]
+    try:
+        problems = [make_problem(row, f"{HUB_ID}[{split}][{i}]", template, tokenizer) for i, row in enumerate(rows)]
+    except BadRow as err:
+        raise ConfigError(f"{key}: {err}. Fix: {DATA_FIX}") from None
+    if not problems:
+        raise ConfigError(f"{key}: the split has no rows. Fix: {DATA_FIX}")
+    return problems
 
 
 @register_task("gsm8k")
@@ -108,6 +137,8 @@ class GSM8KTask(Task):
         max_response_len: tokens a response may take, EOS included.
         template: ``plain`` (veRL's raw prompt) | ``chat`` (the tokenizer's chat template around it).
         reward: ``strict`` (veRL's ``####`` rule) | ``math_verify`` (flexible equivalence).
+        reward_window: characters of each response the reward reads, from its end; ``None`` (default) reads
+            all of it, so text after the committed answer never changes the score; ``300`` is veRL's window.
         tokenizer: the model's tokenizer; only ``template=chat`` uses it (``run.make_task`` passes it).
     """
 
@@ -119,28 +150,29 @@ class GSM8KTask(Task):
         max_response_len: int = 256,
         template: str = "plain",
         reward: str = "strict",
+        reward_window: int | None = None,
         tokenizer: Any = None,
     ) -> None:
-        for name, value in (("max_train", max_train), ("max_test", max_test)):
+        for name, value in (("max_train", max_train), ("max_test", max_test), ("reward_window", reward_window)):
             if value is not None and value < 1:
-                raise ValueError(f"task.{name} must be >= 1 or null, got {value}")
+                raise ConfigError(f"task.{name}={value}: must be >= 1 or null")
+        if max_response_len < 1:
+            raise ConfigError(f"task.max_response_len={max_response_len}: must be >= 1 (tokens per response)")
         if reward not in SCORERS:
-            raise ValueError(f"task.reward={reward!r}: expected one of {' | '.join(SCORERS)}")
+            raise ConfigError(f"task.reward={reward!r}: expected one of {' | '.join(SCORERS)}")
         check_template(template, tokenizer)  # before loading 7k rows
         self.data_dir = data_dir
         self.max_response_len = max_response_len
-        self.template, self.reward = template, reward
+        self.template, self.reward, self.reward_window = template, reward, reward_window
         if data_dir is None:
             self._train = _load_hub("train", max_train, template, tokenizer)
             self._test = _load_hub("test", max_test, template, tokenizer)
         else:
             self._train = _load_local(data_dir, "train", max_train, template, tokenizer)
             self._test = _load_local(data_dir, "test", max_test, template, tokenizer)
-        if not self._train or not self._test:
-            raise ValueError(f"gsm8k: empty split (train={len(self._train)}, test={len(self._test)})")
         source = HUB_ID if data_dir is None else str(data_dir)
-        log.info("gsm8k from %s: %d train, %d test problems (template=%s, reward=%s)", source, len(self._train),
-                 len(self._test), template, reward)
+        log.info("gsm8k from %s: %d train, %d test problems (template=%s, reward=%s, reward_window=%s)", source,
+                 len(self._train), len(self._test), template, reward, reward_window)
 
     def train_problems(self, indices: Sequence[int]) -> list[Problem]:
         """Training rows by index, wrapping around the split (``index % num_train()``)."""
@@ -160,8 +192,8 @@ class GSM8KTask(Task):
     def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:
         """``task.reward``'s rule against the reference answer; ``[B]`` float32 in ``{0, 1}``."""
         check_aligned(responses, problems)
-        return score_batch(responses, [p.answer for p in problems], method=self.reward)
+        return score_batch(responses, [p.answer for p in problems], method=self.reward, window=self.reward_window)
 
     def extract_answer(self, text: str) -> str | None:
         """The final answer under ``task.reward``'s rule (strict: the last ``#### <number>``, commas removed)."""
-        return extract_answer_strict(text) if self.reward == "strict" else extract_answer_math_verify(text)
+        return EXTRACTORS[self.reward](text, self.reward_window)

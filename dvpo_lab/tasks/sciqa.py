@@ -25,7 +25,8 @@ Sources (``task.source``):
 
 Reward: 1 when :func:`extract_choice` finds the key's letter. It reads, by priority, the last
 ``#### X``; the last ``answer is X`` / ``answer: x``; a leading ``(X)``, ``X.``, ``X)`` or a bare letter
-(unless another letter is marked ``(Y)`` too); a single distinct ``(X)`` anywhere. It never raises.
+(unless the response restates the options); a single distinct ``(X)`` anywhere. Text after a committed
+letter never undoes it, and nothing after the last ``####``'s line is read. It never raises.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 import torch
 
+from dvpo_lab.config import ConfigError
 from dvpo_lab.tasks import sciqa_data
 from dvpo_lab.tasks.base import Problem, Task, check_aligned, draw_outside, register_task
 from dvpo_lab.tasks.hashing import hash_words, splitmix64
@@ -65,34 +67,57 @@ def _choice_patterns(letters: str) -> tuple[re.Pattern[str], ...]:
         # so "the answer is a mammal" does not read as A
         re.compile(rf"(?i:answer)\s*(?:(?i:is)\s*)?[:=]?\s*\(?([{up}]){end}"
                    rf"|(?i:answer)\s*[:=]\s*\(?([{low}]){end}|(?i:answer)\s*(?:(?i:is)\s*)?[:=]?\s*\(([{low}])\)"),
-        re.compile(rf"^\s*(?:\(([{up}{low}])\)|([{up}])(?:[.):]|\s*$))"),  # "(B) ...", "B. ...", "B) ...", "B"
+        # "(B) ...", "B. ...", "B) ...", or "B" alone on the first line
+        re.compile(rf"^\s*(?:\(([{up}{low}])\)|([{up}])(?:[.):]|[ \t]*(?:\n|$)))"),
         re.compile(rf"\(([{up}])\)"),  # "(B)" anywhere, if only one distinct letter is so marked
+        re.compile(rf"(?m)^[ \t]*(?:\(([{up}{low}])\)|([{up}])[.)])"),  # a line that starts like an option
     )
 
 
 _PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {}
 
 
+def _letters_of(pat: re.Pattern[str], text: str) -> set[str]:
+    return {next(g for g in m.groups() if g).upper() for m in pat.finditer(text)}
+
+
 def extract_choice(text: str, letters: str = LETTERS[:4]) -> str | None:
     """The letter a response chooses, upper-case, among ``letters``; ``None`` when it commits to none.
 
-    Examples: ``"Na #### B"``, ``"(B)"``, ``"B."``, ``"Answer: b"``, ``"the answer is B because ..."`` -> ``"B"``;
-    ``"(A) x (B) y"`` (two marked letters, no verdict) -> ``None``. Never raises.
+    By priority: the last ``#### X``; else, in the text up to the end of the last ``####``'s line (all of it
+    when there is no marker: what follows a marker's line is never read), the last ``answer is X`` /
+    ``answer: x``; a leading ``(X)``, ``X.``, ``X)`` or a letter alone on the first line, unless the response
+    restates the options (another line starts with an option mark, or, after a leading ``(X)``, its line
+    marks another ``(Y)``); a single distinct ``(X)`` anywhere.
+
+    Examples: ``"Na #### B"``, ``"(B)"``, ``"B."``, ``"Answer: b"``, ``"the answer is B because ..."``,
+    ``"B. Because (C) is a gas, ..."`` -> ``"B"``; ``"(A) x (B) y"``, ``"(A) x\n(B) y"`` -> ``None``.
+    Never raises.
     """
     if not isinstance(text, str) or not text:
         return None
     pats = _PATTERNS.get(letters) or _PATTERNS.setdefault(letters, _choice_patterns(letters))
-    marker, answer, leading, anywhere = pats
-    for pat in (marker, answer):
-        found = [next(g for g in m.groups() if g) for m in pat.finditer(text)]
-        if found:
-            return found[-1].upper()
-    marked = {x.upper() for x in anywhere.findall(text)}
+    marker, answer, leading, anywhere, option_line = pats
+    found = [next(g for g in m.groups() if g) for m in marker.finditer(text)]
+    if found:
+        return found[-1].upper()
+    if "####" in text:  # a marker with no letter: its line is the commitment, later text does not count
+        head, tail = text.rsplit("####", 1)
+        text = head + "####" + tail.split("\n", 1)[0]
+    found = [next(g for g in m.groups() if g) for m in answer.finditer(text)]
+    if found:
+        return found[-1].upper()
     m = leading.match(text)
     if m:
         letter = next(g for g in m.groups() if g).upper()
-        # "(A) x (B) y" restates the options rather than choosing one
-        return letter if marked <= {letter} else None
+        # "(A) x (B) y" or "A. x\nB. y" restates the options rather than choosing one; "B. Because (C) is a
+        # gas" chooses B (prose after a committed letter does not undo it)
+        first_line = text.lstrip().split("\n", 1)[0]
+        others = _letters_of(option_line, text) - {letter}
+        if m.group(1):
+            others |= _letters_of(anywhere, first_line) - {letter}
+        return None if others else letter
+    marked = _letters_of(anywhere, text)
     return marked.pop() if len(marked) == 1 else None
 
 
@@ -176,14 +201,14 @@ class SciQATask(Task):
         categories: Sequence[str] | None = None,
     ) -> None:
         if source not in SOURCES:
-            raise ValueError(f"task.source={source!r}: expected one of {' | '.join(SOURCES)}")
+            raise ConfigError(f"task.source={source!r}: expected one of {' | '.join(SOURCES)}")
         for name, value in (("max_train", max_train), ("max_test", max_test), ("max_response_len", max_response_len)):
             if value is not None and value < 1:
-                raise ValueError(f"task.{name} must be >= 1 or null, got {value}")
+                raise ConfigError(f"task.{name} must be >= 1 or null, got {value}")
         if not 2 <= n_choices <= len(LETTERS):
-            raise ValueError(f"task.n_choices must be between 2 and {len(LETTERS)}, got {n_choices}")
+            raise ConfigError(f"task.n_choices must be between 2 and {len(LETTERS)}, got {n_choices}")
         if n_sft < 0:
-            raise ValueError(f"task.n_sft must be >= 0, got {n_sft}")
+            raise ConfigError(f"task.n_sft must be >= 0, got {n_sft}")
         check_template(template, tokenizer)
         self.source, self.template, self._tokenizer = source, template, tokenizer
         self.shuffle_seed = shuffle_seed
@@ -203,20 +228,20 @@ class SciQATask(Task):
             known = sorted({f.category for f in self.facts})
             unknown = sorted(set(categories) - set(known))
             if unknown or not categories:
-                raise ValueError(f"task.categories={list(categories)}: unknown {unknown or 'empty list'}; "
+                raise ConfigError(f"task.categories={list(categories)}: unknown {unknown or 'empty list'}; "
                                  f"categories: {known}")
             self.facts = [f for f in self.facts if f.category in set(categories)]
         self._pools = category_pools(self.facts)
         small = {c: len(p) for c, p in self._pools.items() if len(p) < n_choices}
         if small:
-            raise ValueError(f"task.n_choices={n_choices} needs {n_choices} distinct answers per fact category; "
+            raise ConfigError(f"task.n_choices={n_choices} needs {n_choices} distinct answers per fact category; "
                              f"these have fewer: {small}. Lower task.n_choices")
         self.n_choices, self.letters = n_choices, LETTERS[:n_choices]
         self.n_test, self.train_seed, self.test_seed, self.n_sft = n_test, train_seed, test_seed, n_sft
         # a conservative bound on distinct items, so the rejection loops below stay short
         space = len(self.facts) * n_choices
         if not 1 <= n_test <= space // 2:
-            raise ValueError(f"task.n_test={n_test} must be between 1 and {space // 2} for {len(self.facts)} "
+            raise ConfigError(f"task.n_test={n_test} must be between 1 and {space // 2} for {len(self.facts)} "
                              f"facts x {n_choices} choices; lower task.n_test")
         longest = max(len(a) for pool in self._pools.values() for a in pool)
         self._longest_solution = len(worked_choice(["x" * longest] * n_choices, n_choices - 1))
@@ -275,16 +300,14 @@ class SciQATask(Task):
                 items = sciqa_data.load_local(data_dir, self.source, split, limit)
             loaded[split] = [self._real_problem(item, split, row) for row, item in enumerate(items)]
         self._train, self._test = loaded["train"], loaded["test"]
-        if not self._train or not self._test:
-            raise ValueError(f"sciqa ({self.source}): empty split (train={len(self._train)}, test={len(self._test)})")
         where = (hub_id or spec.hub_id) if data_dir is None else str(data_dir)
         log.info("sciqa (%s) from %s: %d train, %d test items", self.source, where, len(self._train),
                  len(self._test))
 
     def _real_problem(self, item: sciqa_data.MCItem, split: str, row: int) -> Problem:
         if len(item.choices) > len(LETTERS):
-            raise ValueError(f"sciqa ({self.source}) {split} row {row}: {len(item.choices)} choices, at most "
-                             f"{len(LETTERS)} are supported")
+            raise ConfigError(f"task.source={self.source}: {split} row {row} has {len(item.choices)} choices, at "
+                              f"most {len(LETTERS)} are supported")
         choices, correct = shuffled(item, self.shuffle_seed, split, row)
         letter = LETTERS[correct]
         prompt = render_prompt(format_question(item.question, choices, compact=False), self.template,

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvpo_lab.tasks.base import iter_jsonl
+from dvpo_lab.config import ConfigError
+from dvpo_lab.tasks.base import BadRow, iter_jsonl
 
 SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
+MAX_CHOICES = 5  # letters A-E
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,13 @@ class SourceSpec:
 
 def _text(row: Mapping[str, Any], key: str, where: str) -> str:
     if key not in row:
-        raise ValueError(f"{where}: missing key {key!r}")
+        raise BadRow(f"{where}: missing key {key!r}")
     value = row[key]
     if not isinstance(value, str):
-        raise ValueError(f"{where}: {key!r} must be a string, got {type(value).__name__}")  # noqa: TRY004
+        raise BadRow(f"{where}: {key!r} must be a string, got {type(value).__name__}")
     text = value.strip()
     if not text:
-        raise ValueError(f"{where}: {key!r} is empty")
+        raise BadRow(f"{where}: {key!r} is empty")
     return text
 
 
@@ -57,16 +59,20 @@ def sciq_item(row: Mapping[str, Any], where: str) -> MCItem:
 
 def arc_item(row: Mapping[str, Any], where: str) -> MCItem:
     """ARC: ``choices.text`` in ``choices.label`` order (labels A-E or 1-5); ``answerKey`` is one label."""
-    choices = row.get("choices")
+    if "choices" not in row:
+        raise BadRow(f"{where}: missing key 'choices'")
+    choices = row["choices"]
     if not isinstance(choices, Mapping) or not {"text", "label"} <= set(choices):
-        raise ValueError(f"{where}: 'choices' must be an object with 'text' and 'label' lists")
+        raise BadRow(f"{where}: 'choices' must be an object with 'text' and 'label' lists")
+    if not all(isinstance(choices[k], (list, tuple)) for k in ("text", "label")):
+        raise BadRow(f"{where}: 'choices.text' and 'choices.label' must be lists")
     texts, labels = list(choices["text"]), [str(x).strip() for x in choices["label"]]
-    if len(texts) != len(labels) or len(texts) < 2:
-        raise ValueError(f"{where}: 'choices' needs as many labels as texts, at least 2 (got {len(texts)} texts, "
-                         f"{len(labels)} labels)")
+    if len(texts) != len(labels) or not 2 <= len(texts) <= MAX_CHOICES:
+        raise BadRow(f"{where}: 'choices' needs as many labels as texts, 2 to {MAX_CHOICES} (got {len(texts)} "
+                     f"texts, {len(labels)} labels)")
     key = str(row.get("answerKey", "")).strip()
     if key not in labels:
-        raise ValueError(f"{where}: answerKey {key!r} is not one of the choice labels {labels}")
+        raise BadRow(f"{where}: answerKey {key!r} is not one of the choice labels {labels}")
     return MCItem(_text(row, "question", where),
                   tuple(_text({"text": t}, "text", f"{where} choice {i}") for i, t in enumerate(texts)),
                   labels.index(key))
@@ -96,35 +102,68 @@ def read_jsonl(path: Path, source: str, limit: int | None = None) -> list[MCItem
     """Read ``source``-format JSONL (blank lines skipped), at most ``limit`` rows.
 
     Raises:
-        ValueError: naming ``path:lineno`` for a line that is not a JSON object or not a valid row.
+        BadRow: naming ``path:lineno`` for a line that is not a JSON object or not a valid row.
     """
     return [PARSERS[source](row, where) for row, where in iter_jsonl(path, limit)]
 
 
+def data_fix(source: str) -> str:
+    """The one-line fix every data error of ``source`` ends with."""
+    spec = SOURCES[source]
+    return (f"set task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} ({source} format: one JSON "
+            f"object per line with {spec.keys}), task.data_dir=null to load {spec.hub_id} from the hub, or "
+            "task.source=generated (offline)")
+
+
 def load_local(data_dir: str | Path, source: str, split: str, limit: int | None) -> list[MCItem]:
+    """One split of ``source`` from ``data_dir``.
+
+    Raises:
+        ConfigError: one line naming ``task.data_dir``, the file (and line) and the fix, for a missing folder
+            or file, an unreadable or empty file, or a bad line or row.
+    """
     folder = Path(data_dir).expanduser()
     path = folder / SPLIT_FILES[split]
+    key = f"task.data_dir={str(data_dir)!r}"
     if not path.is_file():
-        what = "folder does not exist" if not folder.is_dir() else f"{path.name} is missing"
-        raise FileNotFoundError(
-            f"task.data_dir={str(data_dir)!r} (resolved to {folder.resolve()}): {what}. With task.source={source} "
-            f"it must contain {' and '.join(SPLIT_FILES.values())}, one JSON object per line with "
-            f"{SOURCES[source].keys}. Fix: point task.data_dir at such a folder, set task.data_dir=null to load "
-            f"{SOURCES[source].hub_id} from the hub, or use task.source=generated (offline)."
-        )
-    return read_jsonl(path, source, limit)
+        if not folder.exists():
+            what = f"folder {folder.resolve()} does not exist"
+        elif not folder.is_dir():
+            what = f"{folder.resolve()} is a file, not a folder"
+        else:
+            what = f"{path.name} is missing in {folder.resolve()}"
+        raise ConfigError(f"{key}: {what}. Fix: {data_fix(source)}")
+    try:
+        items = read_jsonl(path, source, limit)
+    except BadRow as err:
+        raise ConfigError(f"{key}: {err}. Fix: {data_fix(source)}") from None
+    except OSError as err:  # unreadable (permissions, a folder named train.jsonl, ...)
+        raise ConfigError(f"{key}: cannot read {path}: {err.strerror or err}. Fix: {data_fix(source)}") from None
+    if not items:
+        raise ConfigError(f"{key}: {path} has no rows (empty, or only blank lines). Fix: {data_fix(source)}")
+    return items
 
 
 def load_hub(source: str, hub_id: str, hub_config: str | None, split: str, limit: int | None) -> list[MCItem]:
+    """One split of ``source`` from the hub; errors as in :func:`load_local`, naming ``task.data_dir=null``."""
     import datasets  # deferred: importing it costs about a second and local runs never need it
 
+    key = f"task.data_dir=null (hub {hub_id}, {hub_config}, split {split})"
     try:
         ds = datasets.load_dataset(hub_id, hub_config, split=split)
-    except Exception as err:
-        raise RuntimeError(
-            f"could not load {hub_id} ({hub_config}, split {split}) from the hub: {err}. Offline, set "
-            f"task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} in the {source} format, or use "
-            "task.source=generated."
-        ) from err
+    # any hub or network failure (offline, wrong task.hub_id, ...) is the user's to fix
+    except Exception as err:  # noqa: BLE001
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"{key}: could not load it ({reason}). Fix: check task.hub_id/hub_config/train_split/test_split, or "
+            f"offline set task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} in the {source} "
+            "format, or use task.source=generated"
+        ) from None
     rows: Iterable[Mapping[str, Any]] = itertools.islice(ds, limit)
-    return [PARSERS[source](row, f"{hub_id}[{split}][{i}]") for i, row in enumerate(rows)]
+    try:
+        items = [PARSERS[source](row, f"{hub_id}[{split}][{i}]") for i, row in enumerate(rows)]
+    except BadRow as err:
+        raise ConfigError(f"{key}: {err}. Fix: {data_fix(source)}") from None
+    if not items:
+        raise ConfigError(f"{key}: the split has no rows. Fix: {data_fix(source)}")
+    return items

@@ -183,13 +183,13 @@ def test_frozen_policy(mode):  # oracle 15
     adv = torch.randn(3, 5, generator=g)
     m = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0]]).float()
     logp = lp.clone().requires_grad_(True)
-    loss, metrics = compute_policy_loss(logp, lp, adv, m, loss_agg_mode=mode)
-    torch.testing.assert_close(loss, agg_loss(-adv, m, mode))
+    loss, metrics = compute_policy_loss(logp, lp, adv, m, loss_agg_mode=mode, loss_scale_factor=8)
+    torch.testing.assert_close(loss, agg_loss(-adv, m, mode, loss_scale_factor=8))
     assert metrics["pg_clipfrac"].item() == 0.0 and metrics["ppo_kl"].item() == 0.0
     for kind in ("k1", "k2", "k3", "abs"):
         assert torch.all(kl_penalty(lp, lp, kind) == 0)
     loss.backward()  # at rho = 1 the gradient is -A (times the aggregation weights)
-    weights = torch.autograd.functional.jacobian(lambda x: agg_loss(x, m, mode), adv)
+    weights = torch.autograd.functional.jacobian(lambda x: agg_loss(x, m, mode, loss_scale_factor=8), adv)
     torch.testing.assert_close(logp.grad, -adv * weights)
 
 
@@ -223,15 +223,79 @@ def test_agg_loss_oracle():
         "token-mean": 1.75,
         "seq-mean-token-mean": 2.5,
         "seq-mean-token-sum": 3.5,
-        "seq-mean-token-sum-norm": 7 / 3,
+        "seq-mean-token-sum-norm": 7 / 3,  # budget L = 3 = T here
         "dr-grpo": 7 / 6,
     }
     for mode, value in expected.items():
-        assert agg_loss(loss, m, mode).item() == pytest.approx(value, abs=1e-6)
+        assert agg_loss(loss, m, mode, loss_scale_factor=3).item() == pytest.approx(value, abs=1e-6)
     eq = torch.ones(2, 3)
     assert agg_loss(loss, eq, "token-mean").item() == pytest.approx(
         agg_loss(loss, eq, "seq-mean-token-mean").item()
     )
+
+
+def _rows_summing_to_3_and_4(width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two responses of 3 and 4 unit token losses, right-padded to `width` (pads hold garbage)."""
+    loss = torch.full((2, width), 100.0)
+    mask = torch.zeros(2, width)
+    loss[0, :3], loss[1, :4] = 1.0, 1.0
+    mask[0, :3], mask[1, :4] = 1.0, 1.0
+    return loss, mask
+
+
+@pytest.mark.parametrize("width", [4, 8, 16])
+def test_dr_grpo_modes_divide_by_the_budget_not_the_padding(width):
+    """Issue 15 fault 8: token-loss sums 3 and 4, budget 64: 7/64 (verl sum / L) and 7/128 (TRL sum / (B L)),
+    the same for every padded width (the old divisor T gave 1.75, 0.875, 0.4375)."""
+    loss, mask = _rows_summing_to_3_and_4(width)
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=64).item() == pytest.approx(7 / 64)
+    assert agg_loss(loss, mask, "dr-grpo", loss_scale_factor=64).item() == pytest.approx(7 / 128)
+    # every valid token gets the same constant weight 1/L (1/(B L)), whatever the padding
+    weights = torch.autograd.functional.jacobian(
+        lambda x: agg_loss(x, mask, "seq-mean-token-sum-norm", loss_scale_factor=64), loss)
+    torch.testing.assert_close(weights, mask / 64)
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-sum-norm", "dr-grpo"])
+def test_dr_grpo_modes_need_a_budget_at_least_the_width(mode):
+    loss, mask = _rows_summing_to_3_and_4(8)
+    with pytest.raises(ValueError, match="loss_scale_factor"):
+        agg_loss(loss, mask, mode)
+    with pytest.raises(ValueError, match="below the padded response width 8"):
+        agg_loss(loss, mask, mode, loss_scale_factor=4)
+
+
+@pytest.mark.parametrize("mode", AGG_LOSS_MODES)
+def test_every_loss_is_independent_of_padding(mode):
+    """The kind of fault 8: the policy loss and every critic loss (scalar, ensemble, DVPO quantile) give the same
+    value for the same responses padded to different widths, in every aggregation mode."""
+    from dvpo_lab.algos import DVPO_TERMS, dvpo_critic_loss, quantile_levels
+    from dvpo_lab.algos.robust import ensemble_value_loss
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 4, 1])
+    B, T0, K, H, N = 3, 4, 2, 2, 5
+    base = {"logp": torch.randn(B, T0, generator=g), "old": torch.randn(B, T0, generator=g),
+            "adv": torch.randn(B, T0, generator=g), "v": torch.randn(B, T0, K, generator=g),
+            "v_old": torch.randn(B, T0, K, generator=g), "ret": torch.randn(B, T0, generator=g),
+            "q": torch.randn(B, T0, H, N, generator=g), "q_old": torch.randn(B, T0, H, N, generator=g),
+            "z": torch.randn(B, T0, N, generator=g)}
+    taus = quantile_levels(N)
+    weights = {t: 0.1 for t in DVPO_TERMS}
+
+    def losses(width: int) -> list[float]:
+        pad = {k: torch.cat([x, torch.full((B, width - T0, *x.shape[2:]), 7.0)], 1) for k, x in base.items()}
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
+        kw = {"loss_agg_mode": mode, "loss_scale_factor": 16}
+        out = [compute_policy_loss(pad["logp"], pad["old"], pad["adv"], mask, **kw)[0],
+               compute_value_loss(pad["v"][..., 0], pad["v_old"][..., 0], pad["ret"], mask, **kw)[0],
+               ensemble_value_loss(pad["v"], pad["v_old"], pad["ret"], mask, **kw)[0],
+               dvpo_critic_loss(pad["q"], pad["q_old"], pad["z"], mask, taus, weights=weights, **kw)[0]]
+        return [float(x) for x in out]
+
+    narrow = losses(4)
+    for width in (9, 16):
+        assert losses(width) == pytest.approx(narrow, rel=1e-5), width
 
 
 def test_agg_loss_unknown_mode_lists_modes():

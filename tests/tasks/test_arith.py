@@ -154,3 +154,13 @@ def test_extract_answer(task: ArithTask) -> None:
 def test_extract_answer_never_raises(task: ArithTask, text: str) -> None:
     out = task.extract_answer(text)
     assert out is None or set(out) <= set("-0123456789.")
+
+
+@pytest.mark.parametrize("n", [0, 100, 300, 1000])
+def test_text_after_the_committed_answer_never_changes_the_score(task: ArithTask, n: int) -> None:
+    # arith uses the GSM8K strict rule, which read only the last 300 characters before issue 15's fault 9
+    p = task.test_problems()[:1]
+    tail = ("\nchecking: 1 + 2 = 3, and 40 + 2 = 42; the answer above stands. " * 20)[:n]
+    assert task.score([p[0].solution + tail], p).tolist() == [1.0]  # type: ignore[operator]
+    assert task.extract_answer(p[0].solution + tail) == p[0].answer  # type: ignore[operator]
+    assert task.score_against([p[0].solution + tail], p, ["42"]).tolist() == [0.0]  # type: ignore[operator]

@@ -149,3 +149,14 @@ def test_domains_subset_and_bad_arguments():
         build_task("dialogue", reward="acr")
     with pytest.raises(ValueError, match="task.max_turns >= 4"):
         build_task("dialogue", max_turns=3)
+
+
+@pytest.mark.parametrize("n", [0, 100, 300, 1000])
+def test_text_after_the_final_action_never_changes_the_verdict(n: int) -> None:
+    # the first "book" line ends the episode; later lines (another action, asks) are never judged
+    dialogue = "ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\nbook taxi from=A7 to=B2 time=9\n"
+    tail = ("book taxi from=C1 to=D4 time=3\nask day\n?\n" * 40)[:n]
+    assert judge(dialogue + tail, TAXI) == Judgement(tcr=1.0, acr=1.0, gcr=1.0)
+    wrong = dialogue.replace("to=B2 time=9\n", "to=B3 time=9\n")
+    fixed_later = wrong + "book taxi from=A7 to=B2 time=9\n" + tail
+    assert judge(fixed_later, TAXI).tcr == 0.0  # a later corrected action does not count either

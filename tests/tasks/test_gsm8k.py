@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -12,11 +14,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dvpo_lab.config import ConfigError
 from dvpo_lab.tasks import build_task
 from dvpo_lab.tasks.gsm8k import INSTRUCTION, GSM8KTask, reference_answer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_GSM8K = (REPO_ROOT / "../shared/data/gsm8k").resolve()
+# The real GSM8K files (openai/gsm8k as train.jsonl / test.jsonl), for the tests that need them: the folder
+# named by GSM8K_DATA_DIR, else the checkout's sibling data folder where the project's CI keeps them.
+SHARED_GSM8K = Path(os.environ.get("GSM8K_DATA_DIR") or REPO_ROOT.parent / "shared" / "data" / "gsm8k").resolve()
+NO_REAL_DATA = f"no GSM8K files at {SHARED_GSM8K}; set GSM8K_DATA_DIR to a folder with train.jsonl and test.jsonl"
 
 ROWS = [
     {"question": "Tom has 2 apples and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"},
@@ -72,35 +78,91 @@ def test_reference_answer() -> None:
     assert reference_answer("no marker") is None
 
 
-def test_malformed_json_names_file_and_line(data_dir: Path) -> None:
-    _write(data_dir, "test.jsonl", [json.dumps(ROWS[0]), "{not json"])
-    with pytest.raises(ValueError, match=r"test\.jsonl:2: not valid JSON"):
+def _one_line_config_error(err: pytest.ExceptionInfo, data_dir: object) -> str:
+    """The message of a data error: a ConfigError, one line, naming the key and the fix, no internal paths."""
+    msg = str(err.value)
+    assert err.type is ConfigError and "\n" not in msg, msg
+    assert msg.startswith(f"task.data_dir={str(data_dir)!r}: "), msg
+    assert "Fix: set task.data_dir to a folder with train.jsonl and test.jsonl (GSM8K format:" in msg, msg
+    assert "shared" not in msg, msg
+    return msg
+
+
+def test_malformed_json_names_key_file_line_and_fix(data_dir: Path) -> None:
+    _write(data_dir, "train.jsonl", [json.dumps(ROWS[0]), "", '{"question": "Tom has 2 app'])  # truncated
+    with pytest.raises(ConfigError) as err:
         GSM8KTask(data_dir=data_dir)
+    msg = _one_line_config_error(err, data_dir)
+    assert f"{data_dir / 'train.jsonl'}:3: not valid JSON (Unterminated string starting at column 14)" in msg
 
 
 @pytest.mark.parametrize(
     "line, match",
     [
-        (json.dumps({"question": "q"}), "missing key 'answer'"),
-        (json.dumps({"question": "q", "answer": "no final"}), "must end with '#### <number>'"),
-        (json.dumps(["q", "a"]), "expected a JSON object"),
+        (json.dumps({"question": "q"}), "missing key 'answer' .*it has \\['question'\\]"),
+        (json.dumps({"answer": "#### 3"}), "missing key 'question'"),
+        (json.dumps({"question": "q", "answer": "no final"}), "'answer' must end with '#### <number>'"),
+        (json.dumps({"question": "q", "answer": "line one\nno final"}), "'answer' must end with '#### <number>'"),
+        (json.dumps(["q", "a"]), "expected a JSON object, got list"),
         (json.dumps({"question": 3, "answer": "#### 3"}), "'question' must be a string"),
+        ("{not json", "not valid JSON"),
     ],
 )
-def test_bad_rows_name_file_and_line(data_dir: Path, line: str, match: str) -> None:
-    _write(data_dir, "train.jsonl", [json.dumps(ROWS[0]), "", line])
-    with pytest.raises(ValueError, match=rf"train\.jsonl:3: .*{match}"):
-        GSM8KTask(data_dir=data_dir)
+def test_bad_rows_name_key_file_line_and_fix(data_dir: Path, line: str, match: str) -> None:
+    _write(data_dir, "test.jsonl", [json.dumps(ROWS[0]), "", line])
+    with pytest.raises(ConfigError, match=rf"test\.jsonl:3: {match}") as err:
+        GSM8KTask(data_dir=str(data_dir))
+    _one_line_config_error(err, str(data_dir))
 
 
 def test_missing_folder_or_file_says_how_to_fix(tmp_path: Path) -> None:
-    with pytest.raises(
-        FileNotFoundError, match="folder does not exist.*train.jsonl and test.jsonl.*data_dir"
-    ):
+    with pytest.raises(ConfigError, match=r"folder .*nope does not exist\. Fix: set task\.data_dir") as err:
         GSM8KTask(data_dir=tmp_path / "nope")
+    _one_line_config_error(err, tmp_path / "nope")
     _write(tmp_path, "train.jsonl", [json.dumps(ROWS[0])])
-    with pytest.raises(FileNotFoundError, match="test.jsonl is missing"):
+    with pytest.raises(ConfigError, match="test.jsonl is missing in") as err:
         GSM8KTask(data_dir=tmp_path)
+    _one_line_config_error(err, tmp_path)
+    (tmp_path / "train.jsonl").rename(tmp_path / "test.jsonl")
+    with pytest.raises(ConfigError, match="train.jsonl is missing in"):
+        GSM8KTask(data_dir=tmp_path)
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        GSM8KTask(data_dir=tmp_path / "test.jsonl")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_empty_file_names_it(data_dir: Path, content: bytes) -> None:
+    (data_dir / "test.jsonl").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"test\.jsonl has no rows \(empty, or only blank lines\)") as err:
+        GSM8KTask(data_dir=data_dir)
+    _one_line_config_error(err, data_dir)
+
+
+def test_unreadable_files_name_the_line(data_dir: Path) -> None:
+    (data_dir / "train.jsonl").write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + b'{"question": "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match=r"train\.jsonl:2: not UTF-8 text") as err:
+        GSM8KTask(data_dir=data_dir)
+    _one_line_config_error(err, data_dir)
+    (data_dir / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")  # a BOM is fine
+    assert GSM8KTask(data_dir=data_dir).num_train() == 1
+    (data_dir / "train.jsonl").unlink()
+    (data_dir / "train.jsonl").mkdir()
+    with pytest.raises(ConfigError, match="train.jsonl is missing"):  # a folder is not a data file
+        GSM8KTask(data_dir=data_dir)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_train": 0}, "task.max_train=0: must be >= 1 or null"),
+        ({"reward_window": 0}, "task.reward_window=0: must be >= 1 or null"),
+        ({"max_response_len": 0}, "task.max_response_len=0"),
+        ({"reward": "fuzzy"}, "task.reward='fuzzy': expected one of strict | math_verify"),
+    ],
+)
+def test_bad_knobs_are_config_errors(data_dir: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        GSM8KTask(data_dir=data_dir, **kwargs)
 
 
 def _stub_datasets(monkeypatch: pytest.MonkeyPatch, load_dataset: object) -> None:
@@ -127,13 +189,25 @@ def test_hub_failure_points_to_data_dir(monkeypatch: pytest.MonkeyPatch) -> None
         raise ConnectionError("no network")
 
     _stub_datasets(monkeypatch, offline)
-    with pytest.raises(RuntimeError, match="task.data_dir"):
+    with pytest.raises(ConfigError, match=r"^task\.data_dir=null \(hub openai/gsm8k, main, split train\): could "
+                       r"not load it \(no network\)\. Fix: offline, set task\.data_dir to a folder with train") as err:
+        GSM8KTask()
+    assert "\n" not in str(err.value)
+
+
+def test_bad_hub_rows_and_empty_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    _stub_datasets(monkeypatch, lambda path, name, split: [ROWS[0], {"question": "q"}])
+    with pytest.raises(ConfigError, match=r"^task\.data_dir=null \(hub .*\): openai/gsm8k\[train\]\[1\]: missing key "
+                       "'answer'.*Fix: set task.data_dir"):
+        GSM8KTask()
+    _stub_datasets(monkeypatch, lambda path, name, split: [])
+    with pytest.raises(ConfigError, match="split train.*the split has no rows"):
         GSM8KTask()
 
 
 def test_real_gsm8k_gold_solutions_score_one() -> None:
     if not (SHARED_GSM8K / "test.jsonl").is_file():
-        pytest.skip(f"../shared/data/gsm8k not found at {SHARED_GSM8K}; it holds the real GSM8K JSONL files")
+        pytest.skip(NO_REAL_DATA)
     task = GSM8KTask(data_dir=SHARED_GSM8K)
     assert task.num_train() == 7473
     test = task.test_problems()
@@ -175,7 +249,7 @@ def test_math_verify_reward_is_flexible(data_dir: Path) -> None:
     assert flexible.score(["2 + 3 = <<2+3=5>>5 then 7\n#### 6"], probs[:1]).tolist() == [0.0]
     assert strict.extract_answer("x #### 1,234") == "1234" and strict.extract_answer("1234") is None
     assert flexible.extract_answer("x #### 1,234") == "1234" and flexible.extract_answer("so 7") == "7"
-    with pytest.raises(ValueError, match="task.reward='fuzzy'"):
+    with pytest.raises(ConfigError, match="task.reward='fuzzy'"):
         GSM8KTask(data_dir=data_dir, reward="fuzzy")
 
 
@@ -200,9 +274,48 @@ def test_extract_answer_never_raises(strict_task: GSM8KTask, text: str) -> None:
 
 def test_real_gsm8k_gold_solutions_pass_math_verify() -> None:
     if not (SHARED_GSM8K / "test.jsonl").is_file():
-        pytest.skip(f"../shared/data/gsm8k not found at {SHARED_GSM8K}; it holds the real GSM8K JSONL files")
+        pytest.skip(NO_REAL_DATA)
     task = GSM8KTask(data_dir=SHARED_GSM8K, max_train=1, max_test=300, reward="math_verify")
     test = task.test_problems()
     scores = task.score([p.solution for p in test], test)  # type: ignore[misc]
     assert bool((scores == 1.0).all()), [p.answer for p, s in zip(test, scores) if s != 1.0][:5]
     assert [task.extract_answer(p.solution) for p in test[:50]] == [p.answer for p in test[:50]]  # type: ignore[arg-type]
+
+
+# --- where the answer is: the committed "####", not the last 300 characters (issue 15, fault 9) ---------------
+
+# a worked solution, its committed answer, then 352 characters of explanation full of other numbers
+LONG = "2+40=42\n#### 5\n" + ("To check: 17 apples and 25 pears, 3 boxes of 14, or 6 rows of 7. " * 6)[:352]
+
+
+@pytest.mark.parametrize("reward", ["strict", "math_verify"])
+def test_task_score_ignores_text_after_the_committed_answer(data_dir: Path, reward: str) -> None:
+    task = GSM8KTask(data_dir=data_dir, reward=reward)
+    p = task.train_problems([0])  # answer 5
+    assert task.score([LONG], p).tolist() == [1.0]
+    assert task.extract_answer(LONG) == "5"
+    assert task.score([LONG.replace("#### 5", "#### 6")], p).tolist() == [0.0]  # a wrong answer stays wrong
+    seven = [dataclasses.replace(p[0], answer="7")]  # the prose's last number is never the answer
+    assert task.score([LONG], seven).tolist() == [0.0]
+    assert task.score_against([LONG], p, ["7"]).tolist() == [0.0]  # majority-vote labels use the same rule
+
+
+@pytest.mark.parametrize("reward", ["strict", "math_verify"])
+def test_reward_window_300_is_verls(data_dir: Path, reward: str) -> None:
+    task = GSM8KTask(data_dir=data_dir, reward=reward, reward_window=300)
+    p = task.train_problems([0])
+    assert task.score([LONG], p).tolist() == [0.0]  # the marker is outside veRL's window
+    assert task.extract_answer(LONG) is None  # and no prose number is taken instead
+    assert task.score(["2 + 3 = 5\n#### 5\nshort tail"], p).tolist() == [1.0]
+
+
+def test_reward_window_is_a_config_key(tmp_path: Path, data_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from dvpo_lab.config import CONF_DIR, GSM8KTaskConfig
+
+    assert GSM8KTaskConfig().reward_window is None
+    yaml = OmegaConf.load(CONF_DIR / "task" / "gsm8k.yaml")
+    assert "reward_window" in yaml and yaml.reward_window is None
+    assert "shared" not in (CONF_DIR / "task" / "gsm8k.yaml").read_text()
+    assert GSM8KTask(data_dir=data_dir).reward_window is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dvpo_lab.config import ConfigError
 from dvpo_lab.tasks import TASKS, Problem, Task, build_task, register_task
 from dvpo_lab.tasks.arith import ArithTask
 
@@ -19,7 +20,7 @@ def test_build_task_passes_kwargs() -> None:
 
 
 def test_unknown_task_lists_registered_names() -> None:
-    with pytest.raises(ValueError, match="unknown task 'nope'.*arith.*gsm8k"):
+    with pytest.raises(ConfigError, match="task.name='nope' is not a registered task; choose one of .*arith.*gsm8k"):
         build_task("nope")
 
 

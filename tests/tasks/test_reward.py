@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,9 +27,82 @@ def test_strict_needs_the_exact_marker() -> None:
     assert extract_answer_strict("") is None
 
 
-def test_strict_only_reads_the_last_300_characters() -> None:
-    assert extract_answer_strict("#### 7" + "x" * 300) is None
-    assert extract_answer_strict("#### 7" + "x" * 294) == "7"
+# 352 characters of explanation after the committed answer, with numbers in it (issue 15, fault 9)
+_HEAD = "I added the two numbers. To check, 17 apples and 25 pears make 42 fruits, and 3 boxes of 14 would too. "
+_TAIL = "Nothing here changes the count written above; the last number is 8 crates."
+PROSE = _HEAD + ("More words and no digits. " * 20)[: 352 - len(_HEAD) - len(_TAIL)] + _TAIL
+WORKED = "2+40=42\n#### 42\n"
+
+
+def test_prose_fixture_is_the_issue_example() -> None:
+    assert len(PROSE) == 352 and PROSE.endswith("8 crates.")
+
+
+@pytest.mark.parametrize("n", [0, 1, 100, 284, 285, 300, 352, 5000])
+def test_strict_score_does_not_depend_on_text_after_the_answer(n: int) -> None:
+    # before the fix only the last 300 characters were read: n >= 285 (marker pushed out) scored 0
+    text = WORKED + (PROSE * 20)[:n]
+    assert extract_answer_strict(text) == "42"
+    assert score_strict(text, "42") == 1.0
+
+
+def test_issue_example_strict_and_flexible() -> None:
+    text = WORKED + PROSE
+    assert score_strict(text, "42") == 1.0
+    assert score_math_verify(text, "42") == 1.0
+    assert extract_answer_math_verify(text) == "42"
+    # before the fix math-verify read the 300-character tail, found no marker, and credited its last number
+    assert score_math_verify(text, "8") == 0.0
+
+
+def test_verl_window_is_an_explicit_option() -> None:
+    text = WORKED + PROSE
+    assert extract_answer_strict(text, window=300) is None and score_strict(text, "42", window=300) == 0.0
+    assert extract_answer_strict("#### 7" + "x" * 294, window=300) == "7"  # veRL's edge: 300 characters in all
+    assert extract_answer_strict("#### 7" + "x" * 295, window=300) is None
+    # the flexible rule never credits a number after a marker, even one the window cut off
+    assert extract_answer_math_verify(text, window=300) is None
+    assert score_math_verify(text, "8", window=300) == 0.0 and score_math_verify(text, "42", window=300) == 0.0
+    assert score_batch([text], ["42"], window=300).tolist() == [0.0]
+    assert score_batch([text], ["42"]).tolist() == [1.0]
+    with pytest.raises(ValueError, match="window"):
+        extract_answer_strict("#### 1", window=0)
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("#### 42\nThen 17 apples remain.", "42"),  # the next lines are explanation
+        ("#### 42. Then 17 apples remain.", "42"),  # so is the rest of the marker's line
+        ("#### 42 (not 43)", "42"),
+        ("#### 1,234 apples (not 5)", "1234"),
+        ("#### The final answer is 42, since 40 + 2 = 42 and 17 is wrong", "42"),
+        ("worked: 6 * 7 = 42\n#### \\frac{1}{2} and 7 more", "\\frac{1}{2}"),
+        ("so 17\n#### 42\n\n#### ", None),  # the last marker commits to nothing readable
+        ("#### 42\n" + PROSE + "\n####", None),
+        ("####\n42", None),  # the answer belongs on the marker's line
+    ],
+)
+def test_math_verify_reads_only_the_committed_answer(text: str, answer: str | None) -> None:
+    assert extract_answer_math_verify(text) == answer
+    if answer is not None:
+        assert score_math_verify(text, answer) == 1.0
+    for number in ("17", "43", "5", "7"):
+        assert score_math_verify(text, number) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("so the answer is 579.0", "579"),
+        ("The final answer is 42. Then 17 more.", "42"),  # math-verify's own priority: an "answer is" phrase
+        ("\\boxed{42} and then 17 more", "42"),  # ... and \boxed{} before the last number
+        ("so 42 then 17", "17"),  # no commitment at all: the last number (documented)
+        ("The answer is 42. " + PROSE, "42"),  # long trailing prose changes nothing
+    ],
+)
+def test_math_verify_without_a_marker(text: str, answer: str) -> None:
+    assert score_math_verify(text, answer) == 1.0
 
 
 def test_score_strict_is_exact_string_match() -> None:

@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dvpo_lab.config import ConfigError
 from dvpo_lab.models.tokenizer import CHARS, build_char_tokenizer
 from dvpo_lab.tasks import build_task
 from dvpo_lab.tasks.sciqa import LETTERS, SciQATask, extract_choice
@@ -140,7 +141,7 @@ def test_categories_restrict_the_fact_table() -> None:
     ],
 )
 def test_bad_knobs_fail_clearly(kwargs: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match):  # ConfigError, but task.template's check is in template.py
         SciQATask(**kwargs)
 
 
@@ -183,6 +184,14 @@ def test_chat_template_needs_one_and_uses_it() -> None:
         ("#### because", None),
         ("(A) x (B) y", None),  # restating the options is not choosing
         ("#### E", None),  # not one of A-D
+        ("A. x\nB. y", None),  # a restated list of options, one per line
+        ("(A) x\n(B) y\n(C) z", None),
+        ("B. Because (C) is a gas, it cannot be the metal.", "B"),  # prose after a chosen letter keeps it
+        ("B\n\nExplanation: (A) is wrong and so is (C).", "B"),  # a letter alone on the first line
+        ("The answer is B ####", "B"),  # a marker without a letter: the text before it counts
+        ("#### the answer is C", "C"),  # ... and the rest of its line
+        ("Na #### Sodium\nThe answer is B", None),  # but nothing after its line
+        ("#### \nI think (C) is right", None),
     ],
 )
 def test_extract_choice_examples(text: str, letter: str | None) -> None:
@@ -212,6 +221,30 @@ def test_extract_choice_finds_the_letter_before_trailing_text(letter: str, form:
     text = form.format(letter, l=letter.lower())
     if form != "{}" or not tail.strip():  # a bare letter must be the whole response
         assert extract_choice(text + (" " + tail if tail else ""), "ABCD") == letter
+
+
+# explanation after the answer that mentions the other options in every way that is not a verdict
+_PROSE = "\nExplanation: option (C) is a gas and (A) is a salt, so the answer is not D; 12 of 40 facts agree. "
+
+
+@pytest.mark.parametrize("n", [0, 50, 299, 300, 301, 400, 2000])
+@pytest.mark.parametrize("form", ["#### B", "Na(B) #### B", "The answer is B.", "Answer: (b)", "B.", "B)", "(B)", "B"])
+def test_extract_choice_ignores_text_after_the_committed_letter(form: str, n: int) -> None:
+    # before the fix "B.", "B)", "(B)" and "B" followed by such prose gave None (other options are marked)
+    assert extract_choice(form + (_PROSE * 30)[:n], "ABCD") == "B"
+
+
+@pytest.mark.parametrize("n", [0, 100, 299, 300, 301, 1000])
+def test_extract_choice_marker_never_credits_later_text(n: int) -> None:
+    tail = ("the answer is (C). " * 100)[:n]
+    assert extract_choice("Ne(A) Na(B) #### B\n" + tail, "ABCD") == "B"
+    assert extract_choice("Ne(A) Na(B) ####\n" + tail, "ABCD") is None  # committed to nothing readable
+
+
+def test_task_score_ignores_text_after_the_committed_letter(task: SciQATask) -> None:
+    probs = task.test_problems()[:4]
+    long = [p.solution + "\nbecause " + "the other options (A) (C) are wrong; answer is D. " * 10 for p in probs]
+    assert task.score(long, probs).tolist() == [1.0] * 4  # type: ignore[operator]
 
 
 # --- real formats: local JSONL and a stubbed hub ---------------------------------------------------------
@@ -312,13 +345,57 @@ def test_max_rows(tmp_path: Path) -> None:
 def test_bad_rows_name_file_and_line(tmp_path: Path, source: str, row: dict, match: str) -> None:
     _data_dir(tmp_path, source, n_train=2, n_test=2)
     (tmp_path / "train.jsonl").write_text(json.dumps(ROW_MAKERS[source](0)) + "\n\n" + json.dumps(row) + "\n")
-    with pytest.raises(ValueError, match=rf"train\.jsonl:3: {match}"):
+    with pytest.raises(ConfigError, match=rf"train\.jsonl:3: {match}"):
         SciQATask(source=source, data_dir=tmp_path)
 
 
-def test_missing_folder_says_how_to_fix(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="folder does not exist.*correct_answer.*task.source=generated"):
-        SciQATask(source="sciq", data_dir=tmp_path / "nope")
+def _one_line_config_error(err: pytest.ExceptionInfo, data_dir: object, source: str) -> str:
+    msg = str(err.value)
+    assert err.type is ConfigError and "\n" not in msg, msg
+    assert msg.startswith(f"task.data_dir={str(data_dir)!r}: "), msg
+    assert f"Fix: set task.data_dir to a folder with train.jsonl and test.jsonl ({source} format:" in msg, msg
+    assert "task.source=generated" in msg and "shared" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("source", ["sciq", "arc", "gpqa"])
+def test_missing_folder_or_file_says_how_to_fix(tmp_path: Path, source: str) -> None:
+    with pytest.raises(ConfigError, match="folder .*nope does not exist") as err:
+        SciQATask(source=source, data_dir=tmp_path / "nope")
+    _one_line_config_error(err, tmp_path / "nope", source)
+    _data_dir(tmp_path, source, n_train=2, n_test=2)
+    (tmp_path / "test.jsonl").unlink()
+    with pytest.raises(ConfigError, match="test.jsonl is missing in") as err:
+        SciQATask(source=source, data_dir=tmp_path)
+    _one_line_config_error(err, tmp_path, source)
+
+
+@pytest.mark.parametrize("source", ["sciq", "arc", "gpqa"])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", r"test\.jsonl has no rows"),
+        (b"\n  \n", r"test\.jsonl has no rows"),
+        (b'{"question": "trunc', r"test\.jsonl:1: not valid JSON \(Unterminated string starting at column 14\)"),
+        (b'{"x": 1}\n', r"test\.jsonl:1: missing key"),
+        (b"\xff\n", r"test\.jsonl:1: not UTF-8 text"),
+    ],
+)
+def test_bad_files_name_key_file_line_and_fix(tmp_path: Path, source: str, content: bytes, match: str) -> None:
+    _data_dir(tmp_path, source, n_train=2, n_test=2)
+    (tmp_path / "test.jsonl").write_bytes(content)
+    with pytest.raises(ConfigError, match=match) as err:
+        SciQATask(source=source, data_dir=str(tmp_path))
+    _one_line_config_error(err, str(tmp_path), source)
+
+
+def test_arc_with_too_many_choices_names_the_line(tmp_path: Path) -> None:
+    six = _arc_row(0)
+    six["choices"] = {"text": list("abcdef"), "label": list("ABCDEF")}
+    _write_split(tmp_path, "train.jsonl", [_arc_row(1), six])
+    _write_split(tmp_path, "test.jsonl", [_arc_row(2)])
+    with pytest.raises(ConfigError, match=r"train\.jsonl:2: 'choices' needs .* 2 to 5 \(got 6 texts"):
+        SciQATask(source="arc", data_dir=tmp_path)
 
 
 def test_hub_path_through_stubbed_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,8 +426,13 @@ def test_hub_failure_points_to_data_dir(monkeypatch: pytest.MonkeyPatch) -> None
         raise ConnectionError("no network")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
-    with pytest.raises(RuntimeError, match="task.data_dir.*task.source=generated"):
+    with pytest.raises(ConfigError, match=r"^task\.data_dir=null \(hub allenai/ai2_arc, ARC-Challenge, split train\): "
+                       r"could not load it \(no network\)\. Fix: .*task\.data_dir.*task\.source=generated") as err:
         SciQATask(source="arc")
+    assert "\n" not in str(err.value)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: []))
+    with pytest.raises(ConfigError, match="the split has no rows"):
+        SciQATask(source="sciq")
 
 
 def test_score_against_substitute_letters(task: SciQATask) -> None:

@@ -1,0 +1,464 @@
+"""Start-time checks: every config value that cannot work fails here, before any data, warm-start or model load.
+
+Each failure is a `ConfigError` whose one-line message names the key, the value and the fix; `python -m dvpo_lab`
+prints it as one line and exits with status 2 (a traceback only with ``HYDRA_FULL_ERROR=1``). The checks run in
+this order (`check_config`):
+
+1. keys: no key outside the typed schemas (`dvpo_lab.config`), whatever the override prefix (``+``, ``++``);
+   `_target_` nodes (trainer, loggers, callbacks) only take their constructor's arguments. Free-form keys go
+   under ``extras``.
+2. values: ranges and choices of every knob (`RULES`), then the batch arithmetic and the algorithm/critic fit.
+3. presets: a preset (``experiment=``, ``sweep=``, ``debug=``) that pins a group option must not be contradicted
+   by the command line, and an override that changes what an algorithm computes renames it.
+
+`check_prompt_budget` runs once the task is built (it needs the task's response length), still before any
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from dvpo_lab import algos
+from dvpo_lab.config import CONF_DIR, SWEEPS_DIR, TASK_SCHEMAS, Config, ConfigError
+
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+FREE_FORM = ("extras",)  # the documented node for a user's own keys: never checked
+
+
+# ----------------------------------------------------------------------------------------------- 1. keys
+def _schema_fields(schema: type) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(schema)}
+
+
+def _nested_schema(field: dataclasses.Field) -> type | None:
+    """The dataclass a field's default builds, if any (e.g. AlgoConfig.dist -> DistLossConfig)."""
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = field.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(value):
+            return type(value)
+    return None
+
+
+def _unknown_key(path: str, key: str, allowed: list[str], value: Any) -> ConfigError:
+    near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    node = path.rstrip(".") or "the root"
+    if near:
+        fix = f"did you mean {path}{near[0]}?"
+    else:
+        keys = sorted(allowed)
+        fix = f"{node} takes {', '.join(keys[:12])}{', ...' if len(keys) > 12 else ''} (--cfg job lists all)"
+    return ConfigError(f"{path}{key}={_show(value)} is not a config key ({fix}); fix the spelling, or put your "
+                       "own keys under extras.*")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, DictConfig | ListConfig):
+        return "{...}" if isinstance(value, DictConfig) else "[...]"
+    return str(value)
+
+
+def _check_node(node: DictConfig, schema: type, path: str) -> None:
+    fields = _schema_fields(schema)
+    for key in node.keys():
+        key = str(key)
+        if key not in fields:
+            raise _unknown_key(path, key, list(fields), node._get_node(key)._value())
+        sub = _nested_schema(fields[key])
+        child = node._get_node(key)
+        if sub is not None and isinstance(child, DictConfig) and not child._is_none():
+            _check_node(child, sub, f"{path}{key}.")
+
+
+def _target_params(target: str) -> tuple[set[str], bool] | None:
+    """Parameter names of a `_target_` callable and whether it takes **kwargs (None if it cannot be imported)."""
+    module, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    sig = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+    params = {p for p in sig.parameters if p != "self"}
+    return params, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _check_target(node: DictConfig, path: str) -> None:
+    target = node.get("_target_")
+    if target is None:
+        raise ConfigError(f"{path.rstrip('.')} has no _target_ (a class to build, e.g. "
+                          "lightning.pytorch.loggers.CSVLogger); add one or drop the node")
+    found = _target_params(str(target))
+    if found is None:
+        raise ConfigError(f"{path}_target_={target} cannot be imported; check the dotted path and that its "
+                          "package is installed")
+    params, var_kw = found
+    if var_kw:
+        return
+    for key in node.keys():
+        key = str(key)
+        if not key.startswith("_") and key not in params:
+            raise _unknown_key(path, key, sorted(params), node._get_node(key)._value())
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """No key outside the schema anywhere: Hydra's ``+key=value`` (and ``++``) add keys even to typed nodes.
+
+    Raises:
+        ConfigError: naming the first unknown key, the closest valid spelling and the node's keys.
+    """
+    fields = _schema_fields(Config)
+    task_schema = TASK_SCHEMAS.get(str(cfg.task.get("name"))) if cfg.get("task") is not None else None
+    for key in cfg.keys():
+        key = str(key)
+        if key == "hydra" or key in FREE_FORM:
+            continue
+        if key not in fields:
+            raise _unknown_key("", key, [k for k in fields if k not in ("hydra",)], cfg._get_node(key)._value())
+        child = cfg._get_node(key)
+        if not isinstance(child, DictConfig) or child._is_none():
+            continue
+        if key == "task" and task_schema is not None:
+            _check_node(child, task_schema, "task.")
+        elif key == "trainer":
+            _check_target(child, "trainer.")
+        elif key in ("logger", "callbacks"):
+            for name in child.keys():
+                sub = child._get_node(name)
+                if isinstance(sub, DictConfig) and not sub._is_none():
+                    _check_target(sub, f"{key}.{name}.")
+        elif (sub := _nested_schema(fields[key])) is not None:
+            _check_node(child, sub, f"{key}.")
+
+
+# --------------------------------------------------------------------------------------------- 2. values
+Rule = tuple[str, Callable[[Any], bool], str]
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def at_least(lo: float, integer: bool = False, optional: bool = False) -> Callable[[Any], bool]:
+    return lambda x: (optional and x is None) or ((_int(x) if integer else _num(x)) and x >= lo)
+
+
+def above(lo: float, optional: bool = False) -> Callable[[Any], bool]:
+    return lambda x: (optional and x is None) or (_num(x) and x > lo)
+
+
+def between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False,
+            optional: bool = False) -> Callable[[Any], bool]:
+    def ok(x: Any) -> bool:
+        if optional and x is None:
+            return True
+        return _num(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
+
+    return ok
+
+
+def one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda x: x in choices
+
+
+def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+# key, test, what a valid value is (+ the fix where it is not obvious)
+RULES: list[Rule] = [
+    ("mode", one_of("train", "sft", "eval"), "one of train | sft | eval"),
+    ("seed", at_least(0, integer=True), "an integer >= 0"),
+    ("total_steps", at_least(1, integer=True), "an integer >= 1"),
+    ("eval_every", at_least(1, integer=True), "an integer >= 1 (RL steps between evaluations)"),
+    ("ckpt_every", at_least(1, integer=True), "an integer >= 1 (RL steps between checkpoints)"),
+    ("threads", at_least(1, integer=True, optional=True), "null (torch's default) or an integer >= 1"),
+    # sampling (rollout.*): what torch would only reject deep inside the first rollout, or never
+    ("rollout.temperature", above(0.0), "> 0 (it divides the logits; evaluation is greedy whatever this is: "
+     "for near-greedy sampling use e.g. 0.1)"),
+    ("rollout.top_k", at_least(0, integer=True), "an integer >= 0 (0 = off)"),
+    ("rollout.top_p", between(0.0, 1.0, lo_open=True), "in (0, 1] (1 = off)"),
+    ("rollout.max_new_tokens", at_least(1, integer=True, optional=True),
+     "null (the task's response length) or an integer >= 1"),
+    ("rollout.min_new_tokens", at_least(0, integer=True), "an integer >= 0"),
+    ("rollout.eval_batch_size", at_least(1, integer=True), "an integer >= 1"),
+    ("rollout.eval_limit", at_least(1, integer=True, optional=True), "null (all) or an integer >= 1"),
+    ("rollout.sampler", one_of("fast", "hf"), "one of fast | hf"),
+    ("rollout.reuse_sampler_logprobs", one_of(True, False), "true or false"),
+    # the algorithm
+    ("algo.gamma", between(0.0, 1.0), _interval(0, 1, False, False) + " (discount per token)"),
+    ("algo.lam", between(0.0, 1.0), _interval(0, 1, False, False) + " (GAE lambda)"),
+    ("algo.loss_agg_mode", one_of(*algos.AGG_LOSS_MODES), "one of " + " | ".join(algos.AGG_LOSS_MODES)),
+    ("algo.kl_penalty", one_of(*algos.KL_PENALTY_KINDS), "one of " + " | ".join(algos.KL_PENALTY_KINDS)),
+    ("algo.kl_loss_type", one_of(*algos.KL_PENALTY_KINDS), "one of " + " | ".join(algos.KL_PENALTY_KINDS)),
+    ("algo.kl_ctrl", one_of("fixed", "adaptive"), "one of fixed | adaptive"),
+    ("algo.kl_coef", at_least(0.0), ">= 0"),
+    ("algo.kl_target", above(0.0), "> 0 (target KL per sequence of the adaptive controller)"),
+    ("algo.kl_horizon", at_least(1, integer=True), "an integer >= 1 (samples)"),
+    ("algo.kl_loss_coef", at_least(0.0), ">= 0"),
+    ("algo.clip_ratio_low", between(0.0, 1.0, hi_open=True), "in [0, 1) (the ratio's lower clip is 1 - this)"),
+    ("algo.clip_ratio_high", at_least(0.0), ">= 0"),
+    ("algo.clip_ratio_c", above(1.0, optional=True), "null (off) or > 1 (dual-clip constant)"),
+    ("algo.cliprange_value", above(0.0, optional=True), "null (off) or > 0"),
+    ("algo.entropy_coeff", _num, "a finite number"),
+    ("algo.ppo_epochs", at_least(1, integer=True), "an integer >= 1"),
+    ("algo.actor_lr", at_least(0.0), ">= 0 (0 freezes the policy)"),
+    ("algo.critic_lr", at_least(0.0), ">= 0"),
+    ("algo.weight_decay", at_least(0.0), ">= 0"),
+    ("algo.grad_clip", above(0.0), "> 0 (max gradient norm)"),
+    ("algo.critic_warmup", at_least(0, integer=True), "an integer >= 0 (RL steps)"),
+    ("algo.risk_alpha", between(0.0, 1.0, lo_open=True), "in (0, 1] (CVaR level)"),
+    ("algo.wang_eta", _num, "a finite number"),
+    ("algo.viz_every", at_least(0, integer=True), "an integer >= 0 (0 = off)"),
+    ("algo.viz_samples", at_least(1, integer=True), "an integer >= 1"),
+    ("algo.robust.c", at_least(0.0), ">= 0"),
+    ("algo.robust.rho", between(0.0, 1.0), "in [0, 1] (contamination rate)"),
+    ("algo.dist.tail_alpha", between(0.0, 1.0, lo_open=True), "in (0, 1]"),
+    ("algo.dist.tail_beta", between(0.0, 1.0, lo_open=True), "in (0, 1]"),
+    ("algo.dist.kappa", at_least(0.0), ">= 0 (0 = pinball loss)"),
+    ("algo.dist.margin_low", between(0.0, 1.0, hi_open=True), "in [0, 1)"),
+    ("algo.dist.margin_up", at_least(0.0), ">= 0"),
+    ("algo.dist.risk_eta", _num, "a finite number"),
+    *((f"algo.dist.weights.{t}", at_least(0.0), ">= 0") for t in algos.DVPO_TERMS),
+    # the critic
+    ("critic.kind", one_of(*algos.CRITIC_KINDS), "one of " + " | ".join(algos.CRITIC_KINDS)),
+    ("critic.n_heads", at_least(1, integer=True), "an integer >= 1"),
+    ("critic.n_quantiles", at_least(1, integer=True), "an integer >= 1"),
+    ("critic.tau_grid", one_of(*algos.TAU_GRIDS), "one of " + " | ".join(algos.TAU_GRIDS)),
+    ("critic.monotone", one_of(*algos.MONOTONE_MODES), "one of " + " | ".join(algos.MONOTONE_MODES)),
+    ("critic.head_init_std", at_least(0.0), ">= 0"),
+    # reward noise (training reward only)
+    ("noise.p", between(0.0, 1.0), "a probability in [0, 1]"),
+    ("noise.fp", between(0.0, 1.0), "a probability in [0, 1]"),
+    ("noise.fn", between(0.0, 1.0), "a probability in [0, 1]"),
+    ("noise.acc", between(0.0, 1.0), "a probability in [0, 1]"),
+    ("noise.sigma", at_least(0.0), ">= 0"),
+    ("noise.k", at_least(1, integer=True), "an integer >= 1"),
+    ("noise.temperature", above(0.0), "> 0"),
+    ("noise.granularity", one_of("sample", "group"), "one of sample | group"),
+    # the model
+    ("model.dtype", one_of("float32", "bfloat16", "float16"), "one of float32 | bfloat16 | float16"),
+    ("model.tokenizer", one_of("char", "auto"), "one of char | auto"),
+    ("model.arch.family", one_of("llama", "qwen2"), "one of llama | qwen2"),
+    ("model.arch.hidden_size", at_least(1, integer=True), "an integer >= 1"),
+    ("model.arch.num_layers", at_least(1, integer=True), "an integer >= 1"),
+    ("model.arch.num_heads", at_least(1, integer=True), "an integer >= 1"),
+    ("model.arch.intermediate_size", at_least(1, integer=True), "an integer >= 1"),
+    ("model.arch.max_position_embeddings", at_least(2, integer=True), "an integer >= 2 (the context length)"),
+    ("model.lora.r", at_least(1, integer=True), "an integer >= 1"),
+    ("model.lora.alpha", above(0.0), "> 0"),
+    ("model.lora.dropout", between(0.0, 1.0, hi_open=True), "in [0, 1)"),
+    # the warm-start
+    ("sft.lr", above(0.0), "> 0"),
+    ("sft.batch_size", at_least(1, integer=True), "an integer >= 1"),
+    ("sft.max_steps", at_least(1, integer=True), "an integer >= 1"),
+    ("sft.warmup_steps", at_least(0, integer=True), "an integer >= 0"),
+    ("sft.target_acc", between(0.0, 1.0, lo_open=True, optional=True), "null (run sft.max_steps) or in (0, 1]"),
+    ("sft.eval_every", at_least(1, integer=True), "an integer >= 1"),
+    ("sft.eval_limit", at_least(1, integer=True), "an integer >= 1"),
+    ("task.sft_max_steps", at_least(1, integer=True, optional=True), "null or an integer >= 1"),
+    ("task.sft_batch_size", at_least(1, integer=True, optional=True), "null or an integer >= 1"),
+    ("task.sft_target_acc", between(0.0, 1.0, lo_open=True, optional=True), "null or in (0, 1]"),
+    ("task.max_response_len", at_least(1, integer=True, optional=True), "an integer >= 1"),
+    ("task.max_turns", at_least(1, integer=True), "an integer >= 1"),
+    ("task.n_test", at_least(1, integer=True), "an integer >= 1"),
+    ("task.n_sft", at_least(1, integer=True), "an integer >= 1"),
+    ("task.digits", at_least(1, integer=True), "an integer >= 1"),
+    ("task.sft_label_noise", between(0.0, 1.0), "in [0, 1]"),
+    ("task.n_choices", between(2, 5), "2, 3, 4 or 5"),
+    ("task.template", one_of("plain", "chat"), "one of plain | chat"),
+]
+
+
+def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
+    node = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False)
+    return node is not _MISSING, node
+
+
+_MISSING = object()
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Ranges and choices of every knob in `RULES`, then the batch arithmetic and the algorithm's fit.
+
+    Raises:
+        ConfigError: ``KEY=VALUE must be ...; set KEY=...``, one line.
+    """
+    for key, ok, valid in RULES:
+        present, value = _select(cfg, key)
+        if present and not ok(value):
+            raise ConfigError(f"{key}={value!r} must be {valid}; set {key}=<such a value>")
+    h = cfg.model.arch.hidden_size
+    if h % cfg.model.arch.num_heads:
+        raise ConfigError(f"model.arch.hidden_size={h} is not divisible by model.arch.num_heads="
+                          f"{cfg.model.arch.num_heads}; pick a divisor")
+    if cfg.model.tokenizer == "auto" and not (cfg.model.name_or_path or cfg.model.gguf_file):
+        raise ConfigError("model.tokenizer=auto needs model.name_or_path (or model.gguf_file) to load it from; "
+                          "set one, or use model.tokenizer=char")
+    r = cfg.rollout
+    if r.max_new_tokens is not None and r.min_new_tokens > r.max_new_tokens:
+        raise ConfigError(f"rollout.min_new_tokens={r.min_new_tokens} exceeds rollout.max_new_tokens="
+                          f"{r.max_new_tokens}; lower it")
+    check_batch_sizes(cfg)
+    check_algo(cfg)
+
+
+def check_batch_sizes(cfg: DictConfig) -> str:
+    """The batch arithmetic; returns the line printed at start (responses per step, optimizer steps)."""
+    r = cfg.rollout
+    for key in ("prompts_per_step", "samples_per_prompt", "minibatch_size"):
+        if not _int(r[key]) or r[key] < 1:
+            raise ConfigError(f"rollout.{key}={r[key]} must be an integer >= 1")
+    n = r.prompts_per_step * r.samples_per_prompt
+    if n % r.minibatch_size:
+        raise ConfigError(
+            f"rollout.minibatch_size={r.minibatch_size} does not divide the {n} responses per step "
+            f"(rollout.prompts_per_step={r.prompts_per_step} x rollout.samples_per_prompt="
+            f"{r.samples_per_prompt}); pick a divisor of {n}")
+    if cfg.algo.adv_estimator in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
+        raise ConfigError(f"rollout.samples_per_prompt={r.samples_per_prompt}: algo={cfg.algo.name} needs >= 2 "
+                          "(a group of one has no baseline)")
+    for key in ("total_steps", "eval_every", "ckpt_every"):
+        if not _int(cfg[key]) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]} must be an integer >= 1")
+    return (f"batch: {r.prompts_per_step} prompts/step x {r.samples_per_prompt} samples/prompt = {n} responses"
+            f"/step per rank; minibatch {r.minibatch_size} -> {n // r.minibatch_size} optimizer steps per "
+            f"model per PPO epoch x {cfg.algo.ppo_epochs} epochs; {cfg.total_steps} RL steps")
+
+
+def check_algo(cfg: DictConfig) -> None:
+    """The algorithm, its critic and their knobs fit together; each failure names the key and the fix."""
+    a, c = cfg.algo, cfg.critic
+    if a.adv_estimator not in algos.ADV_ESTIMATORS:
+        raise ConfigError(f"algo.adv_estimator={a.adv_estimator!r} is not registered; choices: "
+                          f"{' | '.join(sorted(algos.ADV_ESTIMATORS))}")
+    needed = algos.ESTIMATOR_CRITICS.get(a.adv_estimator)
+    if needed is not None and c.kind != needed:
+        raise ConfigError(f"critic={c.kind}: algo={a.name} (adv_estimator={a.adv_estimator}) reads a critic of "
+                          f"kind {needed!r}; drop the critic override or use critic={needed}")
+    for key, value, allowed in (("algo.actor_advantage", a.actor_advantage, algos.ACTOR_ADVANTAGES),
+                                ("algo.dist.qr_on", a.dist.qr_on, ("heads", "ensemble")),
+                                ("algo.dist.value_clip", a.dist.value_clip, ("mean", "quantile", "none")),
+                                ("algo.robust.v_lo", a.robust.v_lo, ("zero", "batch_min"))):
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} must be one of {' | '.join(allowed)}")
+    if a.actor_advantage != "mean" and a.adv_estimator != "dist_gae":
+        raise ConfigError(f"algo.actor_advantage={a.actor_advantage} needs a value distribution; use algo=dvpo "
+                          "or algo.actor_advantage=mean")
+    if c.kind in ("ensemble", "quantile") and c.n_heads > 1 and c.head_init_std == 0:
+        raise ConfigError(f"critic.head_init_std=0 with critic={c.kind} and {c.n_heads} heads: identical "
+                          "zero-initialised heads stay equal forever; set critic.head_init_std > 0 (e.g. 0.01)")
+
+
+# -------------------------------------------------------------------------------------------- 3. presets
+def _preset_file(group: str, name: str) -> Path | None:
+    for folder in ((SWEEPS_DIR,) if group == "sweep" else (CONF_DIR / group,)):
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def preset_pins(group: str, name: str) -> dict[str, str]:
+    """``{group: option}`` a preset file fixes with ``override /group: option`` in its defaults list."""
+    path = _preset_file(group, name)
+    if path is None:
+        return {}
+    defaults = OmegaConf.load(path).get("defaults") or []
+    pins = {}
+    for entry in defaults:
+        if isinstance(entry, DictConfig):
+            for k, v in entry.items():
+                k = str(k)
+                if k.startswith("override /") and not k.startswith("override /hydra"):
+                    pins[k.removeprefix("override /")] = str(v)
+    return pins
+
+
+def check_presets(cfg: DictConfig, choices: dict[str, Any], task_overrides: list[str]) -> None:
+    """A run's name must say what runs.
+
+    Args:
+        choices: Hydra's chosen option per group (``hydra.runtime.choices``).
+        task_overrides: the command line's overrides (``hydra.overrides.task``).
+    Raises:
+        ConfigError: a preset's pinned option contradicted on the command line (``experiment=ablation_1_qr
+            algo=ppo`` would run PPO in a folder and report row named ``dvpo_qr``), or an override of
+            ``algo.adv_estimator`` that keeps the algorithm's name.
+    """
+    for group in ("experiment", "sweep", "debug"):
+        preset = choices.get(group)
+        if preset in (None, "null"):
+            continue
+        for pinned_group, option in preset_pins(group, str(preset)).items():
+            chosen = choices.get(pinned_group)
+            if chosen is not None and str(chosen) != option:
+                raise ConfigError(f"{pinned_group}={chosen} contradicts {group}={preset}, which runs "
+                                  f"{pinned_group}={option} and names its runs after it; drop {pinned_group}="
+                                  f"{chosen} or pick another {group}")
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in task_overrides}
+    if "algo.adv_estimator" in keys and "algo.name" not in keys:
+        raise ConfigError(f"algo.adv_estimator={cfg.algo.adv_estimator} changes what algo={choices.get('algo')} "
+                          f"computes but the run would still be named {cfg.algo.name!r} (run folder, reports); "
+                          f"also set algo.name=<a new name>")
+
+
+def check_config(cfg: DictConfig, choices: dict[str, Any] | None = None,
+                 task_overrides: list[str] | None = None) -> str:
+    """All start-time checks on a composed config; returns the batch line printed at start.
+
+    Raises:
+        ConfigError: the first failing check, one line naming the key, the value and the fix.
+    """
+    check_keys(cfg)
+    check_values(cfg)
+    check_presets(cfg, dict(choices or {}), list(task_overrides or []))
+    return check_batch_sizes(cfg)
+
+
+def model_context(cfg: DictConfig) -> int | None:
+    """The policy's context length in tokens, read without loading weights (None if unknown)."""
+    m = cfg.model
+    if not m.name_or_path:
+        return int(m.arch.max_position_embeddings) if not m.gguf_file else None
+    try:
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(m.name_or_path)
+    except (OSError, ValueError):
+        return None  # the model load reports it with its own message
+    return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+
+
+def check_prompt_budget(cfg: DictConfig, max_response_len: int, context: int | None) -> int | None:
+    """Tokens left for the prompt: context - max_new_tokens. Returns it (None if the context is unknown).
+
+    Raises:
+        ConfigError: no room for any prompt, or min_new_tokens above the response budget.
+    """
+    max_new = cfg.rollout.max_new_tokens or max_response_len
+    if cfg.rollout.min_new_tokens > max_new:
+        raise ConfigError(f"rollout.min_new_tokens={cfg.rollout.min_new_tokens} exceeds the response budget "
+                          f"{max_new} (rollout.max_new_tokens or the task's); lower it")
+    if context is None:
+        return None
+    budget = context - max_new
+    if budget <= 0:
+        key = ("rollout.max_new_tokens" if cfg.rollout.max_new_tokens else "task's response length (set "
+               "rollout.max_new_tokens)")
+        where = "model.arch.max_position_embeddings" if not cfg.model.name_or_path else "the model's config"
+        raise ConfigError(f"rollout.max_new_tokens={max_new} leaves no room for the prompt in the model's "
+                          f"{context}-token context ({where}); lower the {key} well below {context}")
+    return budget

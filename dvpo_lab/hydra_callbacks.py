@@ -1,0 +1,89 @@
+"""Hydra callbacks (`conf/hydra/default.yaml`): run folders no two runs share, and a sweep that reports failures.
+
+- Run and sweep folders named by Hydra's default patterns (a timestamp to the second) are claimed with an
+  exclusive `mkdir` before Hydra writes anything; a second run started in the same second (a shell loop with
+  `&`, a SLURM array) gets the same name with `_2`, `_3`, ... instead of sharing the folder.
+- A folder the user names (`hydra.run.dir=D`) is checked before Hydra writes to it: one that holds another
+  config's run, or a run of this config that this one does not continue, is refused (`dvpo_lab.resume`).
+- A multirun whose jobs failed ends with one line naming them and exit status 1, after every job has run.
+
+Hydra turns an exception raised in a callback into a warning and goes on, so a refusal here is `SystemExit`
+after one line on stderr (the same form `dvpo_lab.__main__` gives every user error).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from dvpo_lab.config import ConfigError
+
+log = logging.getLogger("dvpo_lab")
+FAILED = "failed.txt"  # a multirun job's error, in its folder (written by dvpo_lab.run.run_job)
+
+
+def _refuse(message: str, status: int) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
+def _named_by_user(config: DictConfig, key: str) -> bool:
+    """Whether `hydra.run.dir` / `hydra.sweep.dir` comes from the command line or a preset, not the default."""
+    if any(o.lstrip("+").split("=", 1)[0] == key for o in config.hydra.overrides.hydra):
+        return True
+    from dvpo_lab.config import CONF_DIR
+
+    default = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "hydra" / "default.yaml"), resolve=False)
+    node, leaf = key.removeprefix("hydra.").split(".")
+    raw = OmegaConf.to_container(config.hydra[node], resolve=False).get(leaf)
+    return raw != default[node][leaf]
+
+
+def claim_folder(path: Path) -> Path:
+    """Create `path` (or `path_2`, `path_3`, ... if taken) exclusively; return the one created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        candidate = path if i == 1 else path.with_name(f"{path.name}_{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run folder next to {path}")
+
+
+class RunFolders(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _named_by_user(config, "hydra.run.dir"):
+            from dvpo_lab.resume import check_run_folder, config_fingerprint
+
+            cfg = OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"])
+            try:
+                check_run_folder(cfg, Path(config.hydra.run.dir), config_fingerprint(cfg))
+            except ConfigError as e:
+                _refuse(str(e), 2)
+            return
+        claimed = claim_folder(Path(config.hydra.run.dir))
+        with read_write(config.hydra.run), open_dict(config.hydra.run):
+            config.hydra.run.dir = str(claimed)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _named_by_user(config, "hydra.sweep.dir"):
+            return  # named sweeps are resumed in place; each job checks its own folder (dvpo_lab.run)
+        claimed = claim_folder(Path(config.hydra.sweep.dir))
+        with read_write(config.hydra.sweep), open_dict(config.hydra.sweep):
+            config.hydra.sweep.dir = str(claimed)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(sweep_dir.glob(f"*/{FAILED}"))
+        if failed:
+            names = ", ".join(p.parent.name for p in failed)
+            _refuse(f"{len(failed)} job(s) of the sweep in {sweep_dir} failed: {names} (errors in their {FAILED}); "
+                    f"retry only those: the same command with hydra.sweep.dir={sweep_dir} resume=true", 1)
+
