@@ -24,7 +24,7 @@ SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"  # named studies: `p
 
 @dataclass
 class DVPOTermSwitches:
-    """On/off switch per DVPO critic-loss regulariser (spec 6.2 Eqs. 4-10); the QR core is always on."""
+    """On/off switch per DVPO critic-loss regulariser (DVPO paper Eqs. 4-10); the QR core is always on."""
 
     cons: bool = True  # Eq. 10 multi-head consistency
     cvar: bool = True  # Eq. 5 lower-tail CVaR calibration
@@ -37,7 +37,7 @@ class DVPOTermSwitches:
 
 @dataclass
 class DVPOTermWeights:
-    """Weight per regulariser (spec 6.3 item 5 starting values)."""
+    """Weight per regulariser: 0.1 is the DVPO paper's best risk weight; the table is in docs/algorithms.md."""
 
     cons: float = 0.1
     cvar: float = 0.1
@@ -50,9 +50,9 @@ class DVPOTermWeights:
 
 @dataclass
 class DistLossConfig:
-    """The DVPO distributional critic loss (spec 6.2-6.3); read only when critic.kind=quantile."""
+    """The DVPO distributional critic loss (DVPO paper Eqs. 3-11); read only when critic.kind=quantile."""
 
-    kappa: float = 0.02  # quantile Huber threshold; 0 = pinball. Keep << reward scale (expectile pitfall, spec 3.3)
+    kappa: float = 0.02  # quantile Huber threshold; 0 = pinball. Keep << reward scale (else it learns expectiles)
     qr_on: str = "heads"  # heads: fit every head (keeps the ensemble meaningful) | ensemble: fit the head mean
     value_clip: str = "mean"  # mean: clip the mean shift | quantile: clip each quantile | none
     tail_alpha: float = 0.1  # lower-tail fraction (k_a = max(1, floor(alpha N)))
@@ -66,7 +66,7 @@ class DistLossConfig:
 
 @dataclass
 class RobustConfig:
-    """Robust-Bellman PPO (spec 4.6); read only by adv_estimator=robust_gae."""
+    """Robust-Bellman PPO (docs/algorithms.md "RB-PPO"); read only by adv_estimator=robust_gae."""
 
     c: float = 1.0  # pessimism: vt = mean_k v_k - c * std_k v_k (c = 1 with K = 2 heads is min-aggregation)
     rho: float = 0.2  # contamination of the bootstrap toward v_lo (rho = flip rate p bounds the TV shift)
@@ -93,11 +93,11 @@ class AlgoConfig:
     adv_estimator: str = "gae"  # registered name: gae | dist_gae | robust_gae | grpo | dr_grpo | rloo | reinforce_pp
     gamma: float = 1.0  # discount per token
     lam: float = 0.95  # GAE lambda
-    norm_adv: bool = True  # whiten advantages over the batch (PPO, spec 1.5)
+    norm_adv: bool = True  # whiten advantages over the batch (verl `compute_gae_advantage_return`)
     norm_adv_by_std: bool = True  # GRPO: divide group-centred rewards by the group std (False = Dr.GRPO)
     use_kl_in_reward: bool = False  # subtract kl_coef * KL(old || ref) from per-token rewards
     kl_penalty: str = "k1"  # estimator for KL in reward: k1 | k2 | k3 | abs
-    kl_ctrl: str = "fixed"  # fixed | adaptive (spec 1.3)
+    kl_ctrl: str = "fixed"  # fixed | adaptive (verl `AdaptiveKLController`)
     kl_coef: float = 0.001  # initial KL-in-reward coefficient
     kl_target: float = 0.1  # adaptive controller target KL per sequence
     kl_horizon: int = 10000  # adaptive controller horizon, in samples

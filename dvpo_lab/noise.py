@@ -1,4 +1,4 @@
-"""Reward-noise models: turn a task's clean score into the score training sees (spec section 5, oracles 44-45).
+"""Reward-noise models: turn a task's clean score into the score training sees (docs/tasks_and_noise.md).
 
 Noise acts during training only and is applied after the verifier, before any advantage. Every random draw is
 a counter-based hash of (seed, step, index), so it is independent of the responses and of the policy, is the

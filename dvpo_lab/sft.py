@@ -52,23 +52,38 @@ def warm_start_key(cfg: DictConfig) -> str:
             spec["model"].pop(key, None)
     if not spec["model"].get("lora", {}).get("enabled", False):
         spec["model"].pop("lora", None)
-    for key in ("sft_batch_size", "sft_target_acc"):
+    for key in ("sft_batch_size", "sft_target_acc", "reward_window"):
         if spec["task"].get(key) is None:
             spec["task"].pop(key, None)
+    if cfg.rollout.max_new_tokens is not None:  # the accuracy checks see the RL run's prompt budget
+        spec["rollout_max_new_tokens"] = cfg.rollout.max_new_tokens
     blob = json.dumps(spec, sort_keys=True).encode()
     return f"{cfg.task.name}-{cfg.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def _encode_demos(tokenizer, task: Task, demos: list[Problem]) -> list[tuple[list[int], list[int]]]:
+def _encode_demos(tokenizer, task: Task, demos: list[Problem],
+                  context: int | None = None) -> list[tuple[list[int], list[int]]]:
     """(token ids, loss mask) per demonstration: the loss covers the response (a multi-turn task's
-    assistant turns only, not the simulated user's)."""
+    assistant turns only, not the simulated user's).
+
+    A demonstration longer than the model's `context` keeps its last tokens, as RL prompts do (the prompt's
+    start goes first; a response longer than the context alone is cut at its end); how many were cut is
+    logged once as a warning."""
     if task.multi_turn:
         return [encode_dialogue_demo(tokenizer, task, p) for p in demos]
-    out = []
+    out, cut = [], 0
     for p in demos:
         prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
         resp = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if context is not None and len(prompt) + len(resp) > context:
+            cut += 1
+            resp = resp[:context]
+            prompt = prompt[len(prompt) - (context - len(resp)):] if context > len(resp) else []
         out.append((prompt + resp, [0] * len(prompt) + [1] * len(resp)))
+    if cut:
+        log.warning("warm-start: %d of %d demonstrations exceed the model's %d-token context and were cut "
+                    "(prompt start first); use a model with a longer context or shorter demonstrations",
+                    cut, len(demos), context)
     return out
 
 
@@ -149,7 +164,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
                              "set model.warm_start=false")
         gen = torch.Generator().manual_seed(cfg.sft.seed)
         loader = DataLoader(
-            _encode_demos(tokenizer, task, demos),
+            _encode_demos(tokenizer, task, demos, getattr(policy.config, "max_position_embeddings", None)),
             batch_size=batch_size,
             sampler=RandomSampler(range(len(demos)), replacement=True,
                                   num_samples=max_steps * batch_size, generator=gen),

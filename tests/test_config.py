@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
-from dvpo_lab.checks import check_batch_sizes
+from dvpo_lab.checks import check_batch_sizes, check_config
 from dvpo_lab.config import ConfigError
 from tests.conftest import CONF, compose_cfg
 
@@ -38,10 +38,15 @@ def walk(combos: list[tuple[str, ...]]) -> None:
             HydraConfig().set_config(cfg)
             resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
                         else cfg[k] for k in cfg if k != "hydra"}
-            if not combo[6].startswith(("ablation_", "quantiles_")):  # those presets pick algo=dvpo themselves
-                assert resolved["algo"]["name"] == combo[0], overrides
             assert resolved["noise"]["name"] == combo[2], overrides
-            check_batch_sizes(cfg)
+            choices, task_overrides = dict(cfg.hydra.runtime.choices), list(cfg.hydra.overrides.task)
+            if combo[6].startswith(("ablation_", "quantiles_")) and combo[0] != "dvpo":
+                # those presets run algo=dvpo and name their runs after it: another algo contradicts them
+                with pytest.raises(ConfigError, match=f"algo={combo[0]} contradicts experiment={combo[6]}"):
+                    check_config(cfg, choices, task_overrides)
+                continue
+            assert resolved["algo"]["name"].startswith(combo[0]), overrides
+            check_config(cfg, choices, task_overrides)  # no valid combination is refused
 
 
 def test_every_combination_of_run_shaping_groups_composes():

@@ -122,7 +122,7 @@ def check_own_wandb_run(job: Path, seed: int) -> dict:
 
 
 def test_multirun_gives_each_job_its_own_wandb_run(tmp_path, offline, cache_dir):
-    """The issue's command, Hydra's basic launcher: both jobs in one process."""
+    """`-m debug=smoke logger=wandb seed=1,2` on Hydra's basic launcher: both jobs in one process."""
     res = run_cli(["debug=smoke", *ONE_STEP, "logger=wandb", "seed=1,2", "-m"], tmp_path, cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = job_dirs(tmp_path / "smoke")

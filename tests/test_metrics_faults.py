@@ -1,4 +1,4 @@
-"""Issue 15 faults 6 and 7: prompt truncation is counted, logged and warned about, every evaluation sees the
+"""Prompt truncation is counted, logged and warned about, every evaluation sees the
 training prompts, and `response_length/clip_ratio` is measured against the generation budget."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def tiny():
     return tok, build_policy(ModelConfig(), tok)
 
 
-# --- fault 7: response_length/clip_ratio ---------------------------------------------------------------------
+# --- response_length/clip_ratio: responses that hit the budget without EOS -----------------------------------
 
 
 def _responses(lengths: list[int], eos: list[bool], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +71,8 @@ def _responses(lengths: list[int], eos: list[bool], width: int) -> tuple[torch.T
 
 
 def test_responses_ending_before_the_budget_are_not_clipped():
-    """The issue's input: 16 responses ending in EOS within 10 tokens under a 64-token cap: 0.0 (the old metric,
-    `mask[:, -1] > 0`, counted the batch's longest response: 0.0625)."""
+    """16 responses ending in EOS within 10 tokens under a 64-token cap: 0.0 (reading `mask[:, -1] > 0` would
+    count the batch's longest response as clipped: 0.0625)."""
     lengths = [10] + [1 + i % 9 for i in range(15)]  # one of them is the batch's longest, at 10 tokens
     ids, mask = _responses(lengths, [True] * 16, width=10)
     clipped = clipped_responses(ids, mask, EOS, max_new_tokens=64)
@@ -116,7 +116,7 @@ def test_dialogue_clip_ratio_counts_episodes_the_budget_cut(tiny):
     assert all(not c or int(k) == 5 for c, k in zip(short.response_clipped.tolist(), n))  # clipped -> at budget
 
 
-# --- fault 6: prompt truncation ------------------------------------------------------------------------------
+# --- prompt truncation: prompt_length/* metrics --------------------------------------------------------------
 
 
 def test_encode_prompts_counts_truncation_and_warns_once(fresh_warnings):
@@ -163,10 +163,10 @@ def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
 
 def test_rl_step_logs_prompt_truncation_and_every_evaluation_sees_the_training_prompts(
         tmp_path, monkeypatch, fresh_warnings):
-    """Fault 6 end to end: with a prompt budget of 6 tokens (context 24 - 18 response tokens) every
+    """Prompt truncation end to end: with a prompt budget of 6 tokens (context 24 - 18 response tokens) every
     8-character arith prompt loses 2 characters, in the rollout, in RL validation and in the warm-start's
     accuracy checks alike; the step logs prompt_length/* and the run warns once. Also the progress bar shows
-    `reward` = the noisy trained-on score and `reward_clean` (the newcomer's screen)."""
+    `reward` = the noisy trained-on score and `reward_clean`."""
     seen: list[tuple[int | None, tuple[int, ...]]] = []
     real_encode = rollout_mod.encode_prompts
 
@@ -203,3 +203,23 @@ def test_rl_step_logs_prompt_truncation_and_every_evaluation_sees_the_training_p
     assert float(row["response_length/min"]) <= float(row["response_length/mean"]) <= 18
     assert bar["reward"] == pytest.approx(float(row["critic/score/mean"]))
     assert bar["reward_clean"] == pytest.approx(float(row["critic/score_clean/mean"]))
+
+
+def test_warm_start_demonstrations_longer_than_the_context_keep_their_end(tiny):
+    """The warm-start's demonstrations are cut as RL prompts are (prompt start first), counted and warned."""
+    from dvpo_lab.sft import _encode_demos
+
+    tok, _ = tiny
+    task = build_task("arith", n_test=4, n_sft=8)
+    demos = task.sft_problems()
+    full = _encode_demos(tok, task, demos)
+    context = min(len(ids) for ids, _ in full) - 3
+    with _Records("dvpo_lab.sft") as rec:
+        cut = _encode_demos(tok, task, demos, context=context)
+    assert len(rec.records) == 1 and "8 of 8" in rec.records[0].getMessage()
+    for (ids, mask), (ids0, mask0) in zip(cut, full):
+        k = len(ids0) - context
+        assert len(ids) == context and ids == ids0[k:] and mask == mask0[k:]
+        assert sum(mask) == sum(mask0)  # the solution is whole
+    with _Records("dvpo_lab.sft") as rec:
+        assert _encode_demos(tok, task, demos, context=max(len(i) for i, _ in full)) == full and not rec.records

@@ -1,4 +1,5 @@
-"""Reward-noise models against oracles 44-45 of spec/algorithms.md."""
+"""Reward-noise models against their closed forms: flip rates, E[R~ | R] = p + (1 - 2p) R, Youden's J, and the
+unbiased backward correction (Natarajan et al. 2013)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_realised_flip_rate_close_to_p(p: float) -> None:
     flip_rate = float((r_tilde != c).mean())
     assert abs(flip_rate - p) < 0.005
     assert m["noise/flip_rate"] == pytest.approx(flip_rate)
-    # oracle 45: E[R~ | R] = p + (1 - 2p) R and J = 1 - 2p
+    # closed form: E[R~ | R] = p + (1 - 2p) R and J = 1 - 2p
     for r in (0.0, 1.0):
         assert float(r_tilde[c == r].mean()) == pytest.approx(p + (1 - 2 * p) * r, abs=0.01)
     assert m["noise/youden_j"] == pytest.approx(1 - 2 * p, abs=0.012)
@@ -108,7 +109,7 @@ def test_asymmetric_rates_and_backward_correction() -> None:
     assert m["noise/fp_rate"] == pytest.approx(fp, abs=0.006)
     assert m["noise/fn_rate"] == pytest.approx(fn, abs=0.008)
     assert m["noise/youden_j"] == pytest.approx(1 - fp - fn, abs=0.012)
-    # oracle 45: the backward-corrected reward is unbiased for the clean mean
+    # Natarajan et al. 2013: the backward-corrected reward is unbiased for the clean mean
     clean_mean = float(clean.numpy().mean())
     assert float(backward_correct(noisy, fp, fn).numpy().mean()) == pytest.approx(clean_mean, abs=0.01)
     sym, _ = _apply(FlipNoise(0.2), clean)

@@ -141,13 +141,20 @@ def test_two_runs_in_the_same_second_get_their_own_folders(tmp_path):
     """Hydra's default run folder is named to the second: two configs started in that second still get two."""
     from datetime import datetime
 
-    OmegaConf.clear_resolver("now")
+    first, second = _hydra_cfg(tmp_path), _hydra_cfg(tmp_path, "algo.actor_lr=0.0")
+    sweeps = [_hydra_cfg(tmp_path, f"seed={s}") for s in (1, 2)]  # two multiruns started in that second
+    named = _hydra_cfg(tmp_path, f"hydra.sweep.dir={tmp_path}/study")  # a named study resumes in place
+    OmegaConf.clear_resolver("now")  # after composing (Hydra registers its own); folders resolve on access
     OmegaConf.register_new_resolver("now", lambda pattern: datetime(2026, 12, 1, 10, 0, 0).strftime(pattern))
     try:
-        first, second = _hydra_cfg(tmp_path), _hydra_cfg(tmp_path, "algo.actor_lr=0.0")
         assert first.hydra.run.dir == second.hydra.run.dir  # the collision, before the callback
         RunFolders().on_run_start(first)
         RunFolders().on_run_start(second)
+        for cfg in sweeps:
+            RunFolders().on_multirun_start(cfg)
+        assert sweeps[0].hydra.sweep.dir != sweeps[1].hydra.sweep.dir
+        RunFolders().on_multirun_start(named)
+        assert named.hydra.sweep.dir == f"{tmp_path}/study"
     finally:
         OmegaConf.clear_resolver("now")
         OmegaConf.register_new_resolver("now", lambda pattern: datetime.now().strftime(pattern), use_cache=True)

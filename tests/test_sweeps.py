@@ -42,7 +42,7 @@ def test_every_study_composes(name, tmp_path):
         assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.threads == 1
 
 
-def test_noise_robustness_grid_is_the_issue_grid(tmp_path):
+def test_noise_robustness_grid_is_4_algos_x_5_noises_x_5_seeds(tmp_path):
     p = compose_config(["sweep=noise_robustness"], tmp_path).hydra.sweeper.params
     sizes = [len(str(p[k]).split(",")) for k in ("algo", "noise", "seed")]
     assert sizes == [4, 5, 5] and math.prod(sizes) == 100

@@ -1,4 +1,5 @@
-"""Algorithms as pure tensor functions (spec `algorithms.md`); importing it registers the estimators.
+"""Algorithms as pure tensor functions (veRL `verl/trainer/ppo/core_algos.py` style, docs/algorithms.md);
+importing it registers the estimators.
 
 A new algorithm lives in its own module (``dvpo.py``, ``rloo.py``, ...), registers its advantage estimator
 with ``@register_adv_est(name)`` and is imported below so that ``get_adv_estimator(name)`` finds it.

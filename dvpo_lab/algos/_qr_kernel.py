@@ -142,7 +142,7 @@ def quantile_huber_rows(theta: np.ndarray, z_sorted: np.ndarray, row_token: np.n
     return loss, grad
 
 
-# The DVPO regularisers (spec 6.2 Eqs. 5-10) fused: value and gradient per token in two passes ---------------
+# The DVPO regularisers (DVPO paper Eqs. 5-10) fused: value and gradient per token in two passes -------------
 
 REG_TERMS = ("cvar", "gain", "shift", "shape", "curv", "cons")
 REG_STATS = ("var_lo_p", "var_up_p", "var_lo_z", "var_up_z", "crossed", "mean_p", "mean_z")

@@ -1,4 +1,5 @@
-"""Critic-free baselines beyond GRPO (spec 2.2, oracles 16-21): Dr. GRPO, RLOO and REINFORCE++.
+"""Critic-free baselines beyond GRPO: Dr. GRPO (Liu et al. 2025), RLOO (Ahmadian et al. 2024) and REINFORCE++
+(Hu 2025); verl `compute_rloo_outcome_advantage`, `compute_reinforce_plus_plus_outcome_advantage`.
 
 Each registers an advantage estimator; the matching loss normalisation lives in its `conf/algo/*.yaml`
 (`loss_agg_mode`), so the same clipped surrogate serves all of them.
@@ -38,7 +39,8 @@ def dr_grpo_advantage(
 def rloo_advantage(
     token_rewards: torch.Tensor, mask: torch.Tensor, *, group_index: torch.Tensor | None = None, **_: object
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RLOO: A_i = r_i - mean of the other G - 1 rewards of its group = G/(G-1) (r_i - mean) (spec 2.2).
+    """RLOO: A_i = r_i - mean of the other G - 1 rewards of its group = G/(G-1) (r_i - mean) (Ahmadian et al. 2024;
+    verl `compute_rloo_outcome_advantage`).
 
     Args: token_rewards [B, T], mask [B, T], group_index [B]. Returns: (advantages, returns) [B, T].
     """

@@ -1,4 +1,4 @@
-"""Core tensor functions shared by PPO, GRPO and DVPO (spec `algorithms.md`, sections 1 and 2).
+"""Core tensor functions shared by PPO, GRPO and DVPO, after veRL's `verl/trainer/ppo/core_algos.py`.
 
 Every function is pure: tensors in, tensors out, no module state. Shapes use B = batch of sequences,
 T = padded response length (at most the generation budget L), V = vocabulary. Masks are {0, 1} (bool or float)
@@ -41,7 +41,7 @@ AGG_LOSS_MODES = (
     "seq-mean-token-sum-norm",
     "dr-grpo",
 )
-# verl key -> canonical estimator (spec 1.2); both spellings are accepted.
+# verl key (`kl_penalty`) -> canonical estimator; both spellings are accepted.
 _KL_ALIASES = {"k1": "k1", "kl": "k1", "abs": "abs", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
 KL_PENALTY_KINDS = tuple(_KL_ALIASES)
 
@@ -53,7 +53,7 @@ def _check_same_shape(**tensors: torch.Tensor) -> None:
         raise ValueError(f"shape mismatch: {shapes}")
 
 
-# Masked statistics (spec 1.5) -------------------------------------------------------------------------------
+# Masked statistics (veRL/TRL `masked_whiten`) ---------------------------------------------------------------
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -97,7 +97,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 def masked_whiten(
     x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
 ) -> torch.Tensor:
-    """Standardise `x` with the masked batch statistics (spec 1.5): (x - mu) / sqrt(var + eps).
+    """Standardise `x` with the masked batch statistics (veRL/TRL `masked_whiten`): (x - mu) / sqrt(var + eps).
 
     With shift_mean=False the mean is added back (TRL `whiten_rewards`). Padded positions are 0 in the output.
 
@@ -115,13 +115,13 @@ def masked_whiten(
     return torch.where(mask.bool(), out, torch.zeros_like(out))
 
 
-# Loss aggregation (spec 1.9, 2.3) ---------------------------------------------------------------------------
+# Loss aggregation (veRL `agg_loss`, TRL GRPO `loss_type`) ---------------------------------------------------
 
 
 def agg_loss(
     loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, loss_scale_factor: int | None = None
 ) -> torch.Tensor:
-    """Reduce a per-token loss matrix to a scalar (verl `loss_agg_mode`, spec 1.9).
+    """Reduce a per-token loss matrix to a scalar (verl `agg_loss`, `loss_agg_mode`).
 
     Modes (L = `loss_scale_factor`, the configured generation budget `rollout.max_new_tokens`):
         token-mean:              sum(m*l) / sum(m)                        (verl default, TRL "bnpo")
@@ -163,11 +163,12 @@ def agg_loss(
     raise ValueError(f"unknown loss_agg_mode {mode!r}; valid modes: {list(AGG_LOSS_MODES)}")
 
 
-# KL estimators and entropy (spec 1.2, 1.8) ------------------------------------------------------------------
+# KL estimators and entropy (veRL `kl_penalty`, `entropy_from_logits`) ---------------------------------------
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from sampled-token log-probs (spec 1.2).
+    """Per-token estimate of KL(pi || pi_ref) from sampled-token log-probs (verl `kl_penalty`;
+    k1/k2/k3 as in J. Schulman, "Approximating KL divergence", 2020).
 
     With d = logp - ref_logp: k1 ("kl") = d; "abs" = |d|; k2 ("mse") = d^2 / 2;
     k3 ("low_var_kl") = exp(-d) - 1 + d, with verl's clamps (exponent to [-20, 20], result to [-10, 10]).
@@ -195,7 +196,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.T
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical distribution softmax(logits) (spec 1.8): logsumexp(z) - sum softmax(z) * z.
+    """Entropy of the categorical distribution softmax(logits), logsumexp(z) - sum softmax(z) * z
+    (verl `entropy_from_logits`).
 
     Logits set to -inf (e.g. by top-k filtering) are handled: their 0 * -inf terms count as 0.
 
@@ -210,7 +212,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * finite_logits).sum(dim=-1)
 
 
-# Policy and value losses (spec 1.6, 1.7) --------------------------------------------------------------------
+# Policy and value losses (PPO, Schulman et al. 2017) --------------------------------------------------------
 
 
 def compute_policy_loss(
@@ -224,7 +226,8 @@ def compute_policy_loss(
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO clipped surrogate with optional dual clip (spec 1.6; verl `compute_policy_loss_vanilla`).
+    """PPO clipped surrogate with optional dual clip (Schulman et al. 2017; dual clip Ye et al. 2020;
+    verl `compute_policy_loss_vanilla`).
 
     rho = exp(clamp(logp - old_logp, -20, 20));
     L^clip = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high));
@@ -279,7 +282,7 @@ def compute_value_loss(
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss (spec 1.7): 0.5 * agg(max((v - R)^2, (v_clip - R)^2)),
+    """Clipped value loss (verl `compute_value_loss`): 0.5 * agg(max((v - R)^2, (v_clip - R)^2)),
     v_clip = clip(v, v_old - eps_v, v_old + eps_v).
 
     Args:
@@ -305,13 +308,14 @@ def compute_value_loss(
     return loss, {"vf_clipfrac": vf_clipfrac.detach()}
 
 
-# Rewards and advantages (spec 1.1, 1.4, 2.2) ----------------------------------------------------------------
+# Rewards and advantages (veRL `core_algos.py`) --------------------------------------------------------------
 
 
 def build_token_rewards(
     scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None, kl_coef: float
 ) -> torch.Tensor:
-    """Per-token rewards r_t = 1[t = last valid] * score - kl_coef * kl_t on valid tokens (spec 1.1, verl).
+    """Per-token rewards r_t = 1[t = last valid] * score - kl_coef * kl_t on valid tokens (verl: the score sits
+    on the last valid response token).
 
     Sequences with no valid token get an all-zero row (their score has nowhere to go).
 
@@ -343,7 +347,8 @@ def build_token_rewards(
 def compute_gae(
     token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation with verl carry-through masking (spec 1.4).
+    """Generalised advantage estimation (Schulman et al. 2016) with verl carry-through masking
+    (`compute_gae_advantage_return`).
 
     delta_t = r_t + gamma V_next - V_t;  A_t = delta_t + gamma lam A_next;  V after the last valid token is 0.
     Masked positions pass both carries (next value, running A) through unchanged, so padding anywhere
@@ -380,7 +385,8 @@ def group_advantages(
     eps: float = 1e-6,
     leave_one_out: bool = False,
 ) -> torch.Tensor:
-    """Outcome advantages relative to the group of responses to the same prompt (spec 2.2).
+    """Outcome advantages relative to the group of responses to the same prompt (Shao et al. 2024; verl
+    `compute_grpo_outcome_advantage`, `compute_rloo_outcome_advantage`).
 
     GRPO: (r - mean) / (std + eps), std Bessel-corrected;  Dr. GRPO (norm_by_std=False): r - mean;
     RLOO (leave_one_out=True, norm_by_std=False): G/(G-1) (r - mean) = r - mean of the other G-1 rewards.

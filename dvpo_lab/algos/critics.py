@@ -2,9 +2,9 @@
 advantage estimator receives, and which loss trains it.
 
 A critic is a transformer backbone plus one linear head with `n_out` outputs per token (`models.build`):
-    scalar    n_out = 1             -> values [B, T]            (PPO, spec 1.7)
-    ensemble  n_out = K             -> values [B, T, K]         (RB-PPO, spec 4.6)
-    quantile  n_out = H * N         -> quantiles [B, T, H, N]   (DVPO, spec 6.3); the estimator gets the
+    scalar    n_out = 1             -> values [B, T]            (PPO; veRL `compute_value_loss`)
+    ensemble  n_out = K             -> values [B, T, K]         (RB-PPO, docs/algorithms.md "RB-PPO")
+    quantile  n_out = H * N         -> quantiles [B, T, H, N]   (DVPO paper, Eqs. 2-11); the estimator gets the
                                                                  ensemble [B, T, N] (mean over heads)
 """
 

@@ -1,4 +1,5 @@
-"""Quantile value distributions for DVPO (spec 3.3-3.6, 6.2-6.3, oracles 22-37).
+"""Quantile value distributions for DVPO (DVPO paper, arXiv 2512.03847, Eqs. 2-11; quantile regression as in
+QR-DQN, Dabney et al. 2018; what is reconstructed and what goes beyond the paper: docs/algorithms.md).
 
 Shapes: B sequences, T response tokens, H critic heads, N quantiles per head. A quantile critic outputs
 `[B, T, H, N]`; the ensemble is the mean over heads, `[B, T, N]`. Everything that a loss reads is taken at
@@ -42,13 +43,13 @@ __all__ = [
 TAU_GRIDS = ("mid", "paper")
 MONOTONE_MODES = ("none", "sort", "cumsoftplus")
 ACTOR_ADVANTAGES = ("mean", "cvar", "wang")
-# Regulariser names, in the paper's cumulative-ablation order (spec 6.3 item 5); `risk` is Eq. 4.
+# Regulariser names, in the paper's cumulative-ablation order (DVPO paper); `risk` is Eq. 4.
 DVPO_TERMS = ("cons", "cvar", "gain", "shift", "shape", "curv", "risk")
 # softplus(_CUMSOFTPLUS_OFFSET) = 1e-3: a zero-initialised head starts as a nearly flat, increasing curve.
 _CUMSOFTPLUS_OFFSET = math.log(math.expm1(1e-3))
 
 
-# Grids, monotonicity and risk measures (spec 3.4, 3.5) ------------------------------------------------------
+# Grids, monotonicity and risk measures (QR-DQN; distortions as in IQN, Dabney et al. 2018) ------------------
 
 
 def quantile_levels(n: int, grid: str = "mid", device=None, dtype=torch.float32) -> torch.Tensor:
@@ -71,7 +72,7 @@ def monotone_quantiles(raw: torch.Tensor, mode: str = "none") -> torch.Tensor:
     """Map raw head outputs `[..., N]` to quantiles: unchanged, sorted, or theta_1 + cumsum(softplus(delta)).
 
     `cumsoftplus` reads raw[..., 0] as the lowest quantile and raw[..., 1:] as gaps (shifted so a zero output
-    is a gap of 1e-3); both monotone modes give non-decreasing quantiles for any input (oracle 30).
+    is a gap of 1e-3); both monotone modes give non-decreasing quantiles for any input.
     """
     if mode == "none":
         return raw
@@ -85,7 +86,7 @@ def monotone_quantiles(raw: torch.Tensor, mode: str = "none") -> torch.Tensor:
 
 def cvar_weights(n: int, alpha: float, device=None, dtype=torch.float32) -> torch.Tensor:
     """Spectral weights of lower-tail CVaR_alpha on N equal-mass quantiles: w_i = g(i/N) - g((i-1)/N) with
-    g(u) = min(u / alpha, 1) (spec 3.5); the boundary quantile gets its fractional share. Sums to 1."""
+    g(u) = min(u / alpha, 1); the boundary quantile gets its fractional share. Sums to 1."""
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"CVaR level alpha must be in (0, 1], got {alpha}")
     u = torch.arange(0, n + 1, device=device, dtype=torch.float64) / n
@@ -94,9 +95,9 @@ def cvar_weights(n: int, alpha: float, device=None, dtype=torch.float32) -> torc
 
 
 def wang_weights(n: int, eta: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Spectral weights of the Wang(eta) distortion (spec 3.4): the distorted expectation
+    """Spectral weights of the Wang(eta) distortion (as used in IQN): the distorted expectation
     int F^{-1}(Phi(Phi^{-1}(tau) + eta)) dtau equals sum_i w_i theta_i with g(u) = Phi(Phi^{-1}(u) - eta).
-    eta < 0 is risk-averse, eta = 0 the mean; for a normal law it gives mu + eta * sigma (oracle 29)."""
+    eta < 0 is risk-averse, eta = 0 the mean; for a normal law it gives mu + eta * sigma."""
     normal = torch.distributions.Normal(0.0, 1.0)
     u = torch.arange(0, n + 1, dtype=torch.float64) / n
     z = normal.icdf(u.clamp(1e-300, 1 - 1e-16)) - eta
@@ -106,18 +107,18 @@ def wang_weights(n: int, eta: float, device=None, dtype=torch.float32) -> torch.
 
 
 def distorted_expectation(quantiles: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_i w_i theta_(i) over sorted quantiles `[..., N]` -> `[...]` (spec 3.5)."""
+    """sum_i w_i theta_(i) over sorted quantiles `[..., N]` -> `[...]` (a spectral risk measure)."""
     return (quantiles.sort(dim=-1).values * weights).sum(-1)
 
 
 def tail_size(n: int, frac: float) -> int:
-    """k = max(1, floor(frac * N)) quantiles in a tail (spec 6.2)."""
+    """k = max(1, floor(frac * N)) quantiles in a tail (DVPO paper Eqs. 5-9)."""
     if not 0.0 < frac <= 1.0:
         raise ValueError(f"tail fraction must be in (0, 1], got {frac}")
     return max(1, int(math.floor(frac * n + 1e-9)))
 
 
-# Distributional GAE (spec 6.2 Eq. 2, 6.3 item 2) ------------------------------------------------------------
+# Distributional GAE (DVPO paper Eq. 2) ----------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -183,8 +184,9 @@ def dist_gae_advantage(
     """DVPO advantages: distributional GAE, collapsed to one advantage per token for the actor.
 
     actor_advantage="mean" (the paper's reconstruction): A_t = mean_j A^j_t, which equals GAE on the mean
-    value (oracle 27). "cvar" / "wang" (beyond the paper): A_t = rho(Z^_t) - rho(theta_t), the risk measure of
-    the lambda-return distribution minus that of the value distribution (spectral weights on sorted quantiles).
+    value (GAE is linear in the values). "cvar" / "wang" (beyond the paper): A_t = rho(Z^_t) - rho(theta_t),
+    the risk measure of the lambda-return distribution minus that of the value distribution (spectral weights
+    on sorted quantiles).
 
     Args:
         token_rewards: [B, T], mask: [B, T], values: [B, T, N] rollout-time ensemble quantiles (required).
@@ -205,7 +207,7 @@ def dist_gae_advantage(
     return adv, targets
 
 
-# Quantile regression (spec 3.3, Eq. 3) ----------------------------------------------------------------------
+# Quantile regression (DVPO paper Eq. 3; QR-DQN, Dabney et al. 2018) -----------------------------------------
 
 
 def quantile_huber_pairs(pred: torch.Tensor, target: torch.Tensor, taus: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -340,7 +342,7 @@ def quantile_huber(pred: torch.Tensor, z_sorted: torch.Tensor, taus: torch.Tenso
     return out.reshape(n, H, N)
 
 
-# The DVPO critic loss (spec 6.2 Eqs. 3-11, 6.3) -------------------------------------------------------------
+# The DVPO critic loss (DVPO paper Eqs. 3-11) ----------------------------------------------------------------
 
 
 def sort_last(x: torch.Tensor) -> torch.Tensor:
@@ -429,7 +431,7 @@ def dvpo_critic_loss(
     loss_scale_factor: int | None = None,
     fused: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Composite DVPO critic loss L = L_QR + sum_k w_k L_k over the terms of spec 6.2-6.3.
+    """Composite DVPO critic loss L = L_QR + sum_k w_k L_k over the terms of DVPO paper Eqs. 3-11.
 
     Terms (per token; predictions pred = ensemble over heads, sorted for tail statistics; targets Z^ sorted;
     k_a = tail_size(N, tail_alpha), k_b = tail_size(N, tail_beta)):

@@ -1,4 +1,5 @@
-"""GRPO / Dr. GRPO advantage estimator "grpo" (spec 2.2; verl `compute_grpo_outcome_advantage`)."""
+"""GRPO / Dr. GRPO advantage estimator "grpo" (Shao et al. 2024 GRPO; Liu et al. 2025 Dr. GRPO;
+verl `compute_grpo_outcome_advantage`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""KL-coefficient controllers for "KL in reward" mode (spec 1.3; verl `AdaptiveKLController`, Ziegler 2019).
+"""KL-coefficient controllers for "KL in reward" mode (verl `AdaptiveKLController`, Ziegler et al. 2019).
 
 Both controllers expose `.value` (the current beta), `.update(current_kl, n_steps)` and
 `state_dict()` / `load_state_dict()`, so the trainer can store them in a checkpoint and resume beta exactly.
@@ -42,7 +42,7 @@ class FixedKLController:
 
 
 class AdaptiveKLController:
-    """Proportional controller that steers the observed KL towards `target_kl` (spec 1.3).
+    """Proportional controller that steers the observed KL towards `target_kl` (verl `AdaptiveKLController`).
 
     e = clip(KL_current / KL_target - 1, -0.2, 0.2);  beta <- beta * (1 + e * n_steps / horizon).
 

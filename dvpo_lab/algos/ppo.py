@@ -1,4 +1,4 @@
-"""PPO advantage estimator "gae" (spec 1.4, 1.5, 1.10; verl `compute_gae_advantage_return`)."""
+"""PPO advantage estimator "gae" (GAE, Schulman et al. 2016; verl `compute_gae_advantage_return`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def gae_advantage(
     whiten_advantages: bool = True,
     **_: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE advantages, whitened over the batch's valid tokens as verl does; returns are not (spec 1.5).
+    """GAE advantages, whitened over the batch's valid tokens as verl does; returns are not (verl
+    `compute_gae_advantage_return`).
 
     Args:
         token_rewards: [B, T] per-token rewards (score on the last valid token, minus any KL penalty),

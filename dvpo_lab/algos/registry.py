@@ -56,7 +56,7 @@ def get_adv_estimator(name: str) -> AdvEstimatorFn:
 
 
 def outcome_scores(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sequence score = sum of the rewards on valid tokens (the score sits on the last one, spec 1.1).
+    """Sequence score = sum of the rewards on valid tokens (the score sits on the last one, as in verl).
 
     Args:
         token_rewards: [B, T], mask: [B, T].
@@ -67,7 +67,7 @@ def outcome_scores(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 
 def broadcast_seq_advantage(seq_adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Give every valid token its sequence's advantage and 0 to padding (spec 2.2, oracle 20).
+    """Give every valid token its sequence's advantage and 0 to padding (outcome supervision, Shao et al. 2024).
 
     Args:
         seq_adv: [B], mask: [B, T].

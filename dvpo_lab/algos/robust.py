@@ -1,10 +1,13 @@
-"""Robust-Bellman PPO (spec 4.6, oracles 38-40): K value heads, pessimistic aggregation, contaminated bootstrap.
+"""Robust-Bellman PPO (docs/algorithms.md "RB-PPO"): K value heads, pessimistic aggregation, contaminated
+bootstrap. Built from the R-contamination robust Bellman operator (Wang & Zou 2021) and ensemble-minimum
+pessimism (TD3, Fujimoto et al. 2018), since the DVPO paper names its robust-Bellman baseline without a definition.
 
 The critic has K scalar heads, `[B, T, K]`. The pessimistic value is vt = mean_k v_k - c * s, s = the
 across-head standard deviation (|v_1 - v_2| / 2 for K = 2, so c = 1 is min-aggregation). The bootstrap is
 contaminated toward a lower bound, b_{t+1} = (1 - rho) vt_{t+1} + rho v_lo, and enters only through the
 (1 - lambda) share of the lambda-return, so the pessimism stays bounded instead of compounding over the
-remaining tokens (the naive r + gamma b - vt inside GAE is the bug the spec warns about).
+remaining tokens, as the naive r + gamma b - vt inside plain GAE would (its bias grows with the number of
+remaining tokens).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def robust_gae(
     token_rewards: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float,
     rho: float, v_lo: float | torch.Tensor = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounded robust lambda-return (spec 4.6 item 3) with carry-through masking.
+    """Bounded robust lambda-return with carry-through masking (docs/algorithms.md "RB-PPO").
 
     delta_t = r_t + gamma [(1 - lam) b_{t+1} + lam vt_{t+1}] - vt_t,  A_t = delta_t + gamma lam A_{t+1},
     b_{t+1} = (1 - rho) vt_{t+1} + rho v_lo before the last valid token and 0 after it (as is vt_{T+1});
@@ -84,10 +87,10 @@ def robust_gae_advantage(
     robust_v_lo: str = "zero",
     **_: object,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RB-PPO advantages and critic targets from K-head rollout values `[B, T, K]` (spec 4.6).
+    """RB-PPO advantages and critic targets from K-head rollout values `[B, T, K]`.
 
     robust_v_lo: "zero" (the known minimum of a {0, 1} reward without KL in reward) or "batch_min" (the batch
-    minimum of vt over valid tokens; then vt >= v_lo holds and targets are monotone in rho, oracle 40).
+    minimum of vt over valid tokens; then vt >= v_lo holds and targets are non-increasing in rho).
     Returns:
         (advantages [B, T] whitened unless whiten_advantages=False, targets [B, T]).
     """
@@ -110,7 +113,7 @@ def ensemble_value_loss(
     values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
     cliprange_value: float | None = 0.5, loss_agg_mode: str = "token-mean", loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sum over heads of the clipped value loss (spec 4.6 item 4): every head regresses the same target y_t,
+    """Sum over heads of the clipped value loss (verl `compute_value_loss`): every head regresses the same target y_t,
     each clipped around its own rollout-time value (TD3 convention).
 
     Args:

@@ -1,7 +1,7 @@
 """``task=arith``: the embedded offline testbed, generated GSM8K-format arithmetic.
 
 Strings are short and regular so a tiny character-level transformer learns the task in about a minute
-(see ``spec/testbed_notes.md``)::
+(see ``docs/testbed.md``)::
 
     prompt   "123+456="          operands zero-padded to ``digits``
     solution "9750 #### 579"     result padded to digits+1 and written least-significant digit first (each

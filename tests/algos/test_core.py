@@ -1,4 +1,5 @@
-"""Spec 7.1 oracles 6-15: whitening, rewards, KL estimators, clipped losses, aggregation, entropy, KL ctrl."""
+"""Whitening, rewards, KL estimators, clipped losses, aggregation, entropy and KL control against hand-computed
+values and veRL's formulas (`verl/trainer/ppo/core_algos.py`)."""
 
 import math
 
@@ -21,7 +22,7 @@ from dvpo_lab.algos import (
     masked_whiten,
 )
 
-# --- masked statistics, oracle 6 ----------------------------------------------------------------------------
+# --- masked statistics: zero mean, unit unbiased variance over valid tokens ---------------------------------
 
 
 def test_masked_stats_ignore_padding():
@@ -55,7 +56,7 @@ def test_masked_stats_refuse_broadcast():
         masked_mean(torch.ones(2, 3), torch.ones(2, 1))
 
 
-def test_whitening_oracle():  # oracle 6
+def test_whitening_oracle():  # masked mean 0, masked unbiased variance 1
     g = torch.Generator().manual_seed(0)
     x = 3.0 + 2.0 * torch.randn(4, 7, generator=g)
     m = (torch.rand(4, 7, generator=g) > 0.3).float()
@@ -68,7 +69,7 @@ def test_whitening_oracle():  # oracle 6
     assert masked_mean(kept, m).item() == pytest.approx(masked_mean(x, m).item(), abs=1e-5)
 
 
-# --- reward construction, oracle 7 --------------------------------------------------------------------------
+# --- reward construction: score on the last valid token, minus beta * KL ------------------------------------
 
 
 def test_build_token_rewards_oracle():
@@ -88,14 +89,14 @@ def test_build_token_rewards_oracle():
     assert torch.all(r[~m] == 0)
 
 
-# --- KL estimators, oracles 8 and 9 -------------------------------------------------------------------------
+# --- KL estimators: hand-computed k1/k2/k3 and Monte Carlo against the exact KL -----------------------------
 
 
 @pytest.mark.parametrize(
     ("pi", "pi_ref", "k1", "k2", "k3"),
     [(0.5, 0.25, 0.693147, 0.240227, 0.193147), (0.25, 0.5, -0.693147, 0.240227, 0.306853)],
 )
-def test_kl_single_token(pi, pi_ref, k1, k2, k3):  # oracle 8
+def test_kl_single_token(pi, pi_ref, k1, k2, k3):  # hand-computed, d = +-ln 2
     lp = torch.tensor([[math.log(pi)]])
     lr = torch.tensor([[math.log(pi_ref)]])
     for kinds, value in [
@@ -121,7 +122,7 @@ def test_kl_k3_clamped():
     assert torch.isfinite(out).all() and out.max().item() == 10.0
 
 
-def test_kl_monte_carlo():  # oracle 9
+def test_kl_monte_carlo():  # sample means against the exact KL
     pi = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
     pi_ref = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     exact = (pi * (pi / pi_ref).log()).sum().item()
@@ -135,7 +136,7 @@ def test_kl_monte_carlo():  # oracle 9
     assert k1.var().item() == pytest.approx(0.512, abs=0.01)
 
 
-# --- policy loss, oracles 10 and 15 -------------------------------------------------------------------------
+# --- policy loss: hand-computed clip/dual-clip values and gradients -----------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -148,7 +149,7 @@ def test_kl_monte_carlo():  # oracle 9
         (0.7, 1.0, -0.7, -0.7),
     ],
 )
-def test_policy_loss_oracle(adv, rho, loss, grad):  # oracle 10
+def test_policy_loss_oracle(adv, rho, loss, grad):  # hand-computed, eps = 0.2, c = 3
     old = torch.tensor([[-1.0]])
     logp = (old + math.log(rho)).requires_grad_(True)
     out, metrics = compute_policy_loss(logp, old, torch.tensor([[adv]]), torch.ones(1, 1), 0.2, 0.2, 3.0)
@@ -177,7 +178,7 @@ def test_policy_loss_clip_higher():
 
 
 @pytest.mark.parametrize("mode", AGG_LOSS_MODES)
-def test_frozen_policy(mode):  # oracle 15
+def test_frozen_policy(mode):  # pi = pi_old = pi_ref: ratio 1, no clipping, loss -agg(A)
     g = torch.Generator().manual_seed(1)
     lp = torch.randn(3, 5, generator=g)
     adv = torch.randn(3, 5, generator=g)
@@ -193,7 +194,7 @@ def test_frozen_policy(mode):  # oracle 15
     torch.testing.assert_close(logp.grad, -adv * weights)
 
 
-# --- value loss, oracle 11 ----------------------------------------------------------------------------------
+# --- value loss: hand-computed clipped values and gradients -------------------------------------------------
 
 
 @pytest.mark.parametrize(("v", "loss", "grad", "clipfrac"), [(0.5, 0.32, 0.0, 1.0), (0.1, 0.405, -0.9, 0.0)])
@@ -213,7 +214,7 @@ def test_value_loss_no_clip():
     assert out.item() == pytest.approx(0.125) and metrics["vf_clipfrac"].item() == 0.0
 
 
-# --- aggregation, oracle 12 ---------------------------------------------------------------------------------
+# --- aggregation: hand-computed on losses [4] and [1, 1, 1] -------------------------------------------------
 
 
 def test_agg_loss_oracle():
@@ -245,8 +246,8 @@ def _rows_summing_to_3_and_4(width: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("width", [4, 8, 16])
 def test_dr_grpo_modes_divide_by_the_budget_not_the_padding(width):
-    """Issue 15 fault 8: token-loss sums 3 and 4, budget 64: 7/64 (verl sum / L) and 7/128 (TRL sum / (B L)),
-    the same for every padded width (the old divisor T gave 1.75, 0.875, 0.4375)."""
+    """Token-loss sums 3 and 4, budget 64: 7/64 (verl sum / L) and 7/128 (TRL sum / (B L)),
+    the same for every padded width (dividing by the padded width T would give 1.75, 0.875, 0.4375)."""
     loss, mask = _rows_summing_to_3_and_4(width)
     assert agg_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=64).item() == pytest.approx(7 / 64)
     assert agg_loss(loss, mask, "dr-grpo", loss_scale_factor=64).item() == pytest.approx(7 / 128)
@@ -267,8 +268,8 @@ def test_dr_grpo_modes_need_a_budget_at_least_the_width(mode):
 
 @pytest.mark.parametrize("mode", AGG_LOSS_MODES)
 def test_every_loss_is_independent_of_padding(mode):
-    """The kind of fault 8: the policy loss and every critic loss (scalar, ensemble, DVPO quantile) give the same
-    value for the same responses padded to different widths, in every aggregation mode."""
+    """The policy loss and every critic loss (scalar, ensemble, DVPO quantile) give the same value for the same
+    responses padded to different widths, in every aggregation mode."""
     from dvpo_lab.algos import DVPO_TERMS, dvpo_critic_loss, quantile_levels
     from dvpo_lab.algos.robust import ensemble_value_loss
 
@@ -303,7 +304,7 @@ def test_agg_loss_unknown_mode_lists_modes():
         agg_loss(torch.ones(1, 1), torch.ones(1, 1), "token_mean")
 
 
-# --- entropy, oracle 13 -------------------------------------------------------------------------------------
+# --- entropy: ln V for uniform logits, about 0 for a peaked distribution ------------------------------------
 
 
 def test_entropy_oracle():
@@ -318,7 +319,7 @@ def test_entropy_oracle():
     assert h.item() == pytest.approx(math.log(2)) and torch.isfinite(masked.grad).all()
 
 
-# --- KL controllers, oracle 14 ------------------------------------------------------------------------------
+# --- KL controllers: veRL's `AdaptiveKLController` update ---------------------------------------------------
 
 
 def test_adaptive_kl_oracle():

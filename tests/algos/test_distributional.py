@@ -1,4 +1,5 @@
-"""Distributional pieces and the DVPO critic loss: spec oracles 22-37, plus property tests."""
+"""Distributional pieces and the DVPO critic loss (DVPO paper Eqs. 2-11; QR-DQN, Dabney et al. 2018) against
+closed forms (normal quantiles, CVaR and Wang of a normal law, Bernoulli fixed points), plus property tests."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def random_mask(B: int, T: int, gen: torch.Generator) -> torch.Tensor:
     return (torch.arange(T)[None] < lengths[:, None]).float()
 
 
-# Oracle 22: levels --------------------------------------------------------------------------------------------
+# Quantile levels: QR-DQN mid-points (2j - 1) / (2N) -----------------------------------------------------------
 
 
 def test_mid_point_levels():
@@ -45,7 +46,7 @@ def test_mid_point_levels():
         quantile_levels(4, "nope")
 
 
-# Oracle 26: Huber form and the fast all-pairs loss -----------------------------------------------------------
+# Quantile Huber form (QR-DQN) and the fast all-pairs loss against the direct O(N^2) one ----------------------
 
 
 def test_quantile_huber_quadratic_region_and_pinball_limit():
@@ -206,7 +207,7 @@ def test_native_kernel_rejects_bad_row_tokens():
                                        native=True)
 
 
-# Oracles 23-25: what quantile regression learns -------------------------------------------------------------
+# What quantile regression learns: normal quantiles, Bernoulli steps, the expectile pitfall ------------------
 
 
 def fit_quantiles(samples: torch.Tensor, n: int, kappa: float, steps: int = 600, lr: float = 0.05) -> torch.Tensor:
@@ -256,7 +257,7 @@ def test_expectile_pitfall_with_large_kappa():
     assert float(fit_quantiles(samples, 4, kappa=0.0, steps=600, lr=0.01)[0]) == pytest.approx(0.0, abs=0.02)
 
 
-# Oracle 27: distributional GAE -------------------------------------------------------------------------------
+# Distributional GAE (DVPO paper Eq. 2): its mean is scalar GAE on the mean -----------------------------------
 
 
 @settings(max_examples=40, deadline=None)
@@ -309,7 +310,7 @@ def test_targets_are_per_quantile_not_a_broadcast_scalar():
     assert targets[0, 0].unique().numel() == 3
 
 
-# Oracles 28-30: risk measures and monotonicity ---------------------------------------------------------------
+# Risk measures (closed-form CVaR and Wang of a normal law) and monotonicity ----------------------------------
 
 
 def test_cvar_of_normal_quantiles():
@@ -356,7 +357,7 @@ def test_risk_actor_advantage_differs_from_the_mean_only_when_asked():
         est(r, mask, values=q, actor_advantage="median")
 
 
-# Oracles 31-37: the DVPO critic loss -------------------------------------------------------------------------
+# The DVPO critic loss (DVPO paper Eqs. 3-11) -----------------------------------------------------------------
 
 
 def loss_inputs(B=3, T=5, H=3, N=8, seed=0):

@@ -1,4 +1,5 @@
-"""Spec 7.1 oracles 1-5: GAE values, masking, returns before whitening."""
+"""GAE (Schulman et al. 2016) against the hand-computed recursion, verl's carry-through masking
+(`compute_gae_advantage_return`) and returns taken before whitening."""
 
 import pytest
 import torch
@@ -13,9 +14,9 @@ M = torch.ones(1, 3)
 @pytest.mark.parametrize(
     ("gamma", "lam", "expected_adv"),
     [
-        (1.0, 1.0, [0.5, 0.4, 0.3]),  # oracle 1: return-to-go minus V
-        (1.0, 0.0, [0.1, 0.1, 0.3]),  # oracle 2: A = delta
-        (1.0, 0.5, [0.225, 0.25, 0.3]),  # oracle 3
+        (1.0, 1.0, [0.5, 0.4, 0.3]),  # lambda = 1: return-to-go minus V
+        (1.0, 0.0, [0.1, 0.1, 0.3]),  # lambda = 0: A = delta
+        (1.0, 0.5, [0.225, 0.25, 0.3]),  # hand-computed recursion
     ],
 )
 def test_gae_oracles(gamma, lam, expected_adv):
@@ -35,7 +36,7 @@ def test_gae_discount():
     torch.testing.assert_close(adv, torch.tensor([[0.81 - 0.5, 0.9 - 0.6, 1.0 - 0.7]]))
 
 
-def test_gae_appended_padding_is_invisible():  # oracle 4
+def test_gae_appended_padding_is_invisible():  # trailing pads change no valid output
     r = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]])
     v = torch.tensor([[0.5, 0.6, 0.7, 9.0, -3.0]])  # arbitrary values at pads
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
@@ -47,7 +48,7 @@ def test_gae_appended_padding_is_invisible():  # oracle 4
         assert torch.all(adv[:, 3:] == 0) and torch.all(ret[:, 3:] == 0)
 
 
-def test_gae_inserted_masked_tokens_are_invisible():  # oracle 4, verl carry-through
+def test_gae_inserted_masked_tokens_are_invisible():  # verl carry-through
     r = torch.tensor([[0.0, 7.0, 0.0, 5.0, 1.0]])  # rewards at masked slots are ignored too
     v = torch.tensor([[0.5, 4.0, 0.6, float("nan"), 0.7]])  # even NaN at a masked slot
     m = torch.tensor([[1, 0, 1, 0, 1]], dtype=torch.bool)
@@ -72,7 +73,7 @@ def test_gae_has_no_grad():
     assert not adv.requires_grad and not ret.requires_grad
 
 
-def test_gae_estimator_returns_before_whitening():  # oracle 5
+def test_gae_estimator_returns_before_whitening():  # returns = A + V before whitening, as in verl
     r = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.5, 0.0, 0.0]])
     v = torch.tensor([[0.5, 0.6, 0.7, 3.0], [0.2, 0.1, 0.4, 0.3]])
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])

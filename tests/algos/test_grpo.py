@@ -1,4 +1,5 @@
-"""Spec 7.2 oracles 16-21 (group advantages, outcome broadcast, length bias) and the estimator registry."""
+"""Group advantages (GRPO, Shao et al. 2024; Dr. GRPO, Liu et al. 2025; RLOO, Ahmadian et al. 2024) against
+hand-computed values and verl's formulas, outcome broadcast, length bias, and the estimator registry."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ ONE_GROUP = torch.zeros(4, dtype=torch.long)
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0])
 
 
-def test_group_advantage_oracle():  # oracle 16
+def test_group_advantage_oracle():  # rewards [1, 0, 0, 1], hand-computed
     sign = torch.tensor([1.0, -1.0, -1.0, 1.0])
     grpo = group_advantages(REWARDS, ONE_GROUP)
     torch.testing.assert_close(grpo, 0.8660254 * sign, atol=1e-4, rtol=0)
@@ -22,7 +23,7 @@ def test_group_advantage_oracle():  # oracle 16
     torch.testing.assert_close(rloo, REWARDS - loo_mean)
 
 
-def test_group_advantage_sums_and_std():  # oracle 17
+def test_group_advantage_sums_and_std():  # zero sum per group, unit std for GRPO
     scores = torch.tensor([1.0, 0.0, 0.3, 2.0, -1.0, 0.5, 0.5, 4.0])
     index = torch.tensor([7, 7, 7, 3, 3, 42, 42, 42])  # arbitrary, non-contiguous ids
     for kwargs in [
@@ -39,7 +40,7 @@ def test_group_advantage_sums_and_std():  # oracle 17
         assert adv[index == gid].std().item() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_group_advantage_constant_and_singleton():  # oracle 18
+def test_group_advantage_constant_and_singleton():  # verl: a group of size 1 has mean 0, std 1
     adv = group_advantages(torch.ones(4), ONE_GROUP)
     assert torch.all(adv == 0) and torch.isfinite(adv).all()
     single = group_advantages(torch.tensor([0.7, 1.0, 0.0]), torch.tensor([5, 9, 9]))
@@ -49,7 +50,7 @@ def test_group_advantage_constant_and_singleton():  # oracle 18
 
 
 @pytest.mark.parametrize(("a", "b"), [(2.0, 0.5), (0.3, -1.0), (10.0, 3.0)])
-def test_group_advantage_affine(a, b):  # oracle 19
+def test_group_advantage_affine(a, b):  # a*r + b: GRPO unchanged, Dr. GRPO scaled by a
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.2, 0.9])
     index = torch.tensor([0, 0, 0, 0, 1, 1])
     base = group_advantages(scores, index)
@@ -58,7 +59,7 @@ def test_group_advantage_affine(a, b):  # oracle 19
     torch.testing.assert_close(group_advantages(a * scores + b, index, norm_by_std=False), a * dr)
 
 
-def test_grpo_estimator_broadcast():  # oracle 20
+def test_grpo_estimator_broadcast():  # one advantage per response, 0 on padding
     m = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]).float()
     rewards = torch.zeros(4, 4)
     last = torch.tensor([2, 1, 0, 3])
@@ -83,7 +84,7 @@ def test_grpo_estimator_requires_group_index():
         get_adv_estimator("grpo")(torch.zeros(2, 3), torch.ones(2, 3))
 
 
-def test_length_bias():  # oracle 21
+def test_length_bias():  # Liu et al. 2025: GRPO's 1/|o| length bias
     t_max = 6
     short = torch.zeros(2, t_max)
     short[0, :2] = 1.0
@@ -94,11 +95,11 @@ def test_length_bias():  # oracle 21
     loss = torch.ones(2, t_max)  # same per-token loss
     for mode, factor in [("dr-grpo", 2.0), ("seq-mean-token-sum-norm", 2.0), ("seq-mean-token-mean", 1.0)]:
         # Contribution of sequence 0 = loss with it minus loss without it (sequence 1 fixed).
-        c_short = agg_loss(loss, short + other, mode) - agg_loss(
-            loss * torch.tensor([[0.0], [1.0]]), short + other, mode
+        c_short = agg_loss(loss, short + other, mode, t_max) - agg_loss(
+            loss * torch.tensor([[0.0], [1.0]]), short + other, mode, t_max
         )
-        c_long = agg_loss(loss, long + other, mode) - agg_loss(
-            loss * torch.tensor([[0.0], [1.0]]), long + other, mode
+        c_long = agg_loss(loss, long + other, mode, t_max) - agg_loss(
+            loss * torch.tensor([[0.0], [1.0]]), long + other, mode, t_max
         )
         assert c_long.item() == pytest.approx(factor * c_short.item()), mode
 

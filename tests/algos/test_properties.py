@@ -138,9 +138,10 @@ def test_policy_loss_at_unit_ratio(batch, mode):
     mask, g = batch
     logp = torch.randn(mask.shape, generator=g)
     adv = torch.randn(mask.shape, generator=g)
-    loss, metrics = compute_policy_loss(logp, logp.clone(), adv, mask, loss_agg_mode=mode)
+    T = mask.shape[1]  # the budget of the Dr. GRPO modes: the rollout width at its largest
+    loss, metrics = compute_policy_loss(logp, logp.clone(), adv, mask, loss_agg_mode=mode, loss_scale_factor=T)
     assert torch.isfinite(loss)
-    torch.testing.assert_close(loss, agg_loss(-adv, mask, mode))
+    torch.testing.assert_close(loss, agg_loss(-adv, mask, mode, loss_scale_factor=T))
     assert metrics["pg_clipfrac"].item() == 0.0 and metrics["pg_clipfrac_lower"].item() == 0.0
 
 
@@ -152,7 +153,7 @@ def test_policy_loss_finite_for_wild_ratios(batch, mode):
     old = torch.where(mask, 50 * torch.randn(mask.shape, generator=g), torch.full(mask.shape, -math.inf))
     adv = torch.randn(mask.shape, generator=g)
     logp.requires_grad_(True)
-    loss, metrics = compute_policy_loss(logp, old, adv, mask, loss_agg_mode=mode)
+    loss, metrics = compute_policy_loss(logp, old, adv, mask, loss_agg_mode=mode, loss_scale_factor=mask.shape[1])
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
     assert all(torch.isfinite(v) for v in metrics.values())
@@ -171,8 +172,10 @@ def test_agg_modes_equal_lengths(b, t, data):
     tm = agg_loss(loss, mask, "token-mean")
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-mean"), tm)
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum"), length * tm)
-    torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm"), b * length / t * tm)
-    torch.testing.assert_close(agg_loss(loss, mask, "dr-grpo"), length / t * tm)
+    budget = data.draw(st.integers(t, 2 * t))  # any budget >= the padded width
+    torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=budget),
+                               b * length / budget * tm)
+    torch.testing.assert_close(agg_loss(loss, mask, "dr-grpo", loss_scale_factor=budget), length / budget * tm)
 
 
 @FAST
@@ -190,4 +193,4 @@ def test_token_rewards_sum(batch, kl_coef):
 
 @pytest.mark.parametrize("mode", AGG_LOSS_MODES)
 def test_agg_all_masked_is_finite(mode):
-    assert agg_loss(torch.randn(3, 4), torch.zeros(3, 4), mode).item() == 0.0
+    assert agg_loss(torch.randn(3, 4), torch.zeros(3, 4), mode, loss_scale_factor=4).item() == 0.0

@@ -1,4 +1,5 @@
-"""RB-PPO (spec oracles 38-40) and the critic-free baselines Dr.GRPO, RLOO, REINFORCE++ (oracles 16-21)."""
+"""RB-PPO (docs/algorithms.md "RB-PPO": reduction to PPO, minimum aggregation, monotone bounded targets) and
+the critic-free baselines Dr. GRPO (Liu et al. 2025), RLOO (Ahmadian et al. 2024), REINFORCE++ (Hu 2025)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def random_case(B, T, K, seed):
     return r, v, mask
 
 
-# Oracle 38: reduction to PPO ---------------------------------------------------------------------------------
+# RB-PPO with c = rho = 0 (or one head) is PPO on the head average --------------------------------------------
 
 
 @settings(max_examples=40, deadline=None)
@@ -37,7 +38,7 @@ def test_rbppo_with_c_and_rho_zero_is_ppo_on_the_head_average(B, T, K, lam, seed
         assert torch.allclose(adv1, ppo_adv, atol=1e-10)
 
 
-# Oracle 39: minimum aggregation ------------------------------------------------------------------------------
+# Minimum aggregation: for K = 2, vt = mean - |v_1 - v_2| / 2 = min -------------------------------------------
 
 
 def test_pessimistic_value_is_min_for_two_heads_and_below_every_head():
@@ -50,7 +51,7 @@ def test_pessimistic_value_is_min_for_two_heads_and_below_every_head():
     assert (pessimistic_value(v5, 3.0) <= v5.min(-1).values + 1e-6).all()  # K > 2: large c is below every head
 
 
-# Oracle 40: monotonicity and boundedness ---------------------------------------------------------------------
+# Monotonicity and boundedness of the robust targets ----------------------------------------------------------
 
 
 @settings(max_examples=40, deadline=None)
@@ -113,7 +114,7 @@ def test_ensemble_value_loss_sums_heads_regressing_one_target():
     assert float(m["head_disagreement"]) == pytest.approx(0.2)
 
 
-# Oracles 16-21: Dr.GRPO, RLOO ------------------------------------------------------------------------------
+# Dr. GRPO and RLOO: hand-computed group advantages, verl's formulas ----------------------------------------
 
 
 def outcome(rewards: list[float], T: int = 3):
@@ -131,7 +132,7 @@ def test_group_oracles():
     assert torch.allclose(rl[:, 0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]), atol=1e-4)
     for name in ("dr_grpo", "rloo"):
         adv, _ = get_adv_estimator(name)(tr, m, group_index=g)
-        assert (adv == adv[:, :1]).all()  # every token gets its sequence's advantage (oracle 20)
+        assert (adv == adv[:, :1]).all()  # every token gets its sequence's advantage
         const, _ = get_adv_estimator(name)(*outcome([1, 1, 1, 1])[:2], group_index=g)
         assert (const == 0).all()
         with pytest.raises(ValueError, match="group_index"):
@@ -159,12 +160,13 @@ def test_group_advantages_sum_to_zero_and_dr_grpo_scales(G, groups, a, b, seed):
 
 
 def test_dr_grpo_loss_is_length_unbiased_and_grpo_is_not():
-    """Oracle 21: doubling one response's length (same per-token loss) doubles its contribution under
+    """Liu et al. 2025: doubling one response's length (same per-token loss) doubles its contribution under
     seq-mean-token-sum-norm and leaves it unchanged under seq-mean-token-mean."""
     short = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     long = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     loss = torch.full((2, 4), 0.5)
-    contrib = {mode: [float(agg_loss(loss * torch.tensor([[1.0], [0.0]]), m, mode)) for m in (short, long)]
+    contrib = {mode: [float(agg_loss(loss * torch.tensor([[1.0], [0.0]]), m, mode, loss_scale_factor=4))
+                      for m in (short, long)]
                for mode in ("seq-mean-token-sum-norm", "seq-mean-token-mean")}
     assert contrib["seq-mean-token-sum-norm"][1] == pytest.approx(2 * contrib["seq-mean-token-sum-norm"][0])
     assert contrib["seq-mean-token-mean"][1] == pytest.approx(contrib["seq-mean-token-mean"][0])

@@ -117,7 +117,7 @@ def test_gguf_spec_errors_name_the_fix(tmp_path):
 def test_smollm2_dvpo_on_gsm8k_two_steps(tmp_path):
     """The README command with model=smollm2-135m, shrunk to 2 RL steps at a tiny batch. The GGUF is converted
     once into the repo's ignored .cache/models (~500 MB) and reused by later runs."""
-    args = ["algo=dvpo", "task=gsm8k", "noise=flip0.2", "model=smollm2-135m", "task.data_dir=../shared/data/gsm8k",
+    args = ["algo=dvpo", "task=gsm8k", "noise=flip0.2", "model=smollm2-135m", f"task.data_dir={SHARED_GSM8K}",
             "total_steps=2", "eval_every=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
             "rollout.minibatch_size=2", "task.max_test=4", "task.max_response_len=48", "logger=csv"]
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ def _wrong_digit(text: str, pos: int) -> str:
     return text[:pos] + str((int(text[pos]) + 1) % 10) + text[pos + 1 :]
 
 
-def test_format_matches_spec() -> None:
+def test_format_matches_the_module_docstring() -> None:
     t = ArithTask(digits=3)
     p = t._problem((123, "+", 456))
     assert (p.prompt, p.solution, p.answer) == ("123+456=", "9750 #### 579", "579")
@@ -158,7 +158,7 @@ def test_extract_answer_never_raises(task: ArithTask, text: str) -> None:
 
 @pytest.mark.parametrize("n", [0, 100, 300, 1000])
 def test_text_after_the_committed_answer_never_changes_the_score(task: ArithTask, n: int) -> None:
-    # arith uses the GSM8K strict rule, which read only the last 300 characters before issue 15's fault 9
+    # arith uses the GSM8K strict rule, which reads the last "#### " anywhere, not only in a 300-character tail
     p = task.test_problems()[:1]
     tail = ("\nchecking: 1 + 2 = 3, and 40 + 2 = 42; the answer above stands. " * 20)[:n]
     assert task.score([p[0].solution + tail], p).tolist() == [1.0]  # type: ignore[operator]

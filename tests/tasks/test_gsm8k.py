@@ -282,7 +282,7 @@ def test_real_gsm8k_gold_solutions_pass_math_verify() -> None:
     assert [task.extract_answer(p.solution) for p in test[:50]] == [p.answer for p in test[:50]]  # type: ignore[arg-type]
 
 
-# --- where the answer is: the committed "####", not the last 300 characters (issue 15, fault 9) ---------------
+# --- where the answer is: the committed "####", not the last 300 characters -----------------------------------
 
 # a worked solution, its committed answer, then 352 characters of explanation full of other numbers
 LONG = "2+40=42\n#### 5\n" + ("To check: 17 apples and 25 pears, 3 boxes of 14, or 6 rows of 7. " * 6)[:352]

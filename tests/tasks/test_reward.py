@@ -27,31 +27,32 @@ def test_strict_needs_the_exact_marker() -> None:
     assert extract_answer_strict("") is None
 
 
-# 352 characters of explanation after the committed answer, with numbers in it (issue 15, fault 9)
+# 352 characters of explanation after the committed answer, with numbers in it: more than veRL's
+# 300-character window, so that window no longer sees the marker
 _HEAD = "I added the two numbers. To check, 17 apples and 25 pears make 42 fruits, and 3 boxes of 14 would too. "
 _TAIL = "Nothing here changes the count written above; the last number is 8 crates."
 PROSE = _HEAD + ("More words and no digits. " * 20)[: 352 - len(_HEAD) - len(_TAIL)] + _TAIL
 WORKED = "2+40=42\n#### 42\n"
 
 
-def test_prose_fixture_is_the_issue_example() -> None:
+def test_prose_fixture_is_352_characters() -> None:
     assert len(PROSE) == 352 and PROSE.endswith("8 crates.")
 
 
 @pytest.mark.parametrize("n", [0, 1, 100, 284, 285, 300, 352, 5000])
 def test_strict_score_does_not_depend_on_text_after_the_answer(n: int) -> None:
-    # before the fix only the last 300 characters were read: n >= 285 (marker pushed out) scored 0
+    # a 300-character window (veRL's) would lose the marker for n >= 285 and score 0
     text = WORKED + (PROSE * 20)[:n]
     assert extract_answer_strict(text) == "42"
     assert score_strict(text, "42") == 1.0
 
 
-def test_issue_example_strict_and_flexible() -> None:
+def test_answer_followed_by_long_prose_strict_and_flexible() -> None:
     text = WORKED + PROSE
     assert score_strict(text, "42") == 1.0
     assert score_math_verify(text, "42") == 1.0
     assert extract_answer_math_verify(text) == "42"
-    # before the fix math-verify read the 300-character tail, found no marker, and credited its last number
+    # read through a 300-character tail, math-verify would find no marker and credit the last number
     assert score_math_verify(text, "8") == 0.0
 
 
