@@ -11,7 +11,8 @@ Log lines go to Python logging (logger `dvpo_lab.callbacks`), which Hydra prints
 the run folder's `.log`. The warm-start logs its first step, every accuracy check, its last step, and otherwise
 a line once `every_s` seconds of wall time have passed since the last one; the RL loop logs its first step,
 every evaluated step, its last step, and likewise a line once `every_s` seconds have passed (`every_s=0`: a line
-every step). Time is checked at step ends, so a single step longer than `every_s` gives one line per step.
+every step). Those lines come at step ends; when a step runs long (a loaded machine, a large model), a heartbeat
+line ('RL step 7/200: in progress, 47 s in') comes once nothing was logged for 1.5 x every_s.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -153,13 +155,50 @@ class SFTProgressBar(TQDMProgressBar):
 
 # ----------------------------------------------------------------------------------------------- log lines
 class _LogLines(ProgressBar):
-    """A progress 'bar' that writes log lines (taking the bar's place, so Lightning adds no tqdm bar)."""
+    """A progress 'bar' that writes log lines (taking the bar's place, so Lightning adds no tqdm bar).
+
+    Step-end lines carry the metrics. A step can take longer than `every_s` (a loaded machine, a large model,
+    a long evaluation), so a heartbeat thread also writes '<where>: in progress, N s in' once no line of any kind
+    has come for 1.5 x every_s (45 s by default; with every_s=0, 1.5 x EVERY_S): progress shows at least that
+    often whatever a step costs, and never replaces a step-end line when steps are short."""
 
     def __init__(self, every_s: float = EVERY_S, enabled: bool = True) -> None:
         super().__init__()
         self.every_s = check_every_s(every_s)
+        self.heartbeat_s = 1.5 * (self.every_s or EVERY_S)
         self._enabled = enabled
-        self._t_start = self._t_line = time.monotonic()
+        self._t_start = self._t_line = self._t_any = self._t_where = time.monotonic()
+        self._where = ""  # what is running now, e.g. "RL step 7/200", for the heartbeat
+        self._stop: threading.Event | None = None
+
+    def __getstate__(self) -> dict:  # a callback may be pickled (checkpoints, spawn): not its thread
+        return {**self.__dict__, "_stop": None}
+
+    def working_on(self, where: str) -> None:
+        self._where, self._t_where = where, time.monotonic()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(min(1.0, self.heartbeat_s / 4)):
+            now = time.monotonic()
+            if self._enabled and self._where and now - self._t_any >= self.heartbeat_s:
+                self._t_any = now
+                log.info("%s: in progress, %s in", self._where, format_seconds(now - self._t_where))
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # disables the display on ranks other than 0
+        if self._enabled and self._stop is None:
+            self._stop = threading.Event()
+            self._t_any = time.monotonic()
+            threading.Thread(target=self._beat, args=(self._stop,), name="dvpo_lab-progress", daemon=True).start()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+        self._where = ""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "")
 
     def disable(self) -> None:
         self._enabled = False
@@ -180,7 +219,7 @@ class _LogLines(ProgressBar):
         return now - self._t_line >= self.every_s
 
     def emit(self, msg: str, *args) -> None:
-        self._t_line = time.monotonic()
+        self._t_line = self._t_any = time.monotonic()
         if self._enabled:
             log.info(msg, *args)
 
@@ -200,8 +239,11 @@ class SFTProgressLog(_LogLines):
         self._t_start = self._t_line = time.monotonic()
         self._n_checks = len(getattr(pl_module, "curve", []))
         checks = f"an accuracy check every {self.check_every} steps, " if self.check_every else ""
-        self.emit("warm-start: step 0/%d, %sa line at least every %s", trainer.max_steps, checks,
+        self.emit("warm-start: step 0/%d, %sa line about every %s", trainer.max_steps, checks,
                   format_seconds(self.every_s))
+
+    def on_train_batch_start(self, trainer, *_) -> None:
+        self.working_on(f"warm-start step {trainer.global_step + 1}/{trainer.max_steps}")
 
     def on_train_batch_end(self, trainer, pl_module, *_) -> None:
         now, step = time.monotonic(), trainer.global_step
@@ -231,6 +273,8 @@ class RLProgressLog(_LogLines):
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._t_val = time.monotonic()
+        if trainer.state.fn == "validate":
+            self.working_on(f"RL step {trainer.current_epoch}/{trainer.max_epochs}: evaluating val/acc")
         if trainer.state.fn == "validate" and not trainer.sanity_checking:
             n = sum(trainer.num_val_batches)
             self.emit("RL step %d/%d: evaluating val/acc (%d batch%s of greedy decoding)", trainer.current_epoch,
@@ -250,9 +294,12 @@ class RLProgressLog(_LogLines):
         self._t_fit = self._t_line = time.monotonic()
         self._step0 = trainer.current_epoch  # > 0 when resumed
         self._val = {}
-        self.emit("RL: steps %d-%d of %d, val/acc every %s steps, a line at least every %s", self._step0 + 1,
+        self.emit("RL: steps %d-%d of %d, val/acc every %s steps, a line about every %s", self._step0 + 1,
                   trainer.max_epochs, trainer.max_epochs, trainer.check_val_every_n_epoch,
                   format_seconds(self.every_s))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.working_on(f"RL step {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         # after this step's evaluation (Lightning validates before on_train_epoch_end), so val/acc is current

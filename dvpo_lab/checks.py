@@ -422,8 +422,11 @@ def check_config(cfg: DictConfig, choices: dict[str, Any] | None = None,
     Raises:
         ConfigError: the first failing check, one line naming the key, the value and the fix.
     """
+    from dvpo_lab.callbacks import progress_settings
+
     check_keys(cfg)
     check_values(cfg)
+    progress_settings(cfg)  # callbacks.progress_bar.mode / every_s (the warm-start reads them too)
     check_presets(cfg, dict(choices or {}), list(task_overrides or []))
     return check_batch_sizes(cfg)
 

@@ -252,7 +252,8 @@ class RLModule(L.LightningModule):
                       max_prompt_len=self.max_prompt_len, sampler=self.rcfg.sampler).texts
 
     def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view) -> dict[str, float]:
-        """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (the PPO update as veRL runs it: ppo_epochs x minibatches, one actor and one critic step each)."""
+        """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (the PPO update as veRL
+        runs it)."""
         a = self.acfg
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from types import SimpleNamespace
 
 import lightning as L
@@ -97,6 +98,24 @@ def test_log_lines_throttled_by_wall_time(monkeypatch, caplog):
     assert logged == [1, 5, 10]  # 7 s/step: 30 s never pass between those
     assert "RL step 1/10 | reward 0.2500 | reward_clean 0.5000 | 7.00 s/step | ETA 1 min 03 s" in \
         caplog.records[1].getMessage()
+
+
+def test_heartbeat_during_a_long_step(caplog):
+    """A step longer than the line interval (a loaded machine, a large model) still shows progress: an 'in
+    progress' line once nothing was logged for 1.5 x every_s; none after teardown."""
+    caplog.set_level(logging.INFO, logger="dvpo_lab.callbacks")
+    rl = cb.RLProgressLog(every_s=0.2)  # heartbeat after 0.3 s of silence
+    trainer = SimpleNamespace(current_epoch=6, max_epochs=200, is_global_zero=True)
+    rl.setup(trainer, None, "fit")
+    rl.on_train_epoch_start(trainer, None)
+    time.sleep(1.0)  # "RL step 7" takes 1 s
+    rl.teardown(trainer, None, "fit")
+    beats = [r.getMessage() for r in caplog.records if "in progress" in r.getMessage()]
+    assert 2 <= len(beats) <= 4, beats
+    assert re.fullmatch(r"RL step 7/200: in progress, \d s in", beats[0]), beats
+    n = len(caplog.records)
+    time.sleep(0.5)
+    assert len(caplog.records) == n  # the thread stopped
 
 
 class _Tiny(L.LightningModule):

@@ -41,6 +41,7 @@ def check(overrides: list[str]) -> str:
     "noise.p=1.5", "noise.granularity=batch", "model.dtype=fp8", "model.tokenizer=bpe", "model.lora.r=0",
     "model.arch.num_heads=3", "sft.lr=0", "sft.batch_size=0", "sft.target_acc=1.5", "sft.eval_every=0",
     "mode=serve", "seed=-1", "threads=0", "task.digits=0", "task.sft_label_noise=2",
+    "callbacks.progress_bar.mode=fancy", "callbacks.progress_bar.every_s=-1",
 ])
 def test_every_value_that_cannot_work_fails_at_start_naming_key_and_value(override):
     key, value = override.split("=")
@@ -197,6 +198,12 @@ def test_a_second_config_never_writes_into_the_first_runs_folder(tmp_path):
     cache, run_dir = tmp_path / "cache", tmp_path / "D"
     first = run_cli([*SMOKE, "algo.actor_lr=1e-4", f"hydra.run.dir={run_dir}"], tmp_path, cache)
     assert first.returncode == 0, first.stderr[-3000:]
+    screen = (first.stdout + first.stderr).splitlines()
+    assert any(f"run folder: {run_dir}" in ln for ln in screen)  # the start screen: folder and config tree
+    assert any(ln.startswith("  algo (dvpo): name=dvpo adv_estimator=dist_gae") for ln in screen)
+    assert not any("Tip:" in ln or ln.startswith("INFO: ") for ln in screen)  # each line once, no vendor tip
+    gpu_lines = [ln for ln in screen if "GPU available" in ln]
+    assert len(gpu_lines) == 2  # one per Lightning Trainer (warm-start, RL), not doubled
     kept = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"}
     assert run_dir / ".hydra" / "overrides.yaml" in kept and run_dir / "csv" / "metrics.csv" in kept
 

@@ -58,7 +58,7 @@ def test_sweep_survives_a_failing_job_then_skips_and_resumes(tmp_path):
     args = ["sweep=noise_robustness", "debug=smoke", "algo=ppo", "noise=none", "seed=1",
             "rollout.minibatch_size=2,3", "-m"]  # 3 does not divide the 4 responses of a smoke step
     first = run_cli(args, tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1 and "1 job(s)" in first.stderr, first.stderr[-3000:]  # every job ran, then rc 1
     root = tmp_path / "smoke" / "sweeps" / "noise_robustness"
     good, bad = _job(root, 2), _job(root, 3)
     assert (good / "summary.json").exists()
@@ -66,14 +66,14 @@ def test_sweep_survives_a_failing_job_then_skips_and_resumes(tmp_path):
 
     stamp = (good / "summary.json").stat().st_mtime_ns
     second = run_cli(args, tmp_path)  # the same command again
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]  # the bad job fails again
     assert (good / "summary.json").stat().st_mtime_ns == stamp  # finished: skipped, not rerun
     assert "already finished" in (good / "__main__.log").read_text()
     assert (bad / "failed.txt").exists()  # retried, failed again, still recorded
 
     (good / "summary.json").unlink()  # as if the job had been killed after its last checkpoint
     third = run_cli(args, tmp_path)
-    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.returncode == 1, third.stderr[-3000:]
     assert "resuming after RL step" in (good / "__main__.log").read_text()
     assert (good / "summary.json").exists()
 
@@ -166,7 +166,7 @@ def test_optuna_study_replays_on_rerun(tmp_path):
     rerunning an interrupted Optuna study continues it instead of starting over."""
     args = ["sweep=dvpo_optuna", "debug=smoke", "hydra.sweeper.n_trials=2", "-m"]
     first = run_cli(args, tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1 and "1 job(s)" in first.stderr, first.stderr[-3000:]  # every job ran, then rc 1
     root = tmp_path / "smoke" / "sweeps" / "dvpo_optuna"
     trials = sorted(p.name for p in root.iterdir() if p.is_dir())
     assert len(trials) == 2 and (root / "optimization_results.yaml").exists()
