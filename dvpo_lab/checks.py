@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -431,8 +432,38 @@ def check_config(cfg: DictConfig, choices: dict[str, Any] | None = None,
     return check_batch_sizes(cfg)
 
 
+def check_trainer(cfg: DictConfig) -> None:
+    """The Lightning Trainer the run will build, built once at start without loggers or callbacks, so that an
+    accelerator, device count, strategy or precision this machine cannot run fails before the warm-start.
+
+    Raises:
+        ConfigError: Lightning's reason, naming the `trainer.*` keys.
+    """
+    import hydra
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = rank_zero.level
+    rank_zero.setLevel(logging.WARNING)  # its "GPU available" lines come once, from the run's own Trainer
+    try:
+        hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
+                                enable_checkpointing=False, max_epochs=1, _convert_="partial")
+    except (InstantiationException, MisconfigurationException, ValueError, TypeError, RuntimeError) as e:
+        e = e.__cause__ or e if isinstance(e, InstantiationException) else e
+        t = cfg.trainer
+        raise ConfigError(f"trainer (accelerator={t.get('accelerator')}, devices={t.get('devices')}, strategy="
+                          f"{t.get('strategy', 'auto')}, precision={t.get('precision')}) cannot run here: "
+                          f"{' '.join(str(e).split())[:300]}; pick e.g. trainer=cpu") from e
+    finally:
+        rank_zero.setLevel(level)
+
+
 def model_context(cfg: DictConfig) -> int | None:
-    """The policy's context length in tokens, read without loading weights (None if unknown)."""
+    """The policy's context length in tokens, read without loading weights (None if unknown).
+
+    Raises:
+        ConfigError: `model.name_or_path` has no loadable config (a missing folder, an unreachable hub id)."""
     m = cfg.model
     if not m.name_or_path:
         return int(m.arch.max_position_embeddings) if not m.gguf_file else None
@@ -440,8 +471,10 @@ def model_context(cfg: DictConfig) -> int | None:
         from transformers import AutoConfig
 
         c = AutoConfig.from_pretrained(m.name_or_path)
-    except (OSError, ValueError):
-        return None  # the model load reports it with its own message
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model.name_or_path={m.name_or_path} cannot be loaded ({first[:200]}); give a local "
+                          "folder with config.json, or a hub id where the hub is reachable") from e
     return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
 

@@ -59,6 +59,10 @@ def claim_folder(path: Path) -> Path:
 
 class RunFolders(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dvpo_lab.resume import is_secondary_rank
+
+        if is_secondary_rank():  # a DDP rank > 0 re-launched by Lightning joins rank 0's folder
+            return
         if _named_by_user(config, "hydra.run.dir"):
             from dvpo_lab.resume import check_run_folder, config_fingerprint
 

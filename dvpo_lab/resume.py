@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -119,6 +120,13 @@ def merge_resumed_metrics(out_dir: Path, epoch: int) -> None:
     keep.unlink(missing_ok=True)
 
 
+def is_secondary_rank() -> bool:
+    """Whether this process is a rank > 0 of a multi-process run (Lightning re-launches the command for each
+    local rank with `hydra.run.dir` set to rank 0's folder; SLURM starts one per task): such a process joins
+    rank 0's run folder, it neither checks nor records it."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
 class FolderTaken(ConfigError):
     """The run folder already holds a run this one may not write into (another config's, or a finished one)."""
 
@@ -134,7 +142,7 @@ def check_run_folder(cfg: DictConfig, out_dir: Path, fingerprint: str) -> None:
         FolderTaken: naming the folder, both fingerprints and the fix.
     """
     fp_file = out_dir / "fingerprint.txt"
-    if not fp_file.exists():
+    if not fp_file.exists() or is_secondary_rank():
         return
     theirs = fp_file.read_text().strip()
     if theirs != fingerprint:
@@ -154,6 +162,8 @@ def record_run(cfg: DictConfig, out_dir: Path, fingerprint: str) -> None:
     (`hydra.output_subdir: null`), so a refused run leaves the folder's earlier record intact."""
     from hydra.core.hydra_config import HydraConfig
 
+    if is_secondary_rank():
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "train":
         (out_dir / "fingerprint.txt").write_text(fingerprint + "\n")

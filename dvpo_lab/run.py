@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dvpo_lab.checks import check_config, check_prompt_budget, model_context
+from dvpo_lab.checks import check_config, check_prompt_budget, check_trainer, model_context
 from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
 from dvpo_lab.loggers import build_loggers, finish_loggers, log_summary
@@ -184,6 +184,7 @@ def run(cfg: DictConfig) -> float | None:
     choices = dict(HydraConfig.get().runtime.choices) if hydra_on else {}
     overrides = list(HydraConfig.get().overrides.task) if hydra_on else []
     batch_line = check_config(cfg, choices, overrides)
+    check_trainer(cfg)
     fingerprint = config_fingerprint(cfg)  # before anything below fills in derived values
     out_dir = Path(cfg.paths.output_dir)
     check_run_folder(cfg, out_dir, fingerprint)

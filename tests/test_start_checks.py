@@ -274,3 +274,33 @@ def test_printing_the_resolved_config_works(tmp_path, what):
     paths = printed["paths"] if what == "job" else printed["paths"]
     assert paths["output_dir"] is None and paths["log_dir"].endswith("outputs")
     assert OmegaConf.create(printed)["algo"]["name"] == "dvpo"
+
+
+# ----------------------------------------------------------------------------- the machine and the model
+@pytest.mark.parametrize("overrides, words", [
+    (["trainer.precision=bf17"], ["precision=bf17", "bf16-mixed"]),
+    (["trainer.accelerator=tpu"], ["accelerator=tpu"]),
+    (["+trainer.strategy=zero9"], ["strategy=zero9"]),
+])
+def test_a_trainer_this_machine_cannot_run_fails_at_start(overrides, words):
+    from dvpo_lab.checks import check_trainer
+
+    with pytest.raises(ConfigError) as e:
+        check_trainer(compose_cfg(overrides))
+    for w in words:
+        assert w in str(e.value)
+    check_trainer(compose_cfg([]))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: trainer=gpu can run")
+def test_trainer_gpu_without_a_gpu_fails_at_start():
+    from dvpo_lab.checks import check_trainer
+
+    with pytest.raises(ConfigError, match="accelerator=gpu"):
+        check_trainer(compose_cfg(["trainer=gpu"]))
+
+
+def test_a_model_path_that_does_not_load_fails_at_start(tmp_path):
+    cfg = compose_cfg([f"model.name_or_path={tmp_path}/no_model", "model.tokenizer=auto"])
+    with pytest.raises(ConfigError, match="model.name_or_path=.*no_model"):
+        model_context(cfg)
