@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup run test test-all lint bench clean-outputs
+.PHONY: setup run test test-all lint bench wheel clean-outputs clean-cache
+CACHE  := $${DVPO_LAB_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/dvpo_lab}
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +29,11 @@ test-all: setup  ## everything, slow tests (DDP with 2 CPU processes) included
 bench: setup
 	$(PY) benchmarks/step_time.py $(ARGS)
 
-clean-outputs:
-	rm -rf outputs/*/ .cache/warmstart
+wheel: setup  ## dist/dvpo_lab-*.whl, configs inside: `pip install dist/dvpo_lab-*.whl` runs from any folder
+	$(PY) -m pip wheel . --no-deps --no-build-isolation -w dist
+
+clean-outputs:  ## every run folder under outputs/
+	rm -rf outputs/*/
+
+clean-cache:  ## the cached warm-starts and converted models (~/.cache/dvpo_lab unless DVPO_LAB_CACHE or XDG_CACHE_HOME)
+	rm -rf "$(CACHE)/warmstart" "$(CACHE)/models"

@@ -1,5 +1,10 @@
 """`python -m dvpo_lab [overrides]` (and the `dvpo-lab` script): compose the config with Hydra and run it.
 
+The configs ship with the package (`dvpo_lab.config.CONF_DIR`), so both work from any folder; a user's own
+config folder joins with `hydra.searchpath=[file:///abs/path]`. `--help` shows the groups and examples
+(`conf/hydra/help/dvpo_lab.yaml`); `-sc install=bash` prints the shell completion script. The same run from
+Python, without exiting: `dvpo_lab.train(overrides)` (`dvpo_lab.api`).
+
 User errors come out as one line on stderr and a non-zero exit status: a bad override (unknown option, key,
 type), a config value that cannot work, bad data (status 2); a sweep whose jobs failed ends with one line
 naming them (status 1, `dvpo_lab.hydra_callbacks`). Bugs keep
@@ -14,35 +19,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dvpo_lab.config import register_configs
+from dvpo_lab.api import one_line
+from dvpo_lab.config import CONF_DIR, register_configs
 
 register_configs()
-# Hydra's noise around an error message (kept out of the one line)
-_DROP = ("full_key:", "reference_type=", "object_type=", "To append to your config", "Config search path",
-         "provider=", "Set the environment variable HYDRA_FULL_ERROR")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute path, found the same way in a checkout, an editable install and a wheel (`config.shipped_dir`); a
+# relative one is read against the calling module, which is a file for `python -m` but the package for the script.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     from dvpo_lab.run import run_job
 
     return run_job(cfg)
-
-
-def one_line(exc: BaseException) -> str:
-    """An error message as one line: Hydra's multi-line compose errors folded, choices joined with ` | `."""
-    lines, options = [], []
-    for text in (str(exc), str(exc.__cause__ or "")):
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line.startswith(_DROP) or line in lines:
-                continue
-            if raw.startswith("\t"):
-                options.append(line)
-            else:
-                lines.append(line.rstrip("."))
-    out = "; ".join(lines)
-    return out + (f" ({' | '.join(options)})" if options else "")
 
 
 def main() -> None:
@@ -64,6 +53,9 @@ def main() -> None:
         print("hint: `python -m dvpo_lab --help` lists the groups; `--cfg job` prints every key "
               "(HYDRA_FULL_ERROR=1 for a traceback)", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `dvpo-lab --help | head`: the reader left; no traceback (Python's docs, signal)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -278,8 +278,16 @@ RULES: list[Rule] = [
     ("task.n_sft", at_least(1, integer=True), "an integer >= 1"),
     ("task.digits", at_least(1, integer=True), "an integer >= 1"),
     ("task.sft_label_noise", between(0.0, 1.0), "in [0, 1]"),
+    ("task.teacher", one_of("exact", "drop_carry"), "one of exact | drop_carry"),
+    ("task.teacher_column", at_least(0, integer=True), "an integer >= 0 (0 = units)"),
+    ("task.teacher_error_rate", between(0.0, 1.0), "in [0, 1]"),
     ("task.n_choices", between(2, 5), "2, 3, 4 or 5"),
     ("task.template", one_of("plain", "chat"), "one of plain | chat"),
+    # the Hugging Face export (dvpo_lab.export)
+    ("export.enabled", one_of(True, False), "true or false"),
+    ("export.best", one_of(True, False), "true or false (false: no hf/best/, no save at each improvement)"),
+    ("export.lora", one_of("merged", "adapter"), "one of merged | adapter"),
+    ("export.critic", one_of(True, False), "true or false"),
 ]
 
 
@@ -365,7 +373,15 @@ def check_algo(cfg: DictConfig) -> None:
 
 # -------------------------------------------------------------------------------------------- 3. presets
 def _preset_file(group: str, name: str) -> Path | None:
-    for folder in ((SWEEPS_DIR,) if group == "sweep" else (CONF_DIR / group,)):
+    """The YAML of the preset `group=name`: the package's own (`conf/GROUP/`, `sweeps/`), else one in a user's
+    folder on `hydra.searchpath` (Hydra's `runtime.config_sources` of schema `file`); None if neither has it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    folders = [SWEEPS_DIR] if group == "sweep" else [CONF_DIR / group]
+    if HydraConfig.initialized():
+        sources = HydraConfig.get().runtime.get("config_sources") or []
+        folders += [Path(s.path) / group for s in sources if s.get("schema") == "file"]
+    for folder in folders:
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path

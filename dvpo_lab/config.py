@@ -18,8 +18,20 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"  # named studies: `python -m dvpo_lab -m sweep=NAME`
+
+def shipped_dir(name: str) -> Path:
+    """The folder of the configs the package ships, `name` = "conf" or "sweeps".
+
+    An installed wheel holds them inside the package (`site-packages/dvpo_lab/conf`, put there by pyproject's
+    `[tool.setuptools.package-dir]`); a checkout or an editable install has them beside it, at the
+    repository's top (`<repo>/conf`). The package's own copy wins, so a wheel never reads a stray folder."""
+    package = Path(__file__).resolve().parent
+    inside = package / name
+    return inside if inside.is_dir() else package.parent / name
+
+
+CONF_DIR = shipped_dir("conf")  # the primary config folder (`@hydra.main`, compose_config)
+SWEEPS_DIR = shipped_dir("sweeps")  # named studies: `python -m dvpo_lab -m sweep=NAME`
 
 
 @dataclass
@@ -147,6 +159,11 @@ class ArithTaskConfig(TaskConfig):
     n_sft: int = 2000  # fixed demonstrations for the warm-start
     sft_label_noise: float = 0.0  # fraction of demonstrations with a wrong digit
     reversed_solution: bool = True  # worked part least-significant digit first
+    # who writes the demonstrations: exact (the true result) | drop_carry (forgets the carry into column
+    # teacher_column: a systematic error SFT learns and only the reward can fix; task=arith_teacher)
+    teacher: str = "exact"
+    teacher_column: int = 2  # drop_carry: the column whose incoming carry is forgotten (0 = units, 2 = hundreds)
+    teacher_error_rate: float = 1.0  # drop_carry: fraction of blind-spot demonstrations that show the error
 
 
 @dataclass
@@ -302,6 +319,18 @@ class PathsConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Hugging Face folders of the trained policy in the run folder (`dvpo_lab.export`): `hf/final/`, `hf/best/`."""
+
+    enabled: bool = True  # write hf/final/ at the end of training: save_pretrained + tokenizer (+ critic/)
+    # also hf/best/: the policy at the evaluation with the highest val/acc (the initial one included), written
+    # when it happens: one save per improvement, no copy kept in memory
+    best: bool = True
+    lora: str = "merged"  # a LoRA policy: merged (adapters folded into a plain model) | adapter (the adapter alone)
+    critic: bool = True  # write the critic beside the policy (critic/, read back by dvpo_lab.export.load_critic)
+
+
+@dataclass
 class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -311,6 +340,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     trainer: Any = None  # _target_: lightning.Trainer
     logger: Any = None  # dict of _target_ loggers
     callbacks: Any = None  # dict of _target_ callbacks

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dvpo_lab import algos
 from dvpo_lab.evaluate import greedy_scores, metric_sums
+from dvpo_lab.export import export_best
 from dvpo_lab.models.build import build_critic, build_reference
 from dvpo_lab.multiturn import sample_for_task
 from dvpo_lab.noise import RewardNoise
@@ -370,6 +371,7 @@ class RLModule(L.LightningModule):
         extra = {f"val/{k}": float(sums[j, 0] / sums[j, 1]) for j, k in enumerate(names) if sums[j, 1] > 0}
         if not self.history or self.history[-1]["step"] != step:
             self.history.append({"step": step, "val/acc": acc, **extra})
+            export_best(self.cfg, self, step)  # hf/best/ when this evaluation beats every earlier one
         self.log("val/acc", acc, prog_bar=True, logger=False, sync_dist=False)
         if self.trainer.is_global_zero:
             for logger in self.loggers:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from dvpo_lab.checks import check_config, check_prompt_budget, check_trainer, model_context
 from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
+from dvpo_lab.export import best_step, export_run
 from dvpo_lab.loggers import build_loggers, finish_loggers, log_summary
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.models.pretrained import convert_gguf
@@ -243,6 +244,7 @@ def run(cfg: DictConfig) -> float | None:
         trainer.validate(module, dm, verbose=False)
     if resumed_from is not None:
         merge_resumed_metrics(out_dir, resumed_from)
+    export_run(cfg, module, out_dir, ckpt)  # hf/final/ (hf/best/ is written during training)
     return summarize(cfg, module, out_dir)
 
 
@@ -252,7 +254,8 @@ def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
     final = hist[-1]["val/acc"] if hist else math.nan
     summary = {"algo": cfg.algo.name, "task": cfg.task.name, "noise": cfg.noise.name, "seed": cfg.seed,
                "total_steps": cfg.total_steps, "initial/val_acc": initial, "final/val_acc": final,
-               "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan), "history": hist}
+               "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan),
+               "best/step": best_step(hist), "history": hist}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log_summary(module.loggers, summary)
     if module.trainer.is_global_zero:
@@ -260,6 +263,10 @@ def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
         lines = ["", f"{'run':<{w}}{cfg.algo.name} | task={cfg.task.name} | noise={cfg.noise.name} | seed={cfg.seed}",
                  f"{'clean greedy accuracy':<{w}}initial {initial:6.1%}  ->  final {final:6.1%}  "
                  f"({100 * (final - initial):+.1f} points)",
-                 f"{'RL steps':<{w}}{cfg.total_steps}", f"{'run folder':<{w}}{out_dir}", ""]
+                 f"{'RL steps':<{w}}{cfg.total_steps}", f"{'run folder':<{w}}{out_dir}"]
+        if (out_dir / "hf" / "final").is_dir():
+            lines.append(f"{'Hugging Face folders':<{w}}hf/final" + (" hf/best" if (out_dir / "hf" / "best").is_dir()
+                                                                        else ""))
+        lines.append("")
         log.info("\n".join(lines))
     return summary_metric(cfg, summary)

@@ -58,7 +58,8 @@ def test_every_value_that_cannot_work_fails_at_start_naming_key_and_value(overri
     ["noise=gauss0.3", "noise.sigma=-1"], ["noise=majority_vote", "noise.k=0"],
     ["noise=majority_vote", "noise.temperature=0"], ["task=gsm8k", "task.template=jinja"],
     ["task=sciqa", "task.n_choices=7"], ["task=dialogue", "task.max_turns=0"],
-    ["rollout.max_new_tokens=4", "rollout.min_new_tokens=5"],
+    ["rollout.max_new_tokens=4", "rollout.min_new_tokens=5"], ["task=arith_teacher", "task.teacher=random"],
+    ["task=arith_teacher", "task.teacher_error_rate=1.5"],
 ])
 def test_every_group_option_checks_its_own_knobs(overrides):
     with pytest.raises(ConfigError) as e:

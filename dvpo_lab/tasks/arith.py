@@ -10,6 +10,13 @@ Strings are short and regular so a tiny character-level transformer learns the t
 
 Every problem is a pure function of (seed, index) through a counter-based hash, never Python's salted
 ``hash()``, so runs, ranks and machines agree. Training and demonstrations never yield a test problem.
+
+An imperfect teacher (``teacher=drop_carry``, the ``task=arith_teacher`` option) writes the demonstrations: it
+adds column by column like the exact one but forgets the carry (or, for ``-``, the borrow) into column
+``teacher_column`` (0 = units; 2 = hundreds), e.g. ``150+850`` -> ``0090 #### 900`` instead of ``1000``. Its
+blind spot, the problems with a carry into that column, is about half of all 3-digit additions (49.5 % for
+column 2). A student that imitates it converges to the teacher's accuracy, well below the ceiling, however
+long it trains; only a reward that checks the true answer can lead it out of the blind spot.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 
+from dvpo_lab.config import ConfigError
 from dvpo_lab.tasks.base import Problem, Task, check_aligned, draw_outside, register_task
 from dvpo_lab.tasks.hashing import hash_words as _hash
 from dvpo_lab.tasks.hashing import splitmix64 as _splitmix64
@@ -27,8 +35,9 @@ from dvpo_lab.tasks.reward import extract_answer_strict, score_batch
 log = logging.getLogger(__name__)
 
 # Stream words keep the draws of the different splits independent even when their seeds coincide.
-_STREAM_TRAIN, _STREAM_TEST, _STREAM_SFT, _STREAM_SFT_NOISE = 1, 2, 3, 4
+_STREAM_TRAIN, _STREAM_TEST, _STREAM_SFT, _STREAM_SFT_NOISE, _STREAM_TEACHER = 1, 2, 3, 4, 5
 _ALLOWED_OPS = "+-"
+TEACHERS = ("exact", "drop_carry")
 # Slack on top of the longest solution plus EOS, so a response one token too long is still judged (as wrong).
 RESPONSE_MARGIN = 2
 
@@ -51,6 +60,12 @@ class ArithTask(Task):
             the worked part and after ``####``), a knob that makes the warm-start plateau below the ceiling.
         reversed_solution: write the worked part least-significant digit first (False: most-significant
             first, which the tiny model learns far more slowly).
+        teacher: who writes the demonstrations: ``exact`` (the true result) or ``drop_carry`` (forgets the
+            carry, or borrow, into column ``teacher_column``; see :meth:`teacher_result`).
+        teacher_column: the column whose incoming carry ``drop_carry`` forgets, 1..digits-1 (0 = units).
+        teacher_error_rate: fraction of the demonstrations in the teacher's blind spot (chosen by hash) that
+            carry its error; the rest show the true result. Above 0.5 the error stays the most likely answer on
+            the blind spot, so greedy decoding of a converged student reproduces it.
     """
 
     def __init__(
@@ -63,6 +78,9 @@ class ArithTask(Task):
         n_sft: int = 2000,
         sft_label_noise: float = 0.0,
         reversed_solution: bool = True,
+        teacher: str = "exact",
+        teacher_column: int = 2,
+        teacher_error_rate: float = 1.0,
     ) -> None:
         if digits < 1:
             raise ValueError(f"task.digits must be >= 1, got {digits}")
@@ -72,6 +90,13 @@ class ArithTask(Task):
             raise ValueError(f"task.sft_label_noise must be in [0, 1], got {sft_label_noise}")
         if n_sft < 0:
             raise ValueError(f"task.n_sft must be >= 0, got {n_sft}")
+        if teacher not in TEACHERS:
+            raise ConfigError(f"task.teacher={teacher} is not a teacher; choose one of {' | '.join(TEACHERS)}")
+        if teacher != "exact" and not 1 <= teacher_column <= digits - 1:
+            raise ConfigError(f"task.teacher_column={teacher_column} must be between 1 and digits-1={digits - 1} "
+                             f"(the columns that can receive a carry); lower it or raise task.digits")
+        if not 0.0 <= teacher_error_rate <= 1.0:
+            raise ConfigError(f"task.teacher_error_rate={teacher_error_rate} must be in [0, 1]; e.g. 0.8")
         self.digits = digits
         self.ops = ops
         self.n_test = n_test
@@ -80,6 +105,9 @@ class ArithTask(Task):
         self.n_sft = n_sft
         self.sft_label_noise = sft_label_noise
         self.reversed_solution = reversed_solution
+        self.teacher = teacher
+        self.teacher_column = teacher_column
+        self.teacher_error_rate = teacher_error_rate
         self._base = 10**digits
 
         space = self.num_distinct_problems()
@@ -164,6 +192,38 @@ class ArithTask(Task):
         padded[pos] = str((int(padded[pos]) + 1 + _splitmix64(h) % 9) % 10)
         return int("".join(padded))
 
+    def teacher_result(self, key: Key) -> int:
+        """The result the ``drop_carry`` teacher computes for ``key``: column-wise addition (subtraction) with
+        the carry (borrow) into column ``teacher_column`` forgotten; the true result for ``teacher=exact``.
+
+        For ``+`` that is ``a + b - 10**teacher_column`` on the blind spot, e.g. ``150+850`` -> 900; for ``-``
+        it is ``a - b + 10**teacher_column``, e.g. ``100-001`` -> 199 (forgets the borrow into the hundreds).
+        """
+        a, op, b = key
+        result = a + b if op == "+" else a - b
+        if self.teacher == "exact" or not self.in_blind_spot(key):
+            return result
+        return result - 10**self.teacher_column if op == "+" else result + 10**self.teacher_column
+
+    def in_blind_spot(self, key: Key) -> bool:
+        """Whether a carry (``+``) or borrow (``-``) enters column ``teacher_column`` of ``key``, i.e. whether
+        the ``drop_carry`` teacher gets it wrong. For uniform 3-digit ``+`` and column 2: P = 0.495."""
+        a, op, b = key
+        low = 10**self.teacher_column
+        if op == "+":
+            return (a % low) + (b % low) >= low
+        return (a % low) < (b % low)
+
+    def teacher_accuracy(self, problems: Sequence[Problem] | None = None) -> float:
+        """Fraction of ``problems`` (default: the test split) that the teacher's greedy answer, its error
+        taken whenever ``teacher_error_rate > 0.5``, gets right: the accuracy a student that imitates the
+        teacher converges to."""
+        problems = self.test_problems() if problems is None else problems
+        if self.teacher == "exact" or self.teacher_error_rate <= 0.5 or not problems:
+            return 1.0
+        wrong = sum(self.in_blind_spot(_key(p)) for p in problems)
+        return 1.0 - wrong / len(problems)
+
     # --- Task API ---------------------------------------------------------------------------------------
 
     def train_problems(self, indices: Sequence[int]) -> list[Problem]:
@@ -179,18 +239,24 @@ class ArithTask(Task):
         return list(self._test)
 
     def sft_problems(self) -> list[Problem]:
-        """``n_sft`` fixed demonstrations from their own stream; exactly ``round(sft_label_noise * n_sft)``
-        of them (chosen by hash) carry a result with one wrong digit, their ``answer`` staying the true one."""
+        """``n_sft`` fixed demonstrations from their own stream, written by the teacher, their ``answer``
+        always the true one.
+
+        With ``teacher=drop_carry``, ``round(teacher_error_rate * m)`` of the ``m`` demonstrations in its blind
+        spot (chosen by hash) show :meth:`teacher_result`. Then exactly ``round(sft_label_noise * n_sft)`` of
+        all demonstrations (chosen by hash) get one more wrong digit."""
+        keys = [self._draw_outside_test(_STREAM_SFT, self.train_seed, i) for i in range(self.n_sft)]
+        shown = [k[0] + k[2] if k[1] == "+" else k[0] - k[2] for k in keys]
+        if self.teacher != "exact":
+            spot = [i for i, k in enumerate(keys) if self.in_blind_spot(k)]
+            spot.sort(key=lambda i: _hash(_STREAM_TEACHER, self.train_seed, i, 0))
+            for i in spot[: round(self.teacher_error_rate * len(spot))]:
+                shown[i] = self.teacher_result(keys[i])
         n_bad = round(self.sft_label_noise * self.n_sft)
         order = sorted(range(self.n_sft), key=lambda i: _hash(_STREAM_SFT_NOISE, self.train_seed, i, 0))
-        bad = set(order[:n_bad])
-        out = []
-        for i in range(self.n_sft):
-            key = self._draw_outside_test(_STREAM_SFT, self.train_seed, i)
-            a, op, b = key
-            result = a + b if op == "+" else a - b
-            out.append(self._problem(key, self._corrupt(result, i) if i in bad else None))
-        return out
+        for i in order[:n_bad]:
+            shown[i] = self._corrupt(shown[i], i)
+        return [self._problem(k, r) for k, r in zip(keys, shown, strict=True)]
 
     def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:
         """Strict ``####`` rule, exact string match against the reference answer; ``[B]`` float32."""
@@ -200,3 +266,11 @@ class ArithTask(Task):
     def extract_answer(self, text: str) -> str | None:
         """The last ``#### <number>`` of the response (veRL's strict extraction), ``None`` without one."""
         return extract_answer_strict(text)
+
+
+def _key(problem: Problem) -> Key:
+    """(a, op, b) back from a prompt such as ``"123+456="``."""
+    body = problem.prompt.rstrip("=")
+    op = "+" if "+" in body else "-"
+    a, b = body.split(op)
+    return int(a), op, int(b)

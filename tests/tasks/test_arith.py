@@ -164,3 +164,92 @@ def test_text_after_the_committed_answer_never_changes_the_score(task: ArithTask
     assert task.score([p[0].solution + tail], p).tolist() == [1.0]  # type: ignore[operator]
     assert task.extract_answer(p[0].solution + tail) == p[0].answer  # type: ignore[operator]
     assert task.score_against([p[0].solution + tail], p, ["42"]).tolist() == [0.0]  # type: ignore[operator]
+
+
+# --- the imperfect teacher (task=arith_teacher) -----------------------------------------------------------
+
+
+def test_drop_carry_teacher_forgets_exactly_the_carry_into_the_hundreds() -> None:
+    t = ArithTask(teacher="drop_carry")
+    assert t.teacher_result((150, "+", 850)) == 900  # true 1000: the tens' carry never reaches the hundreds
+    assert t._problem((150, "+", 850), 900).solution == "0090 #### 900"
+    assert t.teacher_result((999, "+", 999)) == 1898  # units and tens carry, the hundreds' one is lost
+    assert t.teacher_result((123, "+", 456)) == 579  # no carry at all: right
+    assert t.teacher_result((909, "+", 101)) == 1010  # carry into the tens only: right
+    assert t.teacher_result((500, "+", 600)) == 1100  # carry out of the hundreds only: right
+    assert t.teacher_result((45, "+", 55)) == 0  # 045+055: "0000", the carry chain ends in the hundreds
+    assert ArithTask(teacher="drop_carry", teacher_column=1).teacher_result((5, "+", 7)) == 2
+    s = ArithTask(digits=3, ops="-", teacher="drop_carry")
+    assert s.teacher_result((100, "-", 1)) == 199  # the borrow from the hundreds is forgotten
+    assert s.teacher_result((555, "-", 123)) == 432
+    assert ArithTask().teacher_result((150, "+", 850)) == 1000  # teacher=exact
+
+
+def test_drop_carry_blind_spot_is_every_carry_into_the_column() -> None:
+    t = ArithTask(teacher="drop_carry")
+    pairs = [(a, b) for a in range(0, 1000, 7) for b in range(0, 1000, 11)]
+    for a, b in pairs:
+        carry = (a % 10 + b % 10 >= 10) + a // 10 % 10 + b // 10 % 10 >= 10
+        assert t.in_blind_spot((a, "+", b)) == carry
+        assert t.teacher_result((a, "+", b)) == a + b - 100 * carry
+    # over all 10^6 sums the blind spot holds 0.45 * 0.55 + 0.55 * 0.45 = 49.5 %
+    assert sum(t.in_blind_spot((a, "+", b)) for a in range(1000) for b in range(1000)) == 495_000
+
+
+def test_teacher_demonstrations_show_its_error_on_the_blind_spot_only() -> None:
+    t = ArithTask(n_sft=1000, teacher="drop_carry")
+    clean = ArithTask(n_sft=1000).sft_problems()
+    demos = t.sft_problems()
+    assert [p.prompt for p in demos] == [p.prompt for p in clean]
+    assert [p.answer for p in demos] == [p.answer for p in clean]  # the reference answer stays true
+    wrong = 0
+    for p in demos:
+        key = (int(p.prompt[:3]), "+", int(p.prompt[4:7]))
+        shown = int(p.solution.split(" #### ")[1])  # type: ignore[union-attr]
+        assert p.solution == f"{shown:04d}"[::-1] + f" #### {shown}"  # worked part and answer agree
+        assert shown == (int(p.answer) - 100 if t.in_blind_spot(key) else int(p.answer))
+        wrong += shown != int(p.answer)
+    assert 0.45 < wrong / len(demos) < 0.55
+    assert t.teacher_accuracy() == pytest.approx(0.514)  # the plateau SFT converges to on the 500 test problems
+    assert ArithTask().teacher_accuracy() == 1.0
+
+
+def test_teacher_error_rate_is_the_fraction_of_the_blind_spot_shown_wrong() -> None:
+    t = ArithTask(n_sft=1000, teacher="drop_carry", teacher_error_rate=0.75)
+    demos = t.sft_problems()
+    spot = [p for p in demos if t.in_blind_spot((int(p.prompt[:3]), "+", int(p.prompt[4:7])))]
+    wrong = [p for p in demos if p.solution.split(" #### ")[1] != p.answer]  # type: ignore[union-attr]
+    assert set(map(id, wrong)) <= set(map(id, spot))
+    assert len(wrong) == round(0.75 * len(spot))
+    assert ArithTask(n_sft=1000, teacher="drop_carry", teacher_error_rate=0.0).sft_problems() == \
+        ArithTask(n_sft=1000).sft_problems()
+    assert ArithTask(teacher="drop_carry", teacher_error_rate=0.5).teacher_accuracy() == 1.0  # no majority error
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"teacher": "weak"}, "task.teacher"),
+        ({"teacher": "drop_carry", "teacher_column": 3}, "task.teacher_column"),
+        ({"teacher": "drop_carry", "teacher_column": 0}, "task.teacher_column"),
+        ({"teacher": "drop_carry", "teacher_error_rate": 1.2}, "task.teacher_error_rate"),
+    ],
+)
+def test_bad_teacher_knobs_fail_clearly(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ArithTask(**kwargs)
+
+
+def test_arith_teacher_option_runs_to_convergence_on_the_teacher_task() -> None:
+    from dvpo_lab.run import make_task
+    from dvpo_lab.sft import target_acc, warm_start_key
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["task=arith_teacher"])
+    assert (cfg.task.name, cfg.task.teacher, cfg.task.teacher_column) == ("arith", "drop_carry", 2)
+    assert target_acc(cfg) is None and cfg.sft.max_steps == 800  # a fixed step count, no threshold
+    task = make_task(cfg)
+    assert isinstance(task, ArithTask) and task.teacher_accuracy() == pytest.approx(0.514)
+    plain = compose_cfg(["task=arith"])  # the threshold-stopped task is unchanged beside it
+    assert plain.task.teacher == "exact" and target_acc(plain) == pytest.approx(0.3)
+    assert warm_start_key(cfg) != warm_start_key(plain)
