@@ -230,3 +230,32 @@ def check_aligned(responses: Sequence[str], problems: Sequence[Problem]) -> None
     """Raise if responses and problems cannot be paired one to one (a silent zip would drop rows)."""
     if len(responses) != len(problems):
         raise ValueError(f"score() got {len(responses)} responses for {len(problems)} problems")
+
+
+def load_local_split(data_dir: str | Path, filename: str, read: Callable[[Path], list], fix: str) -> list:
+    """Rows of `data_dir/filename` read by `read(path)`; every data problem is one `ConfigError` line naming
+    ``task.data_dir``, the file (and line, from `BadRow`) and `fix`.
+
+    Raises:
+        ConfigError: a missing folder or file, a path that is a file, an unreadable or empty file, a bad row.
+    """
+    folder = Path(data_dir).expanduser()
+    path = folder / filename
+    key = f"task.data_dir={str(data_dir)!r}"
+    if not path.is_file():
+        if not folder.exists():
+            what = f"folder {folder.resolve()} does not exist"
+        elif not folder.is_dir():
+            what = f"{folder.resolve()} is a file, not a folder"
+        else:
+            what = f"{path.name} is missing in {folder.resolve()}"
+        raise ConfigError(f"{key}: {what}. Fix: {fix}")
+    try:
+        rows = read(path)
+    except BadRow as err:
+        raise ConfigError(f"{key}: {err}. Fix: {fix}") from None
+    except OSError as err:  # unreadable (permissions, a folder named train.jsonl, ...)
+        raise ConfigError(f"{key}: cannot read {path}: {err.strerror or err}. Fix: {fix}") from None
+    if not rows:
+        raise ConfigError(f"{key}: {path} has no rows (empty, or only blank lines). Fix: {fix}")
+    return rows

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from dvpo_lab.config import ConfigError
-from dvpo_lab.tasks.base import BadRow, Problem, Task, check_aligned, iter_jsonl, register_task
+from dvpo_lab.tasks.base import BadRow, Problem, Task, check_aligned, iter_jsonl, load_local_split, register_task
 from dvpo_lab.tasks.reward import EXTRACTORS, SCORERS, score_batch
 from dvpo_lab.tasks.template import check_template, render_prompt
 
@@ -82,26 +82,8 @@ def read_jsonl(path: Path, limit: int | None = None, template: str = "plain", to
 def _load_local(data_dir: str | Path, split: str, limit: int | None, template: str, tokenizer: Any) -> list[Problem]:
     """One split from ``data_dir``; every data problem is a one-line :class:`ConfigError` naming
     ``task.data_dir``, the file (and line) and the fix."""
-    folder = Path(data_dir).expanduser()
-    path = folder / SPLIT_FILES[split]
-    key = f"task.data_dir={str(data_dir)!r}"
-    if not path.is_file():
-        if not folder.exists():
-            what = f"folder {folder.resolve()} does not exist"
-        elif not folder.is_dir():
-            what = f"{folder.resolve()} is a file, not a folder"
-        else:
-            what = f"{path.name} is missing in {folder.resolve()}"
-        raise ConfigError(f"{key}: {what}. Fix: {DATA_FIX}")
-    try:
-        problems = read_jsonl(path, limit, template, tokenizer)
-    except BadRow as err:
-        raise ConfigError(f"{key}: {err}. Fix: {DATA_FIX}") from None
-    except OSError as err:  # unreadable (permissions, a folder named train.jsonl, ...)
-        raise ConfigError(f"{key}: cannot read {path}: {err.strerror or err}. Fix: {DATA_FIX}") from None
-    if not problems:
-        raise ConfigError(f"{key}: {path} has no rows (empty, or only blank lines). Fix: {DATA_FIX}")
-    return problems
+    return load_local_split(data_dir, SPLIT_FILES[split], lambda path: read_jsonl(path, limit, template, tokenizer),
+                            DATA_FIX)
 
 
 def _load_hub(split: str, limit: int | None, template: str, tokenizer: Any) -> list[Problem]:

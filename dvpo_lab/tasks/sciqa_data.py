@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dvpo_lab.config import ConfigError
-from dvpo_lab.tasks.base import BadRow, iter_jsonl
+from dvpo_lab.tasks.base import BadRow, iter_jsonl, load_local_split
 
 SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
 MAX_CHOICES = 5  # letters A-E
@@ -122,26 +122,8 @@ def load_local(data_dir: str | Path, source: str, split: str, limit: int | None)
         ConfigError: one line naming ``task.data_dir``, the file (and line) and the fix, for a missing folder
             or file, an unreadable or empty file, or a bad line or row.
     """
-    folder = Path(data_dir).expanduser()
-    path = folder / SPLIT_FILES[split]
-    key = f"task.data_dir={str(data_dir)!r}"
-    if not path.is_file():
-        if not folder.exists():
-            what = f"folder {folder.resolve()} does not exist"
-        elif not folder.is_dir():
-            what = f"{folder.resolve()} is a file, not a folder"
-        else:
-            what = f"{path.name} is missing in {folder.resolve()}"
-        raise ConfigError(f"{key}: {what}. Fix: {data_fix(source)}")
-    try:
-        items = read_jsonl(path, source, limit)
-    except BadRow as err:
-        raise ConfigError(f"{key}: {err}. Fix: {data_fix(source)}") from None
-    except OSError as err:  # unreadable (permissions, a folder named train.jsonl, ...)
-        raise ConfigError(f"{key}: cannot read {path}: {err.strerror or err}. Fix: {data_fix(source)}") from None
-    if not items:
-        raise ConfigError(f"{key}: {path} has no rows (empty, or only blank lines). Fix: {data_fix(source)}")
-    return items
+    return load_local_split(data_dir, SPLIT_FILES[split], lambda path: read_jsonl(path, source, limit),
+                            data_fix(source))
 
 
 def load_hub(source: str, hub_id: str, hub_config: str | None, split: str, limit: int | None) -> list[MCItem]:
