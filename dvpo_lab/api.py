@@ -54,7 +54,27 @@ def one_line(exc: BaseException) -> str:
             else:
                 lines.append(line.rstrip("."))
     out = "; ".join(lines)
-    return out + (f" ({' | '.join(options)})" if options else "")
+    hint = _did_you_mean(exc.__cause__)
+    return out + (f" ({' | '.join(options)})" if options else "") + (f"; did you mean {hint}?" if hint else "")
+
+
+def _did_you_mean(cause: BaseException | None) -> str | None:
+    """The closest key of the schema node a misspelt key was set on (`Key 'gama' not in 'AlgoConfig'`)."""
+    import dataclasses
+    import difflib
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from dvpo_lab import config
+
+    if not isinstance(cause, ConfigKeyError | ConfigAttributeError) or not getattr(cause, "full_key", None):
+        return None
+    schema = getattr(cause, "object_type", None)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema) and schema.__module__ == config.__name__):
+        return None
+    parent, _, key = str(cause.full_key).rpartition(".")
+    near = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(schema)], n=1, cutoff=0.6)
+    return f"{parent + '.' if parent else ''}{near[0]}" if near else None
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -138,6 +158,11 @@ class _RunLog:
         self.handler = logging.FileHandler(self.folder / LOG_FILE)
         self.handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         log.addHandler(self.handler)
+        self.console = None
+        if not logging.getLogger().handlers:  # a script without logging set up: show progress on the console too
+            self.console = logging.StreamHandler()
+            self.console.setFormatter(self.handler.formatter)
+            log.addHandler(self.console)
         if log.getEffectiveLevel() > logging.INFO:
             log.setLevel(logging.INFO)
         return self
@@ -145,6 +170,8 @@ class _RunLog:
     def __exit__(self, *exc: Any) -> None:
         log.removeHandler(self.handler)
         self.handler.close()
+        if self.console is not None:
+            log.removeHandler(self.console)
         log.setLevel(self.level)
 
 

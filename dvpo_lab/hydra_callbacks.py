@@ -44,6 +44,9 @@ def _named_by_user(config: DictConfig, key: str) -> bool:
     return raw != default[node][leaf]
 
 
+CLAIMED: set[str] = set()  # run folders this process claimed under Hydra's default name (dvpo_lab.run may drop one)
+
+
 def claim_folder(path: Path) -> Path:
     """Create `path` (or `path_2`, `path_3`, ... if taken) exclusively; return the one created."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +76,7 @@ class RunFolders(Callback):
                 _refuse(str(e), 2)
             return
         claimed = claim_folder(Path(config.hydra.run.dir))
+        CLAIMED.add(str(claimed))
         with read_write(config.hydra.run), open_dict(config.hydra.run):
             config.hydra.run.dir = str(claimed)
 

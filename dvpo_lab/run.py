@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import textwrap
 import traceback
@@ -144,6 +145,7 @@ def run_job(cfg: DictConfig) -> float | None:
         if not multirun:
             if user_error and os.environ.get("DVPO_LAB_FULL_ERROR") != "1":
                 log.error("%s", e)
+                _drop_claimed_folder(Path(cfg.paths.output_dir))
                 raise SystemExit(2) from None
             raise
         if not isinstance(e, FolderTaken):  # that folder is another run's: leave it as it is
@@ -155,6 +157,19 @@ def run_job(cfg: DictConfig) -> float | None:
         finish_loggers(failed=sys.exc_info()[0] is not None)
     failed.unlink(missing_ok=True)
     return result
+
+
+def _drop_claimed_folder(out_dir: Path) -> None:
+    """Remove the run folder Hydra's default name claimed for a run refused at start, when it holds nothing but
+    that run's log (the error was printed): refused runs leave no near-empty folders. A folder the user named
+    (`hydra.run.dir=`) is left as it is."""
+    from dvpo_lab.hydra_callbacks import CLAIMED
+
+    if str(out_dir) not in CLAIMED:
+        return
+    entries = list(out_dir.iterdir()) if out_dir.is_dir() else []
+    if entries and all(p.is_file() and p.suffix == ".log" for p in entries):
+        shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def finished_metric(cfg: DictConfig, out_dir: Path) -> float | None:

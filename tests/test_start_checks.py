@@ -238,7 +238,8 @@ def test_ckpt_path_refuses_another_configs_checkpoint(tmp_path, smoke_cfg):
     (["rollout.temperature=0"], ["rollout.temperature=0"]),
     (["algo.loss_agg_mode=seq-mean"], ["algo.loss_agg_mode='seq-mean'", "seq-mean-token-mean"]),
     (["+algo.gama=0.9"], ["algo.gama=0.9", "algo.gamma"]),
-    (["algo.gama=0.9"], ["gama"]),
+    (["algo.gama=0.9"], ["algo.gama", "did you mean algo.gamma?"]),
+    (["algo.dist.kapa=0.1"], ["algo.dist.kapa", "did you mean algo.dist.kappa?"]),
     (["noise=flip0.25"], ["flip0.25", "flip0.2 | flip0.3"]),
     (["experiment=ablation_1_qr", "algo=ppo"], ["algo=ppo", "experiment=ablation_1_qr"]),
 ])
@@ -246,6 +247,8 @@ def test_user_errors_are_one_line_and_load_nothing(tmp_path, args, words):
     cache = tmp_path / "cache"
     failed_with(run_cli([*SMOKE, *args], tmp_path, cache), *words)
     assert not (cache / "warmstart").exists(), "the warm-start ran before the check"
+    runs = tmp_path / "smoke" / "runs"
+    assert not (runs.exists() and any(runs.iterdir())), "a refused run left its (log-only) folder behind"
 
 
 def test_full_error_keeps_the_traceback(tmp_path, monkeypatch):

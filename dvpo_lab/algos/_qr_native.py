@@ -37,7 +37,12 @@ _tried = False
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DVPO_LAB_CACHE") or Path.home() / ".cache" / "dvpo_lab" / "native")
+    """`native/` under the user cache: $DVPO_LAB_CACHE, else $XDG_CACHE_HOME/dvpo_lab, else ~/.cache/dvpo_lab
+    (as `paths.cache_dir` defaults; the kernels are per machine, not per run, so `paths.cache_dir=` does not move
+    them)."""
+    root = os.environ.get("DVPO_LAB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "dvpo_lab"
+    return Path(root) / "native"
 
 
 def _compiler() -> str | None:

@@ -16,7 +16,7 @@ def fresh_loader(monkeypatch, tmp_path):
     monkeypatch.setattr(_qr_native, "_lib", None)
     monkeypatch.setattr(_qr_native, "_tried", False)
     monkeypatch.setenv("DVPO_LAB_CACHE", str(tmp_path))
-    return tmp_path
+    return tmp_path / "native"  # the kernels' folder under the user cache
 
 
 def rows(seed: int = 0):
