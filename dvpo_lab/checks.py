@@ -174,13 +174,19 @@ def one_of(*choices: Any) -> Callable[[Any], bool]:
     return lambda x: x in choices
 
 
+def choice(key: str, options: tuple[Any, ...] | list[Any]) -> Rule:
+    """The rule for a choice field: its value is one of `options`, and the message lists them."""
+    return key, one_of(*options), "one of " + " | ".join(str(o).lower() if isinstance(o, bool) else str(o)
+                                                          for o in options)
+
+
 def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
     return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
 # key, test, what a valid value is (+ the fix where it is not obvious)
 RULES: list[Rule] = [
-    ("mode", one_of("train", "sft", "eval"), "one of train | sft | eval"),
+    choice("mode", ("train", "sft", "eval")),
     ("seed", at_least(0, integer=True), "an integer >= 0"),
     ("total_steps", at_least(1, integer=True), "an integer >= 1"),
     ("eval_every", at_least(1, integer=True), "an integer >= 1 (RL steps between evaluations)"),
@@ -196,15 +202,15 @@ RULES: list[Rule] = [
     ("rollout.min_new_tokens", at_least(0, integer=True), "an integer >= 0"),
     ("rollout.eval_batch_size", at_least(1, integer=True), "an integer >= 1"),
     ("rollout.eval_limit", at_least(1, integer=True, optional=True), "null (all) or an integer >= 1"),
-    ("rollout.sampler", one_of("fast", "hf"), "one of fast | hf"),
-    ("rollout.reuse_sampler_logprobs", one_of(True, False), "true or false"),
+    choice("rollout.sampler", ("fast", "hf")),
+    choice("rollout.reuse_sampler_logprobs", (True, False)),
     # the algorithm
     ("algo.gamma", between(0.0, 1.0), _interval(0, 1, False, False) + " (discount per token)"),
     ("algo.lam", between(0.0, 1.0), _interval(0, 1, False, False) + " (GAE lambda)"),
-    ("algo.loss_agg_mode", one_of(*algos.AGG_LOSS_MODES), "one of " + " | ".join(algos.AGG_LOSS_MODES)),
-    ("algo.kl_penalty", one_of(*algos.KL_PENALTY_KINDS), "one of " + " | ".join(algos.KL_PENALTY_KINDS)),
-    ("algo.kl_loss_type", one_of(*algos.KL_PENALTY_KINDS), "one of " + " | ".join(algos.KL_PENALTY_KINDS)),
-    ("algo.kl_ctrl", one_of("fixed", "adaptive"), "one of fixed | adaptive"),
+    choice("algo.loss_agg_mode", algos.AGG_LOSS_MODES),
+    choice("algo.kl_penalty", algos.KL_PENALTY_KINDS),
+    choice("algo.kl_loss_type", algos.KL_PENALTY_KINDS),
+    choice("algo.kl_ctrl", ("fixed", "adaptive")),
     ("algo.kl_coef", at_least(0.0), ">= 0"),
     ("algo.kl_target", above(0.0), "> 0 (target KL per sequence of the adaptive controller)"),
     ("algo.kl_horizon", at_least(1, integer=True), "an integer >= 1 (samples)"),
@@ -224,6 +230,10 @@ RULES: list[Rule] = [
     ("algo.wang_eta", _num, "a finite number"),
     ("algo.viz_every", at_least(0, integer=True), "an integer >= 0 (0 = off)"),
     ("algo.viz_samples", at_least(1, integer=True), "an integer >= 1"),
+    choice("algo.actor_advantage", algos.ACTOR_ADVANTAGES),
+    choice("algo.dist.qr_on", ("heads", "ensemble")),
+    choice("algo.dist.value_clip", ("mean", "quantile", "none")),
+    choice("algo.robust.v_lo", ("zero", "batch_min")),
     ("algo.robust.c", at_least(0.0), ">= 0"),
     ("algo.robust.rho", between(0.0, 1.0), "in [0, 1] (contamination rate)"),
     ("algo.dist.tail_alpha", between(0.0, 1.0, lo_open=True), "in (0, 1]"),
@@ -234,11 +244,11 @@ RULES: list[Rule] = [
     ("algo.dist.risk_eta", _num, "a finite number"),
     *((f"algo.dist.weights.{t}", at_least(0.0), ">= 0") for t in algos.DVPO_TERMS),
     # the critic
-    ("critic.kind", one_of(*algos.CRITIC_KINDS), "one of " + " | ".join(algos.CRITIC_KINDS)),
+    choice("critic.kind", algos.CRITIC_KINDS),
     ("critic.n_heads", at_least(1, integer=True), "an integer >= 1"),
     ("critic.n_quantiles", at_least(1, integer=True), "an integer >= 1"),
-    ("critic.tau_grid", one_of(*algos.TAU_GRIDS), "one of " + " | ".join(algos.TAU_GRIDS)),
-    ("critic.monotone", one_of(*algos.MONOTONE_MODES), "one of " + " | ".join(algos.MONOTONE_MODES)),
+    choice("critic.tau_grid", algos.TAU_GRIDS),
+    choice("critic.monotone", algos.MONOTONE_MODES),
     ("critic.head_init_std", at_least(0.0), ">= 0"),
     # reward noise (training reward only)
     ("noise.p", between(0.0, 1.0), "a probability in [0, 1]"),
@@ -248,11 +258,11 @@ RULES: list[Rule] = [
     ("noise.sigma", at_least(0.0), ">= 0"),
     ("noise.k", at_least(1, integer=True), "an integer >= 1"),
     ("noise.temperature", above(0.0), "> 0"),
-    ("noise.granularity", one_of("sample", "group"), "one of sample | group"),
+    choice("noise.granularity", ("sample", "group")),
     # the model
-    ("model.dtype", one_of("float32", "bfloat16", "float16"), "one of float32 | bfloat16 | float16"),
-    ("model.tokenizer", one_of("char", "auto"), "one of char | auto"),
-    ("model.arch.family", one_of("llama", "qwen2"), "one of llama | qwen2"),
+    choice("model.dtype", ("float32", "bfloat16", "float16")),
+    choice("model.tokenizer", ("char", "auto")),
+    choice("model.arch.family", ("llama", "qwen2")),
     ("model.arch.hidden_size", at_least(1, integer=True), "an integer >= 1"),
     ("model.arch.num_layers", at_least(1, integer=True), "an integer >= 1"),
     ("model.arch.num_heads", at_least(1, integer=True), "an integer >= 1"),
@@ -278,16 +288,16 @@ RULES: list[Rule] = [
     ("task.n_sft", at_least(1, integer=True), "an integer >= 1"),
     ("task.digits", at_least(1, integer=True), "an integer >= 1"),
     ("task.sft_label_noise", between(0.0, 1.0), "in [0, 1]"),
-    ("task.teacher", one_of("exact", "drop_carry"), "one of exact | drop_carry"),
+    choice("task.teacher", ("exact", "drop_carry")),
     ("task.teacher_column", at_least(0, integer=True), "an integer >= 0 (0 = units)"),
     ("task.teacher_error_rate", between(0.0, 1.0), "in [0, 1]"),
     ("task.n_choices", between(2, 5), "2, 3, 4 or 5"),
-    ("task.template", one_of("plain", "chat"), "one of plain | chat"),
+    choice("task.template", ("plain", "chat")),
     # the Hugging Face export (dvpo_lab.export)
-    ("export.enabled", one_of(True, False), "true or false"),
+    choice("export.enabled", (True, False)),
     ("export.best", one_of(True, False), "true or false (false: no hf/best/, no save at each improvement)"),
-    ("export.lora", one_of("merged", "adapter"), "one of merged | adapter"),
-    ("export.critic", one_of(True, False), "true or false"),
+    choice("export.lora", ("merged", "adapter")),
+    choice("export.critic", (True, False)),
 ]
 
 
@@ -320,7 +330,6 @@ def check_values(cfg: DictConfig) -> None:
     if r.max_new_tokens is not None and r.min_new_tokens > r.max_new_tokens:
         raise ConfigError(f"rollout.min_new_tokens={r.min_new_tokens} exceeds rollout.max_new_tokens="
                           f"{r.max_new_tokens}; lower it")
-    check_batch_sizes(cfg)
     check_algo(cfg)
 
 
@@ -339,9 +348,6 @@ def check_batch_sizes(cfg: DictConfig) -> str:
     if cfg.algo.adv_estimator in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
         raise ConfigError(f"rollout.samples_per_prompt={r.samples_per_prompt}: algo={cfg.algo.name} needs >= 2 "
                           "(a group of one has no baseline)")
-    for key in ("total_steps", "eval_every", "ckpt_every"):
-        if not _int(cfg[key]) or cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]} must be an integer >= 1")
     return (f"batch: {r.prompts_per_step} prompts/step x {r.samples_per_prompt} samples/prompt = {n} responses"
             f"/step per rank; minibatch {r.minibatch_size} -> {n // r.minibatch_size} optimizer steps per "
             f"model per PPO epoch x {cfg.algo.ppo_epochs} epochs; {cfg.total_steps} RL steps")
@@ -357,12 +363,6 @@ def check_algo(cfg: DictConfig) -> None:
     if needed is not None and c.kind != needed:
         raise ConfigError(f"critic={c.kind}: algo={a.name} (adv_estimator={a.adv_estimator}) reads a critic of "
                           f"kind {needed!r}; drop the critic override or use critic={needed}")
-    for key, value, allowed in (("algo.actor_advantage", a.actor_advantage, algos.ACTOR_ADVANTAGES),
-                                ("algo.dist.qr_on", a.dist.qr_on, ("heads", "ensemble")),
-                                ("algo.dist.value_clip", a.dist.value_clip, ("mean", "quantile", "none")),
-                                ("algo.robust.v_lo", a.robust.v_lo, ("zero", "batch_min"))):
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} must be one of {' | '.join(allowed)}")
     if a.actor_advantage != "mean" and a.adv_estimator != "dist_gae":
         raise ConfigError(f"algo.actor_advantage={a.actor_advantage} needs a value distribution; use algo=dvpo "
                           "or algo.actor_advantage=mean")

@@ -40,7 +40,8 @@ def check(overrides: list[str]) -> str:
     "algo.robust.rho=2", "algo.dist.weights.shape=-1", "algo.dist.margin_low=1",
     "noise.p=1.5", "noise.granularity=batch", "model.dtype=fp8", "model.tokenizer=bpe", "model.lora.r=0",
     "model.arch.num_heads=3", "sft.lr=0", "sft.batch_size=0", "sft.target_acc=1.5", "sft.eval_every=0",
-    "mode=serve", "seed=-1", "threads=0", "task.digits=0", "task.sft_label_noise=2",
+    "mode=serve", "seed=-1", "threads=0", "task.digits=0", "task.sft_label_noise=2", "total_steps=0", "ckpt_every=0",
+    "algo.dist.qr_on=mean", "algo.robust.v_lo=min",
     "callbacks.progress_bar.mode=fancy", "callbacks.progress_bar.every_s=-1",
 ])
 def test_every_value_that_cannot_work_fails_at_start_naming_key_and_value(override):
