@@ -106,7 +106,7 @@ def run_dvpo(args, work_dir: str) -> list[dict[str, float]]:
     from dvpo_lab.config import compose_config
     from dvpo_lab.data import RLDataModule
     from dvpo_lab.module import RLModule
-    from dvpo_lab.noise import build_noise
+    from dvpo_lab.noise import NoNoise
     from dvpo_lab.tasks.base import Problem, Task
 
     rows = make_rows(2000, args.seed)
@@ -142,7 +142,7 @@ def run_dvpo(args, work_dir: str) -> list[dict[str, float]]:
         cfg.trainer.enable_progress_bar = False
     tok = make_tokenizer()
     task = Addition()
-    module = RLModule(cfg, make_model(tok, args.seed), tok, task, build_noise("none"))
+    module = RLModule(cfg, make_model(tok, args.seed), tok, task, NoNoise())
     records: list[dict[str, float]] = []
     module.log_rl = records.append  # the step's metrics, timing_s/* included
 

@@ -6,10 +6,10 @@ Two measurements, each a set of ordinary `python -m dvpo_lab` runs in folders un
 result is already there is read back, not rerun, so an interrupted benchmark resumes):
 
 1. `grid`: the warm-start (`mode=sft`, its own `paths.cache_dir` each) for every sft seed x thread count x
-   floating-point path. Paths: `native` (the default), `numba` (`DVPO_LAB_NATIVE=0`: DVPO's critic-loss
-   kernels on numba; the warm-start never calls them, so it must match `native` bit for bit) and
-   `aten_default` (`ATEN_CPU_CAPABILITY=default`: torch's CPU kernels without AVX2/AVX-512, another
-   floating-point path on the same CPU). Prints the greedy accuracy on the 500 test problems (`val/acc`'s)
+   floating-point path. Paths: `native` (the default), `torch` (`DVPO_LAB_NATIVE=0`: DVPO's critic loss on
+   the torch path instead of the compiled kernels; the warm-start never calls them, so it must match `native`
+   bit for bit) and `aten_default` (`ATEN_CPU_CAPABILITY=default`: torch's CPU kernels without AVX2/AVX-512,
+   another floating-point path on the same CPU). Prints the greedy accuracy on the 500 test problems (`val/acc`'s)
    per run, its spread, the step it first reached the plateau and the wall time.
 2. `vs`: from the first sft seed's warm-start, `--rl-steps` RL steps with the clean reward for each
    `--rl-seeds`, against the same warm-start's SFT continued in process for the longest RL run's wall time
@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PATHS = {"native": {}, "numba": {"DVPO_LAB_NATIVE": "0"}, "aten_default": {"ATEN_CPU_CAPABILITY": "default"}}
+PATHS = {"native": {}, "torch": {"DVPO_LAB_NATIVE": "0"}, "aten_default": {"ATEN_CPU_CAPABILITY": "default"}}
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -205,7 +205,7 @@ def main() -> None:
     p.add_argument("--part", choices=["grid", "vs", "all"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sft seeds of the grid")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=["native", "numba", "aten_default"])
+    p.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=["native", "torch", "aten_default"])
     p.add_argument("--rl-seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--rl-steps", type=int, default=200)
     p.add_argument("--algo", default="grpo")

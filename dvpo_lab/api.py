@@ -70,7 +70,8 @@ def _did_you_mean(cause: BaseException | None) -> str | None:
     if not isinstance(cause, ConfigKeyError | ConfigAttributeError) or not getattr(cause, "full_key", None):
         return None
     schema = getattr(cause, "object_type", None)
-    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema) and schema.__module__ == config.__name__):
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)
+            and schema.__module__.startswith(config.__name__.rpartition(".")[0])):  # a dvpo_lab schema
         return None
     parent, _, key = str(cause.full_key).rpartition(".")
     near = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(schema)], n=1, cutoff=0.6)

@@ -5,7 +5,7 @@ prints it as one line and exits with status 2 (a traceback only with ``HYDRA_FUL
 this order (`check_config`):
 
 1. keys: no key outside the typed schemas (`dvpo_lab.config`), whatever the override prefix (``+``, ``++``);
-   `_target_` nodes (trainer, loggers, callbacks) only take their constructor's arguments. Free-form keys go
+   `_target_` nodes (trainer, loggers, callbacks, noise) only take their constructor's arguments. Free-form keys go
    under ``extras``.
 2. values: ranges and choices of every knob (`RULES`), then the batch arithmetic and the algorithm/critic fit.
 3. presets: a preset (``experiment=``, ``sweep=``, ``debug=``) that pins a group option must not be contradicted
@@ -27,12 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from dvpo_lab import algos
-from dvpo_lab.config import CONF_DIR, SWEEPS_DIR, TASK_SCHEMAS, Config, ConfigError
+from dvpo_lab.api import one_line
+from dvpo_lab.config import CONF_DIR, SWEEPS_DIR, Config, ConfigError
 
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
 FREE_FORM = ("extras",)  # the documented node for a user's own keys: never checked
 
 
@@ -92,7 +92,8 @@ def _target_params(target: str) -> tuple[set[str], bool] | None:
     return params, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
 
 
-def _check_target(node: DictConfig, path: str) -> None:
+def _check_target(node: DictConfig, path: str, extra: tuple[str, ...] = ()) -> None:
+    """`node`'s keys are its `_target_`'s arguments (or `extra`, keys the run reads itself)."""
     target = node.get("_target_")
     if target is None:
         raise ConfigError(f"{path.rstrip('.')} has no _target_ (a class to build, e.g. "
@@ -106,8 +107,52 @@ def _check_target(node: DictConfig, path: str) -> None:
         return
     for key in node.keys():
         key = str(key)
-        if not key.startswith("_") and key not in params:
-            raise _unknown_key(path, key, sorted(params), node._get_node(key)._value())
+        if not key.startswith("_") and key not in params and key not in extra:
+            raise _unknown_key(path, key, sorted(params | set(extra)), node._get_node(key)._value())
+
+
+def _check_task(node: DictConfig) -> None:
+    """The task node: a `_target_` (the task class) with its constructor's arguments plus the run's own keys
+    (`dvpo_lab.tasks.RUN_KEYS`), `name` required; `task.reward`, where it is a node, a function's `_target_`
+    with `_partial_: true` (built once, called on each batch) and that function's keyword arguments."""
+    from dvpo_lab.tasks.base import RUN_KEYS
+
+    if node.get("name") in (None, ""):
+        raise ConfigError("task.name is not set: it labels the run (folders, tags, reports); add `name: <short "
+                          "name>` to the task's YAML, or task.name=<short name>")
+    if not node.get("_target_"):
+        raise ConfigError("task has no _target_ (the task class, e.g. dvpo_lab.tasks.arith.ArithTask); add one to "
+                          "the task's YAML, or build on a shipped option (defaults: [arith])")
+    _check_target(node, "task.", extra=tuple(RUN_KEYS))
+    if "reward" not in node:
+        return
+    reward = node._get_node("reward")
+    default = inspect.signature(_import_object(str(node._target_))).parameters.get("reward")
+    takes_function = default is not None and callable(default.default)
+    if not isinstance(reward, DictConfig):
+        if takes_function:
+            value = reward._value()
+            builtin = {"strict": "strict_match", "math_verify": "math_verify_match"}.get(str(value), "strict_match")
+            raise ConfigError(f"task.reward={value} is not a reward function node; name the function: "
+                              f"task.reward._target_=dvpo_lab.tasks.reward.{builtin} (built-ins: strict_match | "
+                              "math_verify_match | exact_match) or your own, e.g. my_pkg.my_reward")
+        return
+    if reward._is_none():
+        return
+    _check_target(reward, "task.reward.")
+    target = _import_object(str(reward._target_))
+    partial = reward.get("_partial_", False) is True
+    if inspect.isclass(target) and partial:
+        raise ConfigError(f"task.reward._target_={reward._target_} is a class: it is built once, then called on each "
+                          "batch; set task.reward._partial_=false")
+    if not inspect.isclass(target) and not partial:
+        raise ConfigError(f"task.reward._target_={reward._target_} is a function: it is called on each batch, not "
+                          "at start; set task.reward._partial_=true")
+
+
+def _import_object(target: str) -> Any:
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -117,7 +162,6 @@ def check_keys(cfg: DictConfig) -> None:
         ConfigError: naming the first unknown key, the closest valid spelling and the node's keys.
     """
     fields = _schema_fields(Config)
-    task_schema = TASK_SCHEMAS.get(str(cfg.task.get("name"))) if cfg.get("task") is not None else None
     for key in cfg.keys():
         key = str(key)
         if key == "hydra" or key in FREE_FORM:
@@ -127,10 +171,12 @@ def check_keys(cfg: DictConfig) -> None:
         child = cfg._get_node(key)
         if not isinstance(child, DictConfig) or child._is_none():
             continue
-        if key == "task" and task_schema is not None:
-            _check_node(child, task_schema, "task.")
-        elif key == "trainer":
-            _check_target(child, "trainer.")
+        if key == "task":
+            _check_task(child)
+        elif key in ("trainer", "critic"):
+            _check_target(child, f"{key}.")
+        elif key == "noise":  # a _target_ node plus `name`, the run's label (never passed to the class)
+            _check_target(OmegaConf.masked_copy(child, [str(k) for k in child.keys() if k != "name"]), "noise.")
         elif key in ("logger", "callbacks"):
             for name in child.keys():
                 sub = child._get_node(name)
@@ -186,7 +232,6 @@ def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
 
 # key, test, what a valid value is (+ the fix where it is not obvious)
 RULES: list[Rule] = [
-    choice("mode", ("train", "sft", "eval")),
     ("seed", at_least(0, integer=True), "an integer >= 0"),
     ("total_steps", at_least(1, integer=True), "an integer >= 1"),
     ("eval_every", at_least(1, integer=True), "an integer >= 1 (RL steps between evaluations)"),
@@ -202,15 +247,10 @@ RULES: list[Rule] = [
     ("rollout.min_new_tokens", at_least(0, integer=True), "an integer >= 0"),
     ("rollout.eval_batch_size", at_least(1, integer=True), "an integer >= 1"),
     ("rollout.eval_limit", at_least(1, integer=True, optional=True), "null (all) or an integer >= 1"),
-    choice("rollout.sampler", ("fast", "hf")),
     choice("rollout.reuse_sampler_logprobs", (True, False)),
     # the algorithm
     ("algo.gamma", between(0.0, 1.0), _interval(0, 1, False, False) + " (discount per token)"),
     ("algo.lam", between(0.0, 1.0), _interval(0, 1, False, False) + " (GAE lambda)"),
-    choice("algo.loss_agg_mode", algos.AGG_LOSS_MODES),
-    choice("algo.kl_penalty", algos.KL_PENALTY_KINDS),
-    choice("algo.kl_loss_type", algos.KL_PENALTY_KINDS),
-    choice("algo.kl_ctrl", ("fixed", "adaptive")),
     ("algo.kl_coef", at_least(0.0), ">= 0"),
     ("algo.kl_target", above(0.0), "> 0 (target KL per sequence of the adaptive controller)"),
     ("algo.kl_horizon", at_least(1, integer=True), "an integer >= 1 (samples)"),
@@ -226,14 +266,10 @@ RULES: list[Rule] = [
     ("algo.weight_decay", at_least(0.0), ">= 0"),
     ("algo.grad_clip", above(0.0), "> 0 (max gradient norm)"),
     ("algo.critic_warmup", at_least(0, integer=True), "an integer >= 0 (RL steps)"),
-    ("algo.risk_alpha", between(0.0, 1.0, lo_open=True), "in (0, 1] (CVaR level)"),
-    ("algo.wang_eta", _num, "a finite number"),
+    ("algo.dist.risk_alpha", between(0.0, 1.0, lo_open=True), "in (0, 1] (CVaR level)"),
+    ("algo.dist.wang_eta", _num, "a finite number"),
     ("algo.viz_every", at_least(0, integer=True), "an integer >= 0 (0 = off)"),
     ("algo.viz_samples", at_least(1, integer=True), "an integer >= 1"),
-    choice("algo.actor_advantage", algos.ACTOR_ADVANTAGES),
-    choice("algo.dist.qr_on", ("heads", "ensemble")),
-    choice("algo.dist.value_clip", ("mean", "quantile", "none")),
-    choice("algo.robust.v_lo", ("zero", "batch_min")),
     ("algo.robust.c", at_least(0.0), ">= 0"),
     ("algo.robust.rho", between(0.0, 1.0), "in [0, 1] (contamination rate)"),
     ("algo.dist.tail_alpha", between(0.0, 1.0, lo_open=True), "in (0, 1]"),
@@ -244,7 +280,6 @@ RULES: list[Rule] = [
     ("algo.dist.risk_eta", _num, "a finite number"),
     *((f"algo.dist.weights.{t}", at_least(0.0), ">= 0") for t in algos.DVPO_TERMS),
     # the critic
-    choice("critic.kind", algos.CRITIC_KINDS),
     ("critic.n_heads", at_least(1, integer=True), "an integer >= 1"),
     ("critic.n_quantiles", at_least(1, integer=True), "an integer >= 1"),
     choice("critic.tau_grid", algos.TAU_GRIDS),
@@ -260,9 +295,6 @@ RULES: list[Rule] = [
     ("noise.temperature", above(0.0), "> 0"),
     choice("noise.granularity", ("sample", "group")),
     # the model
-    choice("model.dtype", ("float32", "bfloat16", "float16")),
-    choice("model.tokenizer", ("char", "auto")),
-    choice("model.arch.family", ("llama", "qwen2")),
     ("model.arch.hidden_size", at_least(1, integer=True), "an integer >= 1"),
     ("model.arch.num_layers", at_least(1, integer=True), "an integer >= 1"),
     ("model.arch.num_heads", at_least(1, integer=True), "an integer >= 1"),
@@ -293,10 +325,11 @@ RULES: list[Rule] = [
     ("task.teacher_error_rate", between(0.0, 1.0), "in [0, 1]"),
     ("task.n_choices", between(2, 5), "2, 3, 4 or 5"),
     choice("task.template", ("plain", "chat")),
+    ("task.reward.window", at_least(1, integer=True, optional=True),
+     "null (the whole response) or an integer >= 1 (characters read from its end; 300 = veRL's)"),
     # the Hugging Face export (dvpo_lab.export)
     choice("export.enabled", (True, False)),
     ("export.best", one_of(True, False), "true or false (false: no hf/best/, no save at each improvement)"),
-    choice("export.lora", ("merged", "adapter")),
     choice("export.critic", (True, False)),
 ]
 
@@ -330,7 +363,19 @@ def check_values(cfg: DictConfig) -> None:
     if r.max_new_tokens is not None and r.min_new_tokens > r.max_new_tokens:
         raise ConfigError(f"rollout.min_new_tokens={r.min_new_tokens} exceeds rollout.max_new_tokens="
                           f"{r.max_new_tokens}; lower it")
+    check_sampler(r.sampler)
     check_algo(cfg)
+
+
+def check_sampler(sampler: Any) -> None:
+    """`rollout.sampler` names a built-in engine or is a `_target_` node whose class takes its keys."""
+    from dvpo_lab.rollout import SAMPLERS
+
+    if isinstance(sampler, DictConfig):
+        _check_target(sampler, "rollout.sampler.")
+    elif sampler not in SAMPLERS:
+        raise ConfigError(f"rollout.sampler={sampler!r} must be {' | '.join(SAMPLERS)} or a _target_ node (a "
+                          "dvpo_lab.rollout.Sampler subclass); set rollout.sampler=fast")
 
 
 def check_batch_sizes(cfg: DictConfig) -> str:
@@ -345,7 +390,8 @@ def check_batch_sizes(cfg: DictConfig) -> str:
             f"rollout.minibatch_size={r.minibatch_size} does not divide the {n} responses per step "
             f"(rollout.prompts_per_step={r.prompts_per_step} x rollout.samples_per_prompt="
             f"{r.samples_per_prompt}); pick a divisor of {n}")
-    if cfg.algo.adv_estimator in GROUP_ESTIMATORS and r.samples_per_prompt < 2:
+    spec = algos.ALGORITHMS.get(cfg.algo.adv_estimator)
+    if spec is not None and spec.grouped and r.samples_per_prompt < 2:
         raise ConfigError(f"rollout.samples_per_prompt={r.samples_per_prompt}: algo={cfg.algo.name} needs >= 2 "
                           "(a group of one has no baseline)")
     return (f"batch: {r.prompts_per_step} prompts/step x {r.samples_per_prompt} samples/prompt = {n} responses"
@@ -355,20 +401,39 @@ def check_batch_sizes(cfg: DictConfig) -> str:
 
 def check_algo(cfg: DictConfig) -> None:
     """The algorithm, its critic and their knobs fit together; each failure names the key and the fix."""
-    a, c = cfg.algo, cfg.critic
-    if a.adv_estimator not in algos.ADV_ESTIMATORS:
+    a = cfg.algo
+    if a.adv_estimator not in algos.ALGORITHMS:
         raise ConfigError(f"algo.adv_estimator={a.adv_estimator!r} is not registered; choices: "
-                          f"{' | '.join(sorted(algos.ADV_ESTIMATORS))}")
-    needed = algos.ESTIMATOR_CRITICS.get(a.adv_estimator)
-    if needed is not None and c.kind != needed:
+                          f"{' | '.join(sorted(algos.ALGORITHMS))} (an algorithm of yours: list its module in "
+                          "extra_modules)")
+    spec = algos.get_algo(a.adv_estimator)
+    try:
+        c = algos.critic_from(cfg.critic)
+    except Exception as e:  # noqa: BLE001 - the user's critic class refusing its arguments
+        raise ConfigError(f"critic: {cfg.critic.get('_target_')} cannot be built ({one_line(e)}); fix its "
+                          "arguments") from e
+    if c.kind != spec.critic:
         raise ConfigError(f"critic={c.kind}: algo={a.name} (adv_estimator={a.adv_estimator}) reads a critic of "
-                          f"kind {needed!r}; drop the critic override or use critic={needed}")
-    if a.actor_advantage != "mean" and a.adv_estimator != "dist_gae":
-        raise ConfigError(f"algo.actor_advantage={a.actor_advantage} needs a value distribution; use algo=dvpo "
-                          "or algo.actor_advantage=mean")
-    if c.kind in ("ensemble", "quantile") and c.n_heads > 1 and c.head_init_std == 0:
-        raise ConfigError(f"critic.head_init_std=0 with critic={c.kind} and {c.n_heads} heads: identical "
+                          f"kind {spec.critic!r}; drop the critic override or use critic={spec.critic}")
+    n_heads = getattr(c, "n_heads", 1)
+    if n_heads > 1 and c.head_init_std == 0:
+        raise ConfigError(f"critic.head_init_std=0 with critic={c.kind} and {n_heads} heads: identical "
                           "zero-initialised heads stay equal forever; set critic.head_init_std > 0 (e.g. 0.01)")
+    if spec.node_schema is not None:
+        check_algo_node(a, spec)
+
+
+def check_algo_node(a: DictConfig, spec: algos.AlgoSpec) -> None:
+    """A user's algorithm's own node `algo.<spec.node>` against its dataclass (`AlgoSpec.node_schema`): unknown
+    keys and wrong types fail here, as the built-in nodes fail at compose; its defaults fill what is not set."""
+    node = a.get(spec.node)
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(spec.node_schema), node if node is not None else {})
+    except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors, folded into one line
+        raise ConfigError(f"algo.{spec.node}: {one_line(e)} (algorithm {spec.name} takes "
+                          f"{', '.join(f.name for f in dataclasses.fields(spec.node_schema))})") from None
+    with read_write(a), open_dict(a):
+        a[spec.node] = typed
 
 
 # -------------------------------------------------------------------------------------------- 3. presets
@@ -441,10 +506,10 @@ def check_config(cfg: DictConfig, choices: dict[str, Any] | None = None,
     """
     from dvpo_lab.callbacks import progress_settings
 
-    check_keys(cfg)
+    check_presets(cfg, dict(choices or {}), list(task_overrides or []))  # first: a contradicted preset explains
+    check_keys(cfg)  # the keys it leaves behind (experiment=quantiles_50 algo=rbppo: an ensemble critic with N)
     check_values(cfg)
     progress_settings(cfg)  # callbacks.progress_bar.mode / every_s (the warm-start reads them too)
-    check_presets(cfg, dict(choices or {}), list(task_overrides or []))
     return check_batch_sizes(cfg)
 
 

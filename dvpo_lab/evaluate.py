@@ -6,6 +6,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dvpo_lab.multiturn import sample_for_task
+from dvpo_lab.rollout import Sampler
 from dvpo_lab.tasks import Problem, Task
 
 
@@ -18,7 +19,7 @@ def greedy_scores(
     batch_size: int,
     max_new_tokens: int,
     max_prompt_len: int | None = None,
-    sampler: str = "fast",
+    sampler: Sampler | str = "fast",
 ) -> tuple[torch.Tensor, list[str]]:
     """Clean scores `[n]` of greedy responses to `problems` (dialogues for a multi-turn task), and the responses.
 

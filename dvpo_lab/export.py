@@ -103,16 +103,16 @@ def save_policy(policy: nn.Module, tokenizer, folder: Path, lora: str = "merged"
 
 def save_critic(critic: nn.Module, spec: algos.Critic, folder: Path) -> None:
     """Write a `ValueModel` critic into `folder`: its backbone with `save_pretrained` (LoRA merged), the head in
-    `value_head.safetensors` and, in `critic.json`, how the head's outputs are read (kind, heads, quantiles)."""
+    `value_head.safetensors` and, in `critic.json`, how the head's outputs are read: the critic's `_target_` and
+    constructor arguments (kind, heads, quantiles, levels), read back by `load_critic`."""
     folder.mkdir(parents=True, exist_ok=True)
     backbone = critic.backbone
     has_lora = any(".lora_" in k for k in backbone.state_dict())
     backbone.save_pretrained(folder, state_dict=merged_state_dict(backbone) if has_lora else None)
     head = {k: v.detach().cpu().contiguous() for k, v in critic.head.state_dict().items()}
     save_file(head, str(folder / HEAD_FILE))
-    c = spec.ccfg
-    info = {"kind": spec.kind, "n_heads": spec.n_heads, "n_quantiles": spec.n_quantiles, "n_out": spec.n_out,
-            "tau_grid": c.tau_grid, "monotone": c.monotone,
+    target = f"{type(spec).__module__}.{type(spec).__qualname__}"
+    info = {"_target_": target, **spec.config(), "kind": spec.kind, "n_out": spec.n_out,
             "taus": spec.taus.tolist() if spec.taus is not None else None}
     (folder / CRITIC_FILE).write_text(json.dumps(info, indent=1))
 
@@ -234,8 +234,8 @@ def load_critic(folder: str | Path, device: str | torch.device = "cpu") -> Expor
         raise FileNotFoundError(f"{folder}: no {CRITIC_FILE}; export with the critic (export.critic=true, or "
                                 "python -m dvpo_lab.export ... --critic)")
     info = json.loads((folder / CRITIC_FILE).read_text())
-    spec = algos.Critic(OmegaConf.create({k: info[k] for k in ("kind", "n_heads", "n_quantiles", "tau_grid",
-                                                              "monotone")}), None)
+    drop = ("n_out", "taus") + (("kind",) if "_target_" in info else ())
+    spec = algos.critic_from(OmegaConf.create({k: v for k, v in info.items() if k not in drop}))
     backbone = AutoModel.from_pretrained(folder, dtype="auto")  # the dtype it was trained in
     head = nn.Linear(backbone.config.hidden_size, info["n_out"])
     head.load_state_dict(load_file(str(folder / HEAD_FILE)))
@@ -309,11 +309,13 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, critic: bool = False, l
     spec = None
     modules = [("policy", policy)]
     if critic:
-        spec = algos.Critic(cfg.critic, cfg.algo)
+        from dvpo_lab.extensions import import_extra_modules
+
+        import_extra_modules(cfg.get("extra_modules"))  # a critic class of the user's
+        spec = algos.critic_from(cfg.critic)
         if spec.kind == "none" or not parts["critic"]:
-            raise ConfigError(f"--critic: the run of {ckpt} has no critic (critic.kind={cfg.critic.kind}); "
-                              "drop --critic")
-        modules.append(("critic", build_critic(policy, spec.n_out, cfg.critic.head_init_std)))
+            raise ConfigError(f"--critic: the run of {ckpt} has no critic (critic={spec.kind}); drop --critic")
+        modules.append(("critic", build_critic(policy, spec.n_out, spec.head_init_std)))
     for name, mod in modules:
         missing, unexpected = mod.load_state_dict(parts[name], strict=False)
         if missing or unexpected:

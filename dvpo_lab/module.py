@@ -27,6 +27,7 @@ from dvpo_lab.multiturn import sample_for_task
 from dvpo_lab.noise import RewardNoise
 from dvpo_lab.rollout import (
     Rollout,
+    as_sampler,
     fast_sampler_reason,
     prompt_budget,
     response_logprobs,
@@ -48,8 +49,9 @@ class RLModule(L.LightningModule):
         self.cfg, self.acfg, self.rcfg = cfg, cfg.algo, cfg.rollout
         self.tokenizer, self.task, self.noise = tokenizer, task, noise
         self.policy = policy
-        self.critic_spec = algos.Critic(cfg.critic, self.acfg)
-        self.critic = (build_critic(policy, self.critic_spec.n_out, cfg.critic.head_init_std)
+        self.spec = algos.get_algo(self.acfg.adv_estimator)  # what the algorithm needs and its two functions
+        self.critic_spec = algos.critic_from(cfg.critic)  # the value head's shape and reading
+        self.critic = (build_critic(policy, self.critic_spec.n_out, self.critic_spec.head_init_std)
                        if self.critic_spec.kind != "none" else None)
         self.needs_ref = self.acfg.use_kl_in_reward or self.acfg.use_kl_loss
         # the frozen initial policy also serves noise that labels prompts from its samples (majority_vote)
@@ -58,10 +60,10 @@ class RLModule(L.LightningModule):
             self.kl_ctrl = algos.AdaptiveKLController(self.acfg.kl_coef, self.acfg.kl_target, self.acfg.kl_horizon)
         else:
             self.kl_ctrl = algos.FixedKLController(self.acfg.kl_coef)
-        self.estimator = algos.get_adv_estimator(self.acfg.adv_estimator)
         self.max_new_tokens = self.rcfg.max_new_tokens or task.max_response_len
         self.max_prompt_len = prompt_budget(policy, self.max_new_tokens)
         self.eval_problems = task.test_problems()[: self.rcfg.eval_limit]
+        self.sampler = as_sampler(self.rcfg.sampler)  # the rollout engine (rollout.sampler)
         self.reuse_logprobs = self.sampler_logprobs_exact() if self.rcfg.reuse_sampler_logprobs else False
         self.history: list[dict[str, float]] = []  # val/acc per evaluated step, saved in checkpoints
         self.fingerprint: str | None = None  # the run's config fingerprint (dvpo_lab.resume), saved in checkpoints
@@ -84,7 +86,7 @@ class RLModule(L.LightningModule):
         rounding. Not with dropout (the pass runs in train mode), low precision (rounding of the cached
         path differs visibly), dialogues (played with generate) or a model the fast sampler falls back on.
         """
-        why = fast_sampler_reason(self.policy, self.rcfg.sampler)
+        why = fast_sampler_reason(self.policy, self.sampler)
         if why is None and self.task.multi_turn:
             why = "multi-turn task"
         if why is None and any(p.dtype != torch.float32 for p in self.policy.parameters()):
@@ -135,7 +137,7 @@ class RLModule(L.LightningModule):
         reuse = self.reuse_logprobs and not torch.is_autocast_enabled(self.device.type)
         ro = sample_for_task(self.policy, self.tokenizer, self.task, rep, max_new_tokens=self.max_new_tokens,
                              temperature=self.rcfg.temperature, top_k=self.rcfg.top_k, top_p=self.rcfg.top_p,
-                             seed=self.step_seed(), max_prompt_len=self.max_prompt_len, sampler=self.rcfg.sampler,
+                             seed=self.step_seed(), max_prompt_len=self.max_prompt_len, sampler=self.sampler,
                              min_new_tokens=self.rcfg.min_new_tokens, return_logprobs=reuse)
         timing["gen"] = time.perf_counter() - t0
 
@@ -161,11 +163,7 @@ class RLModule(L.LightningModule):
         values = self.critic_spec.estimator_values(old_view) if old_view is not None else None
         kl = algos.kl_penalty(old_logp, ref_logp, a.kl_penalty) if a.use_kl_in_reward else None
         token_rewards = algos.build_token_rewards(score, mask, kl, self.kl_ctrl.value)
-        adv, returns = self.estimator(
-            token_rewards, mask, values=values, group_index=group_index, gamma=a.gamma, lam=a.lam,
-            norm_adv_by_std=a.norm_adv_by_std, whiten_advantages=a.norm_adv, actor_advantage=a.actor_advantage,
-            risk_alpha=a.risk_alpha, wang_eta=a.wang_eta, robust_c=a.robust.c, robust_rho=a.robust.rho,
-            robust_v_lo=a.robust.v_lo)
+        adv, returns = self.spec.estimator(token_rewards, mask, values=values, group_index=group_index, config=a)
         timing["old_log_prob"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
@@ -250,7 +248,7 @@ class RLModule(L.LightningModule):
         """`n` responses per prompt (prompt-major) from the frozen initial policy: the noise's `Sampler`."""
         return sample(self.reference, self.tokenizer, [p for p in prompts for _ in range(n)],
                       max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed,
-                      max_prompt_len=self.max_prompt_len, sampler=self.rcfg.sampler).texts
+                      max_prompt_len=self.max_prompt_len, sampler=self.sampler).texts
 
     def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view) -> dict[str, float]:
         """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (the PPO update as veRL
@@ -290,10 +288,11 @@ class RLModule(L.LightningModule):
                     out["actor/grad_norm"] = self.optimizer_step(actor_opt, loss, self.policy)
                 if critic_opt is not None:
                     view = self.critic_spec.view(response_values(self.critic, ro, rows=rows))
-                    vf_loss, vf_m = self.critic_spec.loss(view, old_view[rows], returns[rows], m, budget)
+                    vf_loss, vf_m = self.spec.critic_loss(view, old_view[rows], returns[rows], m,
+                                                          critic=self.critic_spec, config=a, loss_scale_factor=budget)
                     out.update({f"critic/{k}": v for k, v in vf_m.items()})
                     self.check_finite({"critic/vf_loss": vf_loss, **out},
-                                      ("critic/vf_loss", *(f"critic/loss_{t}" for t in ("qr", *algos.DVPO_TERMS))))
+                                      ("critic/vf_loss", *(k for k in out if k.startswith("critic/loss_"))))
                     out["critic/grad_norm"] = self.optimizer_step(critic_opt, vf_loss, self.critic)
                 for k, val in out.items():
                     sums[k] = sums.get(k, 0.0) + float(val.detach() if torch.is_tensor(val) else val)
@@ -349,7 +348,7 @@ class RLModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         problems = [self.eval_problems[i] for i in batch.tolist()]
         scores, texts = greedy_scores(self.policy, self.tokenizer, self.task, problems, len(problems),
-                                      self.max_new_tokens, self.max_prompt_len, sampler=self.rcfg.sampler)
+                                      self.max_new_tokens, self.max_prompt_len, sampler=self.sampler)
         self._val_scores.append(scores.to(self.device))
         self._val_metrics.append(self.task.metrics(texts, problems))  # e.g. dialogue TCR/ACR/GCR
 

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dvpo_lab.decode import decode
 from dvpo_lab.rollout import (
     Rollout,
+    Sampler,
     _decoder_of,
     check_prompt_budget,
     fast_sampler_reason,
@@ -82,7 +83,7 @@ def sample_dialogues(
     seed: int | None = None,
     max_prompt_len: int | None = None,
     record_logprobs: bool = False,
-    sampler: str = "fast",
+    sampler: Sampler | str = "fast",
 ) -> DialogueRollout:
     """Play one episode per problem (repeat problems for several samples). `seed` fixes every draw.
 
@@ -123,7 +124,7 @@ def sample_dialogues(
         gen_kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
     else:
         gen_kwargs.update(temperature=None, top_k=None, top_p=None)
-    fast = sampler == "fast" and fast_sampler_reason(policy, sampler) is None
+    fast = fast_sampler_reason(policy, sampler) is None
     was_training = policy.training
     policy.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

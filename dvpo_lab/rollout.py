@@ -3,8 +3,10 @@
 Layout of a rollout: prompts are left-padded to P tokens, responses right-padded to T tokens, so
 `input_ids = [B, P + T]`; position ids come from the attention mask, so padding never shifts positions.
 
-Two samplers draw the same tokens from the same seed: `fast` (`dvpo_lab.decode`, the default: no per-token
-framework work) and `hf` (`model.generate`); `fast` falls back to `hf` for models it does not cover.
+The rollout engine is `rollout.sampler`: a `_target_` node (`{_target_: dvpo_lab.rollout.FastSampler}`, the
+default) or the name of a built-in one (`rollout.sampler=hf`). Two built-ins draw the same tokens from the same seed:
+`fast` (`FastSampler`: `dvpo_lab.decode`, no per-token framework work) and `hf` (`HFSampler`: `model.generate`);
+`fast` falls back to `hf` for models it does not cover. A user's engine subclasses `Sampler`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dvpo_lab.algos import entropy_from_logits
@@ -21,7 +24,6 @@ from dvpo_lab.decode import decode, unsupported_reason
 from dvpo_lab.models.pretrained import is_lora
 
 log = logging.getLogger(__name__)
-SAMPLERS = ("fast", "hf")
 _fallbacks_logged: set[str] = set()
 _warned: set[str] = set()  # one-per-process warnings already given (e.g. "prompt_truncation")
 
@@ -125,11 +127,100 @@ def clipped_responses(
     return (lengths >= max_new_tokens) & (last != eos_token_id)
 
 
-def fast_sampler_reason(policy: PreTrainedModel, sampler: str) -> str | None:
-    """Why `sample(..., sampler=sampler)` will run `generate` rather than the fast loop (None: it will not)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"rollout.sampler={sampler!r}: expected one of {SAMPLERS}")
-    return "rollout.sampler=hf" if sampler == "hf" else unsupported_reason(_decoder_of(policy))
+class Sampler:
+    """A rollout engine: response tokens for left-padded prompts, under the caller's seeded torch RNG.
+
+    Attributes:
+        name: how logs and `fast_sampler_reason` name it.
+    """
+
+    name = "sampler"
+
+    def fallback_reason(self, policy: PreTrainedModel) -> str | None:
+        """Why this engine will not run its own loop for `policy` (None: it will); the log-probs it returns are the
+        fast sampler's only when this is None."""
+        return None
+
+    def generate(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, enc: dict[str, torch.Tensor], *,
+                 max_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                 min_new_tokens: int, return_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sample.
+
+        Args:
+            enc: `input_ids`, `attention_mask` `[B, P]` on the policy's device, left-padded.
+        Returns:
+            (response tokens `[B, T]` with T <= max_new_tokens, their log-probs `[B, T]` float32 or None).
+        """
+        raise NotImplementedError
+
+
+class HFSampler(Sampler):
+    """`model.generate` (any model transformers can generate with)."""
+
+    name = "hf"
+
+    def fallback_reason(self, policy: PreTrainedModel) -> str | None:
+        return "rollout.sampler=hf"
+
+    def generate(self, policy, tokenizer, enc, *, max_new_tokens, do_sample, temperature, top_k, top_p,
+                 min_new_tokens, return_logprobs):
+        return _hf_generate(policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p,
+                            min_new_tokens), None
+
+
+class FastSampler(Sampler):
+    """`dvpo_lab.decode`: a preallocated KV cache and the model's own modules, no per-token framework work; the same
+    tokens as `model.generate` from the same seed. Falls back to `generate` (one warning) for models it does not
+    cover."""
+
+    name = "fast"
+
+    def fallback_reason(self, policy: PreTrainedModel) -> str | None:
+        return unsupported_reason(_decoder_of(policy))
+
+    def generate(self, policy, tokenizer, enc, *, max_new_tokens, do_sample, temperature, top_k, top_p,
+                 min_new_tokens, return_logprobs):
+        reason = self.fallback_reason(policy)
+        if reason is not None:
+            if reason not in _fallbacks_logged:
+                _fallbacks_logged.add(reason)
+                log.warning("rollout.sampler=fast falls back to model.generate: %s", reason)
+            return HFSampler().generate(policy, tokenizer, enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                        temperature=temperature, top_k=top_k, top_p=top_p,
+                                        min_new_tokens=min_new_tokens, return_logprobs=False)
+        out = decode(_decoder_of(policy), enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
+                     temperature=temperature, top_k=top_k, top_p=top_p, min_new_tokens=min_new_tokens,
+                     return_logprobs=return_logprobs)
+        return out.tokens, out.logprobs
+
+
+SAMPLERS = {"fast": FastSampler, "hf": HFSampler}  # the names `rollout.sampler=NAME` takes
+
+
+def as_sampler(sampler: Sampler | str | DictConfig | dict) -> Sampler:
+    """The engine `rollout.sampler` describes: an instance, a built-in's name, or a `_target_` node.
+
+    Raises:
+        ValueError: an unknown name or a node without `_target_`.
+    """
+    if isinstance(sampler, Sampler):
+        return sampler
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"rollout.sampler={sampler!r}: expected {' | '.join(SAMPLERS)} or a _target_ node")
+        return SAMPLERS[sampler]()
+    if "_target_" not in sampler:
+        raise ValueError("rollout.sampler: a node needs a _target_ (a dvpo_lab.rollout.Sampler subclass)")
+    from hydra.utils import instantiate
+
+    return instantiate(sampler)
+
+
+def fast_sampler_reason(policy: PreTrainedModel, sampler: Sampler | str | DictConfig) -> str | None:
+    """Why `sample(..., sampler=sampler)` will not run the fast loop (None: it will)."""
+    engine = as_sampler(sampler)
+    return engine.fallback_reason(policy) if isinstance(engine, FastSampler) else f"rollout.sampler={engine.name}"
 
 
 def _decoder_of(policy: PreTrainedModel) -> PreTrainedModel:
@@ -151,36 +242,27 @@ def sample(
     seed: int | None = None,
     max_prompt_len: int | None = None,
     min_new_tokens: int = 0,
-    sampler: str = "fast",
+    sampler: Sampler | str | DictConfig = "fast",
     return_logprobs: bool = False,
 ) -> Rollout:
     """Generate one response per prompt (repeat prompts for several samples). `seed` fixes the draw.
 
-    `sampler`: fast | hf, the same tokens from the same seed (see the module docstring). `min_new_tokens`
-    forbids EOS before that many tokens (fixed-length benchmark workloads). `return_logprobs`: keep the fast
-    sampler's log-probs of its tokens in `Rollout.logprobs` (the `hf` path leaves it None).
+    `sampler`: the engine (`as_sampler`: fast | hf | a `_target_` node | an instance), the same tokens from the
+    same seed for the built-ins (see the module docstring). `min_new_tokens` forbids EOS before that many tokens
+    (fixed-length benchmark workloads). `return_logprobs`: keep the engine's log-probs of its tokens in
+    `Rollout.logprobs` (`hf` leaves it None).
     """
+    engine = as_sampler(sampler)
     enc, prompt_clipped = encode_prompts(tokenizer, prompts, max_prompt_len)
     enc = {k: v.to(policy.device) for k, v in enc.items()}
-    reason = fast_sampler_reason(policy, sampler)
-    if reason is not None and sampler == "fast" and reason not in _fallbacks_logged:
-        _fallbacks_logged.add(reason)
-        log.warning("rollout.sampler=fast falls back to model.generate: %s", reason)
     was_training = policy.training
     policy.eval()
-    logprobs = None
     with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
-        if reason is None:
-            out = decode(_decoder_of(policy), enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                         min_new_tokens=min_new_tokens, return_logprobs=return_logprobs)
-            response, logprobs = out.tokens, out.logprobs
-        else:
-            response = _hf_generate(policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                    min_new_tokens)
+        response, logprobs = engine.generate(policy, tokenizer, enc, max_new_tokens=max_new_tokens,
+                                             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                                             min_new_tokens=min_new_tokens, return_logprobs=return_logprobs)
     policy.train(was_training)
     T = response.shape[1]
     is_eos = response == tokenizer.eos_token_id

@@ -19,6 +19,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,11 +27,11 @@ from dvpo_lab.checks import check_config, check_prompt_budget, check_trainer, mo
 from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
 from dvpo_lab.export import best_step, export_run
+from dvpo_lab.extensions import import_extra_modules
 from dvpo_lab.loggers import build_loggers, finish_loggers, log_summary
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.models.pretrained import convert_gguf
 from dvpo_lab.module import RLModule
-from dvpo_lab.noise import NOISE_PARAMS, build_noise
 from dvpo_lab.resume import (
     FolderTaken,
     check_run_folder,
@@ -41,39 +42,42 @@ from dvpo_lab.resume import (
     resolve_ckpt_path,
 )
 from dvpo_lab.sft import warm_start
-from dvpo_lab.tasks import TASKS, build_task
+from dvpo_lab.tasks import Task, instantiate_task
 
 log = logging.getLogger("dvpo_lab")
 FAILED = "failed.txt"  # a multirun job's traceback, in its folder
 
 
-def make_task(cfg: DictConfig, tokenizer=None):
-    """The task of `cfg.task`; tasks whose constructor takes `tokenizer` (chat templates) get the model's."""
-    if cfg.task.name not in TASKS:
-        raise ConfigError(f"task.name={cfg.task.name!r} is not registered; choices: {sorted(TASKS)}")
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.task, resolve=True).items()
-              if k not in ("name", "sft_max_steps", "sft_batch_size", "sft_target_acc")}
-    params = inspect.signature(TASKS[cfg.task.name].__init__).parameters
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-        raise ConfigError(f"task {cfg.task.name!r} does not take {unknown}; it takes {sorted(set(params) - {'self'})}")
-    if "tokenizer" in params:
-        kwargs["tokenizer"] = tokenizer
-    return build_task(cfg.task.name, **kwargs)
+def make_task(cfg: DictConfig, tokenizer=None) -> Task:
+    """The task of `cfg.task`, built by `hydra.utils.instantiate` from its `_target_` and arguments
+    (`dvpo_lab.tasks.instantiate_task`): the run's keys (`name`, `sft_*`) are not passed, a constructor that
+    takes `tokenizer` (chat templates) gets the model's, and `task.reward` is built into the reward function."""
+    return instantiate_task(cfg.task, tokenizer)
 
 
 def make_noise(cfg: DictConfig, task=None):
-    """The noise of `cfg.noise`; `majority_vote` also wraps the task (its answer extraction and verifier)."""
-    n = cfg.noise
-    if n.kind != "none" and cfg.task.get("reward", "tcr") == "gcr":
-        raise ConfigError(f"noise={n.name} flips a binary reward but task.reward=gcr is a fraction; "
+    """The noise model of `cfg.noise`, built by `hydra.utils.instantiate` from its `_target_` and arguments.
+
+    `noise.name` labels the run (folder, tags, reports) and is not passed; a constructor that takes `task`
+    (`MajorityVoteNoise`: its answer extraction and verifier) gets the run's task.
+
+    Raises:
+        ConfigError: a noise that reads binary scores (`needs_binary_scores`) with `task.reward=gcr`, or a
+            constructor that refuses its arguments (its message, one line).
+    """
+    spec = {k: v for k, v in OmegaConf.to_container(cfg.noise, resolve=True).items() if k != "name"}
+    target = hydra.utils.get_object(spec["_target_"])
+    if getattr(target, "needs_binary_scores", True) and cfg.task.get("reward", "tcr") == "gcr":
+        raise ConfigError(f"noise={cfg.noise.name} flips a binary reward but task.reward=gcr is a fraction; "
                           "use task.reward=tcr or noise=none")
-    if n.kind not in NOISE_PARAMS:
-        raise ConfigError(f"noise.kind={n.kind!r}: expected {' | '.join(NOISE_PARAMS)}")
-    kwargs = {key: n[key] for key in NOISE_PARAMS[n.kind]}
-    if n.kind == "majority_vote":
-        kwargs["task"] = task
-    return build_noise(n.kind, **kwargs)
+    if "task" in spec:
+        raise ConfigError("noise.task is not a config key: the run passes its own task to the noise; drop it")
+    extra = {"task": task} if "task" in inspect.signature(target).parameters else {}
+    try:
+        return hydra.utils.instantiate(spec, **extra)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"noise={cfg.noise.name} ({spec['_target_']}): {' '.join(str(cause).split())}") from e
 
 
 class _DropVendorTips(logging.Filter):
@@ -199,6 +203,7 @@ def run(cfg: DictConfig) -> float | None:
     hydra_on = HydraConfig.initialized()
     choices = dict(HydraConfig.get().runtime.choices) if hydra_on else {}
     overrides = list(HydraConfig.get().overrides.task) if hydra_on else []
+    import_extra_modules(cfg.get("extra_modules"))  # the user's algorithms and _target_s, before the checks
     batch_line = check_config(cfg, choices, overrides)
     check_trainer(cfg)
     fingerprint = config_fingerprint(cfg)  # before anything below fills in derived values

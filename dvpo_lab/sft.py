@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
 from dvpo_lab.callbacks import sft_progress
+from dvpo_lab.config import ConfigError
 from dvpo_lab.evaluate import greedy_scores
 from dvpo_lab.models.build import build_policy, build_tokenizer
 from dvpo_lab.models.pretrained import savable
 from dvpo_lab.multiturn import encode_dialogue_demo
 from dvpo_lab.rollout import prompt_budget
-from dvpo_lab.tasks import Problem, Task
+from dvpo_lab.tasks import Problem, Task, task_arguments
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -42,7 +43,7 @@ def warm_start_key(cfg: DictConfig) -> str:
     spec = {
         "v": CACHE_VERSION,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "task": task_arguments(cfg.task),  # every constructor argument, defaults included (one key per task)
         "sft": OmegaConf.to_container(cfg.sft, resolve=True),
     }
     spec["model"].pop("warm_start", None)
@@ -52,7 +53,7 @@ def warm_start_key(cfg: DictConfig) -> str:
             spec["model"].pop(key, None)
     if not spec["model"].get("lora", {}).get("enabled", False):
         spec["model"].pop("lora", None)
-    for key in ("sft_batch_size", "sft_target_acc", "reward_window"):
+    for key in ("sft_batch_size", "sft_target_acc"):
         if spec["task"].get(key) is None:
             spec["task"].pop(key, None)
     if cfg.rollout.max_new_tokens is not None:  # the accuracy checks see the RL run's prompt budget
@@ -160,8 +161,8 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         policy = build_policy(cfg.model, tokenizer)
         demos = [p for p in task.sft_problems() if p.solution]
         if not demos:
-            raise ValueError(f"task {cfg.task.name!r} has no demonstrations for the warm-start; "
-                             "set model.warm_start=false")
+            raise ConfigError(f"task {cfg.task.name!r} has no demonstrations for the warm-start (no problem has a "
+                              "solution); set model.warm_start=false")
         gen = torch.Generator().manual_seed(cfg.sft.seed)
         loader = DataLoader(
             _encode_demos(tokenizer, task, demos, getattr(policy.config, "max_position_embeddings", None)),

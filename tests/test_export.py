@@ -76,8 +76,8 @@ def run_policy(cfg, ckpt: Path):
 
 def run_critic_values(cfg, policy, state, tokenizer):
     """(the run's critic at `state`, token ids, mask, its values `[B, L, ...]` read as the run reads them)."""
-    spec = algos.Critic(cfg.critic, cfg.algo)
-    critic = build_critic(policy, spec.n_out, cfg.critic.head_init_std)
+    spec = algos.critic_from(cfg.critic)
+    critic = build_critic(policy, spec.n_out, spec.head_init_std)
     critic.load_state_dict({k[len("critic."):]: v for k, v in state.items() if k.startswith("critic.")})
     enc = tokenizer(["12+34=", "905+17=1"], return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -153,7 +153,7 @@ def test_export_cli_on_last_ckpt_gives_the_final_weights_and_the_runs_critic(tra
     # the run's critic after the last step, against what load_critic reads from both exports
     policy, tokenizer, state = run_policy(cfg, out / "checkpoints" / "last.ckpt")
     _, ids, mask, expected = run_critic_values(cfg, policy, state, tokenizer)
-    spec = algos.Critic(cfg.critic, cfg.algo)
+    spec = algos.critic_from(cfg.critic)
     assert expected.shape == (2, ids.shape[1], spec.n_heads, spec.n_quantiles) and expected.abs().sum() > 0
     for folder in (dest, out / "hf" / "final"):
         with torch.no_grad():

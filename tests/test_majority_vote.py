@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvpo_lab.noise import MajorityVoteNoise, PseudoLabel, build_noise, prompt_seed
+from dvpo_lab.noise import MajorityVoteNoise, PseudoLabel
+from dvpo_lab.seeding import prompt_seed
 from dvpo_lab.tasks import Task
 from dvpo_lab.tasks.arith import ArithTask
 from dvpo_lab.tasks.gsm8k import GSM8KTask
+from dvpo_lab.tasks.reward import math_verify_match, strict_match
 from dvpo_lab.tasks.sciqa import SciQATask
 
 K = 8
@@ -73,8 +75,9 @@ def test_reward_is_the_verifier_against_the_label(task: ArithTask) -> None:
     responses = [f"x #### {p.answer}" if j == 0 else "x #### 100000" for p in problems for j in range(G)]
     clean = task.score(responses, rep)
     assert clean.tolist() == [1.0, 0.0] * len(problems)
-    noisy, m = noise.apply(clean, seed=1, step=0, group_index=torch.arange(len(rep)) // G,
-                           responses=responses, problems=rep)
+    noisy, m = noise.apply(
+        clean, seed=1, step=0, group_index=torch.arange(len(rep)) // G, responses=responses, problems=rep
+    )
     # even prompts (label right): noisy = clean; odd prompts (label "100000"): the right answer is punished and
     # the wrong one rewarded
     expected = [1.0, 0.0, 0.0, 1.0] * (len(problems) // 2)
@@ -83,8 +86,9 @@ def test_reward_is_the_verifier_against_the_label(task: ArithTask) -> None:
     assert m["noise/fp_rate"] == pytest.approx(0.5) and m["noise/fn_rate"] == pytest.approx(0.5)
     assert m["noise/youden_j"] == pytest.approx(0.0) and m["noise/mv_cache_size"] == len(problems)
     # the same call again gives the same rewards (the labels are fixed once computed)
-    again, _ = noise.apply(clean, seed=1, step=5, group_index=torch.arange(len(rep)) // G,
-                           responses=responses, problems=rep)
+    again, _ = noise.apply(
+        clean, seed=1, step=5, group_index=torch.arange(len(rep)) // G, responses=responses, problems=rep
+    )
     assert torch.equal(again, noisy)
 
 
@@ -95,20 +99,20 @@ def test_ties_go_to_the_first_answer_and_no_answer_scores_zero(task: ArithTask) 
     assert noise.vote(p, ["nothing", "#### 9", "junk", "junk"]) == PseudoLabel("9", 1, p.answer == "9")
     assert noise.vote(p, ["no", "answer", "at", "all"]) == PseudoLabel(None, 0, False)
     noise.cache[p.prompt] = PseudoLabel(None, 0, False)
-    noisy, m = noise.apply(torch.ones(2), seed=1, step=0, group_index=torch.zeros(2),
-                           responses=[p.solution, p.solution], problems=[p, p])  # type: ignore[list-item]
+    noisy, m = noise.apply(
+        torch.ones(2), seed=1, step=0, group_index=torch.zeros(2), responses=[p.solution, p.solution], problems=[p, p]
+    )  # type: ignore[list-item]
     assert noisy.tolist() == [0.0, 0.0] and m["noise/mv_agreement"] == 0.0
 
 
 def test_apply_needs_prepare_and_responses(task: ArithTask) -> None:
     problems, _ = _setup(task, 2)
-    noise = build_noise("majority_vote", task=task)
+    noise = MajorityVoteNoise(task)
     assert noise.needs_policy_samples
     with pytest.raises(ValueError, match="needs responses= and problems="):
         noise.apply(torch.zeros(2), seed=1, step=0, group_index=torch.zeros(2))
     with pytest.raises(ValueError, match="call prepare"):
-        noise.apply(torch.zeros(2), seed=1, step=0, group_index=torch.zeros(2), responses=["a", "b"],
-                    problems=problems)
+        noise.apply(torch.zeros(2), seed=1, step=0, group_index=torch.zeros(2), responses=["a", "b"], problems=problems)
     with pytest.raises(ValueError, match="noise.k"):
         MajorityVoteNoise(task, k=0)
 
@@ -131,11 +135,19 @@ def test_every_task_can_be_pseudo_labelled(tmp_path: Path) -> None:
     rows = [{"question": "q?", "answer": "1 + 4 = 5\n#### 5"}]
     (tmp_path / "train.jsonl").write_text(json.dumps(rows[0]) + "\n")
     (tmp_path / "test.jsonl").write_text(json.dumps(rows[0]) + "\n")
-    for reward in ("strict", "math_verify"):
+    for reward in (strict_match, math_verify_match):
         gsm = GSM8KTask(data_dir=tmp_path, reward=reward)
         g = gsm.test_problems()[0]
         label = MajorityVoteNoise(gsm, k=3).vote(g, ["#### 5", "so #### 5", "#### 6"])
         assert label.answer == "5" and label.agrees and label.votes == 2
-    mv = GSM8KTask(data_dir=tmp_path, reward="math_verify")
+    mv = GSM8KTask(data_dir=tmp_path, reward=math_verify_match)
     # the flexible rule matches "5.0" and "\boxed{5}" against the label "5"
     assert mv.score_against(["#### 5.0", "so $\\boxed{5}$", "#### 6"], [g] * 3, ["5"] * 3).tolist() == [1, 1, 0]
+
+
+def test_config_builds_it_around_the_runs_own_task(task: ArithTask) -> None:
+    from dvpo_lab.run import make_noise
+    from tests.conftest import compose_cfg
+
+    noise = make_noise(compose_cfg(["noise=majority_vote", "noise.k=5", "noise.temperature=0.5"]), task)
+    assert isinstance(noise, MajorityVoteNoise) and noise.task is task and (noise.k, noise.temperature) == (5, 0.5)

@@ -18,7 +18,8 @@ from dvpo_lab.module import RLModule
 from dvpo_lab.multiturn import sample_dialogues
 from dvpo_lab.rollout import clipped_responses, encode_prompts, sample
 from dvpo_lab.run import run
-from dvpo_lab.tasks import build_task
+from dvpo_lab.tasks.arith import ArithTask
+from dvpo_lab.tasks.dialogue import DialogueTask
 from tests.conftest import compose_cfg
 
 EOS = 2
@@ -106,7 +107,7 @@ def test_dialogue_clip_ratio_counts_episodes_the_budget_cut(tiny):
     """A dialogue is clipped when its tokens (assistant and user) reached the budget while it was still going;
     under the task's own budget no episode is, and the batch's longest dialogue is not counted as clipped."""
     tok, policy = tiny
-    task = build_task("dialogue", n_test=20, n_sft=8)
+    task = DialogueTask(n_test=20, n_sft=8)
     problems = task.train_problems(range(4))
     full = sample_dialogues(policy, tok, task, problems, max_new_tokens=task.max_response_len, seed=3)
     assert full.response_clipped.tolist() == [False] * 4
@@ -140,14 +141,14 @@ def test_no_prompt_budget_is_refused(budget, tiny):
     tok, policy = tiny
     with pytest.raises(ValueError, match=f"max_prompt_len={budget}.*rollout.max_new_tokens"):
         encode_prompts(tok, ["abc"], max_prompt_len=budget)
-    task = build_task("dialogue", n_test=20, n_sft=8)
+    task = DialogueTask(n_test=20, n_sft=8)
     with pytest.raises(ValueError, match="rollout.max_new_tokens"):
         sample_dialogues(policy, tok, task, task.train_problems(range(1)), max_new_tokens=5, max_prompt_len=budget)
 
 
 def test_dialogue_prompts_are_truncated_counted_and_warned(tiny, fresh_warnings):
     tok, policy = tiny
-    task = build_task("dialogue", n_test=20, n_sft=8)
+    task = DialogueTask(n_test=20, n_sft=8)
     problems = task.train_problems(range(3))
     longest = max(len(tok(p.prompt, add_special_tokens=False)["input_ids"]) for p in problems)
     with _Records("dvpo_lab.rollout") as rec:
@@ -210,7 +211,7 @@ def test_warm_start_demonstrations_longer_than_the_context_keep_their_end(tiny):
     from dvpo_lab.sft import _encode_demos
 
     tok, _ = tiny
-    task = build_task("arith", n_test=4, n_sft=8)
+    task = ArithTask(n_test=4, n_sft=8)
     demos = task.sft_problems()
     full = _encode_demos(tok, task, demos)
     context = min(len(ids) for ids, _ in full) - 3

@@ -12,8 +12,7 @@ from dvpo_lab.models.tokenizer import build_char_tokenizer
 from dvpo_lab.multiturn import encode_dialogue_demo, sample_dialogues, sample_for_task
 from dvpo_lab.rollout import Rollout, response_logprobs, response_values
 from dvpo_lab.sft import _collate, _encode_demos
-from dvpo_lab.tasks import build_task
-from dvpo_lab.tasks.dialogue import Goal
+from dvpo_lab.tasks.dialogue import DialogueTask, Goal
 
 
 class ScriptedUserTask:
@@ -37,7 +36,7 @@ def setup():
     torch.manual_seed(0)
     tok = build_char_tokenizer()
     policy = build_policy(ModelConfig(), tok)
-    task = build_task("dialogue", n_test=20, n_sft=8)
+    task = DialogueTask(n_test=20, n_sft=8)
     return tok, policy, task
 
 

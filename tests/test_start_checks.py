@@ -24,7 +24,16 @@ SMOKE = ["debug=smoke", "logger=csv"]
 
 
 def check(overrides: list[str]) -> str:
-    cfg = compose_cfg(overrides)
+    """What the command line checks: composing (the typed choices are Enums, refused there, as one line) and then
+    the start checks."""
+    from hydra.errors import ConfigCompositionException
+
+    from dvpo_lab.api import one_line
+
+    try:
+        cfg = compose_cfg(overrides)
+    except ConfigCompositionException as e:
+        raise ConfigError(one_line(e)) from e
     return check_config(cfg, dict(cfg.hydra.runtime.choices), list(cfg.hydra.overrides.task))
 
 
@@ -36,7 +45,7 @@ def check(overrides: list[str]) -> str:
     "algo.loss_agg_mode=seq-mean", "algo.kl_penalty=k4", "algo.kl_loss_type=kl2", "algo.kl_ctrl=pid",
     "algo.kl_coef=-0.1", "algo.kl_target=0", "algo.clip_ratio_low=1.0", "algo.clip_ratio_high=-0.1",
     "algo.clip_ratio_c=0.5", "algo.cliprange_value=0", "algo.gamma=1.5", "algo.lam=-0.1", "algo.ppo_epochs=0",
-    "algo.actor_lr=-0.5", "algo.grad_clip=0", "algo.critic_warmup=-1", "algo.risk_alpha=0",
+    "algo.actor_lr=-0.5", "algo.grad_clip=0", "algo.critic_warmup=-1", "algo.dist.risk_alpha=0",
     "algo.robust.rho=2", "algo.dist.weights.shape=-1", "algo.dist.margin_low=1",
     "noise.p=1.5", "noise.granularity=batch", "model.dtype=fp8", "model.tokenizer=bpe", "model.lora.r=0",
     "model.arch.num_heads=3", "sft.lr=0", "sft.batch_size=0", "sft.target_acc=1.5", "sft.eval_every=0",
@@ -237,7 +246,7 @@ def test_ckpt_path_refuses_another_configs_checkpoint(tmp_path, smoke_cfg):
 @pytest.mark.parametrize("args, words", [
     (["rollout.minibatch_size=7"], ["rollout.minibatch_size=7", "divide"]),
     (["rollout.temperature=0"], ["rollout.temperature=0"]),
-    (["algo.loss_agg_mode=seq-mean"], ["algo.loss_agg_mode='seq-mean'", "seq-mean-token-mean"]),
+    (["algo.loss_agg_mode=seq-mean"], ["algo.loss_agg_mode=seq-mean", "seq-mean-token-mean"]),
     (["+algo.gama=0.9"], ["algo.gama=0.9", "algo.gamma"]),
     (["algo.gama=0.9"], ["algo.gama", "did you mean algo.gamma?"]),
     (["algo.dist.kapa=0.1"], ["algo.dist.kapa", "did you mean algo.dist.kappa?"]),

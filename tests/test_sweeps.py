@@ -198,4 +198,4 @@ def test_report_names_methods_without_shared_overrides_in_study_order(tmp_path):
     assert text.index("| arith | dvpo_qr |") < text.index("| arith | dvpo_cons |")
     assert "--baseline dvpo_qr" in text
     names = ["dvpo critic.n_quantiles=500", "dvpo critic.n_quantiles=50", "dvpo critic.n_quantiles=200"]
-    assert sorted(names, key=report._natural) == [names[1], names[2], names[0]]
+    assert sorted(names, key=report.natural_key) == [names[1], names[2], names[0]]

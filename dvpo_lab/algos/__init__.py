@@ -1,11 +1,10 @@
-"""Algorithms as pure tensor functions (veRL `verl/trainer/ppo/core_algos.py` style, docs/algorithms.md);
-importing it registers the estimators.
-
-A new algorithm lives in its own module (``dvpo.py``, ``rloo.py``, ...), registers its advantage estimator
-with ``@register_adv_est(name)`` and is imported below so that ``get_adv_estimator(name)`` finds it.
+"""Algorithms as pure tensor functions (veRL `verl/trainer/ppo/core_algos.py` style, docs/algorithms.md), one
+module per family: `ppo`, `grpo` (GRPO, Dr. GRPO, RLOO), `reinforce_pp`, `rbppo`, `dvpo`. Importing this package
+registers their `AlgoSpec`s (`registry.py`); `core.py` holds the math they share (masked statistics, the policy
+and value losses, the one GAE recursion), `quantiles.py` the quantile math, `critics.py` the critic heads.
 """
 
-from dvpo_lab.algos import baselines, distributional, grpo, ppo, robust  # noqa: F401  (registration)
+from dvpo_lab.algos import dvpo, grpo, ppo, rbppo, reinforce_pp  # noqa: F401  (registration)
 from dvpo_lab.algos.core import (
     AGG_LOSS_MODES,
     KL_PENALTY_KINDS,
@@ -15,6 +14,7 @@ from dvpo_lab.algos.core import (
     compute_policy_loss,
     compute_value_loss,
     entropy_from_logits,
+    gae_recursion,
     group_advantages,
     kl_penalty,
     masked_mean,
@@ -22,49 +22,47 @@ from dvpo_lab.algos.core import (
     masked_var,
     masked_whiten,
 )
-from dvpo_lab.algos.critics import CRITIC_KINDS, ESTIMATOR_CRITICS, Critic
-from dvpo_lab.algos.distributional import (
-    ACTOR_ADVANTAGES,
-    DVPO_TERMS,
-    MONOTONE_MODES,
-    TAU_GRIDS,
-    dvpo_critic_loss,
-    quantile_gae,
-    quantile_levels,
-)
+from dvpo_lab.algos.critics import CRITIC_KINDS, Critic, critic_from
+from dvpo_lab.algos.dvpo import ACTOR_ADVANTAGES, DVPO_TERMS, DVPOConfig, dvpo_critic_loss, quantile_gae
 from dvpo_lab.algos.kl_ctrl import AdaptiveKLController, FixedKLController
+from dvpo_lab.algos.quantiles import MONOTONE_MODES, TAU_GRIDS, quantile_levels
+from dvpo_lab.algos.rbppo import V_LO_MODES, RobustConfig
 from dvpo_lab.algos.registry import (
-    ADV_ESTIMATORS,
+    ALGORITHMS,
+    AlgoSpec,
     broadcast_seq_advantage,
-    get_adv_estimator,
+    get_algo,
     outcome_scores,
-    register_adv_est,
+    register_algo,
 )
 
 __all__ = [
     "ACTOR_ADVANTAGES",
-    "ADV_ESTIMATORS",
+    "AGG_LOSS_MODES",
+    "ALGORITHMS",
+    "AdaptiveKLController",
+    "AlgoSpec",
     "CRITIC_KINDS",
     "Critic",
+    "DVPOConfig",
     "DVPO_TERMS",
-    "ESTIMATOR_CRITICS",
-    "MONOTONE_MODES",
-    "TAU_GRIDS",
-    "dvpo_critic_loss",
-    "quantile_gae",
-    "quantile_levels",
-    "AGG_LOSS_MODES",
-    "KL_PENALTY_KINDS",
-    "AdaptiveKLController",
     "FixedKLController",
+    "KL_PENALTY_KINDS",
+    "MONOTONE_MODES",
+    "RobustConfig",
+    "TAU_GRIDS",
+    "V_LO_MODES",
     "agg_loss",
     "broadcast_seq_advantage",
     "build_token_rewards",
     "compute_gae",
     "compute_policy_loss",
     "compute_value_loss",
+    "critic_from",
+    "dvpo_critic_loss",
     "entropy_from_logits",
-    "get_adv_estimator",
+    "gae_recursion",
+    "get_algo",
     "group_advantages",
     "kl_penalty",
     "masked_mean",
@@ -72,5 +70,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "outcome_scores",
-    "register_adv_est",
+    "quantile_gae",
+    "quantile_levels",
+    "register_algo",
 ]

@@ -11,9 +11,12 @@ sitting in a padded slot (e.g. a -inf log-prob) cannot leak into a valid result 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from dvpo_lab.algos.kl_ctrl import AdaptiveKLController, FixedKLController
+from dvpo_lab.choices import choice_enum
 
 __all__ = [
     "AGG_LOSS_MODES",
@@ -23,6 +26,7 @@ __all__ = [
     "agg_loss",
     "build_token_rewards",
     "compute_gae",
+    "gae_recursion",
     "compute_policy_loss",
     "compute_value_loss",
     "entropy_from_logits",
@@ -44,6 +48,8 @@ AGG_LOSS_MODES = (
 # verl key (`kl_penalty`) -> canonical estimator; both spellings are accepted.
 _KL_ALIASES = {"k1": "k1", "kl": "k1", "abs": "abs", "k2": "k2", "mse": "k2", "k3": "k3", "low_var_kl": "k3"}
 KL_PENALTY_KINDS = tuple(_KL_ALIASES)
+AggLossMode = choice_enum("AggLossMode", AGG_LOSS_MODES, __name__)  # the typed config's `algo.loss_agg_mode`
+KLPenalty = choice_enum("KLPenalty", KL_PENALTY_KINDS, __name__)  # `algo.kl_penalty`, `algo.kl_loss_type`
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:
@@ -344,17 +350,60 @@ def build_token_rewards(
 
 
 @torch.no_grad()
+def gae_recursion(
+    token_rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    bootstrap: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one GAE recursion (Schulman et al. 2016) behind every critic's targets: scalar `[B, T]`, ensemble
+    `[B, T, K]` and quantile `[B, T, N]` values all run through it.
+
+    delta_t = r_t + gamma b_{t+1} - V_t;  A_t = delta_t + gamma lam A_{t+1};  targets = A_t + V_t, where
+    b_{t+1} = V_{t+1} (plain GAE) or `bootstrap(V_{t+1}, has_next)` (RB-PPO's contaminated bootstrap), and V
+    after the last valid token is 0. Carry-through masking as veRL's `compute_gae_advantage_return`: masked
+    positions pass both carries (next value, running A) through unchanged, so padding anywhere (including
+    interleaved observation tokens) leaves the valid outputs unchanged; outputs at masked positions are 0.
+    These are targets: no gradient flows through them.
+
+    Args:
+        token_rewards: [B, T]; values: [B, T, *E] V(s_t) aligned with token t (E = () scalar, (K,) ensemble,
+        (N,) quantiles: every trailing entry gets its own recursion with the same reward); mask: [B, T].
+        bootstrap: optional (next_value [B, *E], has_next [B, 1...]) -> [B, *E], the value gamma multiplies.
+    Returns:
+        (advantages [B, T, *E], targets [B, T, *E]), 0 at padded positions.
+    Raises:
+        ValueError: when values' first two dims or the mask differ from token_rewards' shape.
+    """
+    if values.shape[:2] != token_rewards.shape or mask.shape != token_rewards.shape:
+        raise ValueError(f"expected token_rewards [B, T], values [B, T, ...], mask [B, T]; got "
+                         f"{tuple(token_rewards.shape)}, {tuple(values.shape)}, {tuple(mask.shape)}")
+    extra = (1,) * (values.dim() - 2)
+    valid = mask.bool().reshape(*mask.shape, *extra)
+    rewards = token_rewards.reshape(*token_rewards.shape, *extra)
+    next_value = torch.zeros_like(values[:, 0])
+    running = torch.zeros_like(values[:, 0])
+    has_next = torch.zeros_like(valid[:, 0])
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(values.shape[1])):
+        boot = next_value if bootstrap is None else bootstrap(next_value, has_next)
+        delta = rewards[:, t] + gamma * boot - values[:, t]
+        gae_t = delta + gamma * lam * running
+        next_value = torch.where(valid[:, t], values[:, t], next_value)
+        has_next = has_next | valid[:, t]
+        running = torch.where(valid[:, t], gae_t, running)
+        advantages[:, t] = running
+    advantages = torch.where(valid, advantages, torch.zeros_like(advantages))
+    return advantages, torch.where(valid, advantages + values, torch.zeros_like(values))
+
+
 def compute_gae(
     token_rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016) with verl carry-through masking
-    (`compute_gae_advantage_return`).
-
-    delta_t = r_t + gamma V_next - V_t;  A_t = delta_t + gamma lam A_next;  V after the last valid token is 0.
-    Masked positions pass both carries (next value, running A) through unchanged, so padding anywhere
-    (including interleaved observation tokens) leaves the valid outputs unchanged. No whitening here (see
-    `masked_whiten`). Unlike verl, outputs at masked positions are written as 0. These are targets: no
-    gradient flows through them.
+    """Scalar GAE (verl `compute_gae_advantage_return`): `gae_recursion` on values `[B, T]`; no whitening here
+    (see `masked_whiten`).
 
     Args:
         token_rewards: [B, T], values: [B, T] V(s_t) aligned with token t, mask: [B, T].
@@ -362,19 +411,7 @@ def compute_gae(
         (advantages [B, T], returns [B, T] = advantages + values), 0 at padded positions.
     """
     _check_same_shape(token_rewards=token_rewards, values=values, mask=mask)
-    valid = mask.bool()
-    next_value = torch.zeros_like(values[:, 0])
-    running = torch.zeros_like(values[:, 0])
-    advantages = torch.zeros_like(values)
-    for t in reversed(range(values.shape[1])):
-        delta = token_rewards[:, t] + gamma * next_value - values[:, t]
-        gae_t = delta + gamma * lam * running
-        next_value = torch.where(valid[:, t], values[:, t], next_value)
-        running = torch.where(valid[:, t], gae_t, running)
-        advantages[:, t] = running
-    advantages = torch.where(valid, advantages, torch.zeros_like(advantages))
-    returns = torch.where(valid, advantages + values, torch.zeros_like(values))
-    return advantages, returns
+    return gae_recursion(token_rewards, values, mask, gamma, lam)
 
 
 @torch.no_grad()

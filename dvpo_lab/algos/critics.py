@@ -1,89 +1,151 @@
-"""Critic kinds (`critic=scalar|ensemble|quantile|none`): how a value model's raw head is read, what the
-advantage estimator receives, and which loss trains it.
+"""Critic heads (`critic=scalar|ensemble|quantile|none`, each a `_target_` in `conf/critic/`): how many outputs the
+value model's linear head has per token, how they are read, and what the advantage estimator receives.
 
 A critic is a transformer backbone plus one linear head with `n_out` outputs per token (`models.build`):
-    scalar    n_out = 1             -> values [B, T]            (PPO; veRL `compute_value_loss`)
-    ensemble  n_out = K             -> values [B, T, K]         (RB-PPO, docs/algorithms.md "RB-PPO")
-    quantile  n_out = H * N         -> quantiles [B, T, H, N]   (DVPO paper, Eqs. 2-11); the estimator gets the
-                                                                 ensemble [B, T, N] (mean over heads)
+    scalar    n_out = 1        -> values [B, T]            (PPO; veRL `compute_value_loss`)
+    ensemble  n_out = K        -> values [B, T, K]         (RB-PPO, docs/algorithms.md "RB-PPO")
+    quantile  n_out = H * N    -> quantiles [B, T, H, N]   (DVPO paper, Eqs. 2-11); the estimator gets the
+                                                            ensemble [B, T, N] (mean over heads)
+Each class's arguments have no defaults: its YAML option is the one place where their values live (so every one
+of them can be overridden: `critic.n_quantiles=50`). The loss that trains it belongs to the algorithm
+(`AlgoSpec.critic_loss`), which names the kind it reads. A user's critic is a subclass in their module and
+`critic._target_=my_pkg.MyCritic`.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from omegaconf import DictConfig
 
-from dvpo_lab.algos.core import compute_value_loss
-from dvpo_lab.algos.distributional import (
-    DVPO_TERMS,
-    dvpo_critic_loss,
-    monotone_quantiles,
-    quantile_levels,
-)
-from dvpo_lab.algos.robust import ensemble_value_loss
+from dvpo_lab.algos.quantiles import monotone_quantiles, quantile_levels
 
-__all__ = ["CRITIC_KINDS", "ESTIMATOR_CRITICS", "Critic"]
+__all__ = ["CRITIC_KINDS", "Critic", "EnsembleCritic", "NoCritic", "QuantileCritic", "ScalarCritic", "critic_from"]
 
 CRITIC_KINDS = ("none", "scalar", "ensemble", "quantile")
-# Which critic kind each registered estimator reads (critic-free estimators need "none").
-ESTIMATOR_CRITICS = {"gae": "scalar", "robust_gae": "ensemble", "dist_gae": "quantile", "grpo": "none",
-                     "dr_grpo": "none", "rloo": "none", "reinforce_pp": "none"}
 
 
 class Critic:
-    """The config-driven glue between a value model's head and the algorithms (no parameters of its own).
+    """A value head's shape and reading (no parameters of its own; the module is `models.build.ValueModel`).
 
-    Args:
-        ccfg: the `critic` config node (kind, n_heads, n_quantiles, tau_grid, monotone, ...).
-        acfg: the `algo` config node (clip range, aggregation, the DVPO loss knobs under `dist`).
+    Attributes:
+        kind: none | scalar | ensemble | quantile (matched against the algorithm's `AlgoSpec.critic`).
+        n_out: outputs per token of the linear head. head_init_std: its weight init std (0 = zeros).
+        taus: `[N]` quantile levels (quantile critics), else None.
     """
 
-    def __init__(self, ccfg: DictConfig, acfg: DictConfig) -> None:
-        if ccfg.kind not in CRITIC_KINDS:
-            raise ValueError(f"critic.kind={ccfg.kind!r}; choices: {list(CRITIC_KINDS)}")
-        self.kind, self.ccfg, self.acfg = ccfg.kind, ccfg, acfg
-        self.n_heads, self.n_quantiles = int(ccfg.n_heads), int(ccfg.n_quantiles)
-        self.taus = quantile_levels(self.n_quantiles, ccfg.tau_grid) if self.kind == "quantile" else None
+    kind = "none"
+    taus: torch.Tensor | None = None
+    head_init_std = 0.0
 
     @property
     def n_out(self) -> int:
-        return {"none": 0, "scalar": 1, "ensemble": self.n_heads, "quantile": self.n_heads * self.n_quantiles}[
-            self.kind]
+        return 0
+
+    def config(self) -> dict:
+        """The constructor arguments (export writes them beside the critic's weights)."""
+        return {}
 
     def view(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw head outputs `[b, T, n_out]` -> scalar `[b, T]`, ensemble `[b, T, K]` or quantile `[b, T, H, N]`."""
-        if self.kind == "scalar":
-            return raw[..., 0]
-        if self.kind == "ensemble":
-            return raw
-        q = raw.reshape(*raw.shape[:-1], self.n_heads, self.n_quantiles)
-        return monotone_quantiles(q, self.ccfg.monotone)
+        """Raw head outputs `[b, T, n_out]` -> the values the critic loss reads."""
+        return raw
 
     def estimator_values(self, view: torch.Tensor) -> torch.Tensor:
-        """What the advantage estimator reads: the view itself, or the head ensemble `[B, T, N]` of quantiles."""
-        return view.mean(-2) if self.kind == "quantile" else view
+        """What the advantage estimator reads from a view."""
+        return view
 
     @staticmethod
     def mean_value(values: torch.Tensor) -> torch.Tensor:
         """A scalar value per token `[B, T]` from estimator values or targets (for explained variance)."""
         return values if values.dim() == 2 else values.mean(-1)
 
-    def loss(self, view, old_view, targets, mask, loss_scale_factor: int | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The critic loss for this kind; metrics come back without the `critic/` prefix.
-        `loss_scale_factor`: the generation budget, the constant divisor of the Dr. GRPO `loss_agg_mode`s."""
-        a, budget = self.acfg, loss_scale_factor
-        if self.kind == "scalar":
-            loss, m = compute_value_loss(view, old_view, targets, mask, a.cliprange_value, a.loss_agg_mode, budget)
-            return loss, {"vf_loss": loss.detach(), **m}
-        if self.kind == "ensemble":
-            loss, m = ensemble_value_loss(view, old_view, targets, mask, a.cliprange_value, a.loss_agg_mode, budget)
-            return loss, {"vf_loss": loss.detach(), **m}
-        d = a.dist
-        weights = {t: d.weights[t] if d.use[t] else 0.0 for t in DVPO_TERMS}
-        loss, m = dvpo_critic_loss(
-            view, old_view, targets, mask, self.taus.to(view.device, view.dtype), kappa=d.kappa, qr_on=d.qr_on,
-            value_clip=d.value_clip, cliprange_value=a.cliprange_value, tail_alpha=d.tail_alpha,
-            tail_beta=d.tail_beta, margin_low=d.margin_low, margin_up=d.margin_up, risk_eta=d.risk_eta,
-            weights=weights, loss_agg_mode=a.loss_agg_mode, loss_scale_factor=budget)
-        return loss, {"vf_loss": loss.detach(), **m}
+
+class NoCritic(Critic):
+    """No value model (GRPO, Dr. GRPO, RLOO, REINFORCE++): advantages come from rewards alone."""
+
+
+class ScalarCritic(Critic):
+    """One value per token, `[B, T]` (PPO)."""
+
+    kind = "scalar"
+
+    def __init__(self, *, head_init_std: float) -> None:
+        self.head_init_std = float(head_init_std)
+
+    @property
+    def n_out(self) -> int:
+        return 1
+
+    def config(self) -> dict:
+        return {"head_init_std": self.head_init_std}
+
+    def view(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw[..., 0]
+
+
+class EnsembleCritic(Critic):
+    """K scalar heads on one backbone, `[B, T, K]` (RB-PPO). Random heads (head_init_std > 0) start apart."""
+
+    kind = "ensemble"
+
+    def __init__(self, *, n_heads: int, head_init_std: float) -> None:
+        self.n_heads, self.head_init_std = int(n_heads), float(head_init_std)
+
+    @property
+    def n_out(self) -> int:
+        return self.n_heads
+
+    def config(self) -> dict:
+        return {"n_heads": self.n_heads, "head_init_std": self.head_init_std}
+
+
+class QuantileCritic(Critic):
+    """H heads x N quantiles per token, `[B, T, H, N]` (DVPO); the estimator reads the head mean `[B, T, N]`.
+
+    Args:
+        n_heads: H. n_quantiles: N (the paper's best "interval density" is 200).
+        tau_grid: mid = (2j - 1) / (2N) (QR-DQN) | paper = j / N. monotone: none | sort | cumsoftplus
+            (non-crossing quantiles by construction). head_init_std: > 0 keeps several heads apart.
+    """
+
+    kind = "quantile"
+
+    def __init__(self, *, n_heads: int, n_quantiles: int, tau_grid: str, monotone: str, head_init_std: float) -> None:
+        self.head_init_std = float(head_init_std)
+        self.n_heads, self.n_quantiles = int(n_heads), int(n_quantiles)
+        self.tau_grid, self.monotone = tau_grid, monotone
+        self.taus = quantile_levels(self.n_quantiles, tau_grid)
+
+    @property
+    def n_out(self) -> int:
+        return self.n_heads * self.n_quantiles
+
+    def config(self) -> dict:
+        return {"n_heads": self.n_heads, "n_quantiles": self.n_quantiles, "tau_grid": self.tau_grid,
+                "monotone": self.monotone, "head_init_std": self.head_init_std}
+
+    def view(self, raw: torch.Tensor) -> torch.Tensor:
+        q = raw.reshape(*raw.shape[:-1], self.n_heads, self.n_quantiles)
+        return monotone_quantiles(q, self.monotone)
+
+    def estimator_values(self, view: torch.Tensor) -> torch.Tensor:
+        return view.mean(-2)
+
+
+_KINDS = {"none": NoCritic, "scalar": ScalarCritic, "ensemble": EnsembleCritic, "quantile": QuantileCritic}
+
+
+def critic_from(node) -> Critic:
+    """The critic a `critic` config node describes: `hydra.utils.instantiate` of its `_target_`; a node written by
+    an older version (`kind: quantile, n_heads: ...` without `_target_`) is read too."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if node is None:
+        return NoCritic()
+    if "_target_" in node:
+        return instantiate(node)
+    d = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    cls = _KINDS[d.pop("kind")]
+    names = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,55 +1,109 @@
-"""Advantage-estimator registry, keyed by the config string `algorithm.adv_estimator` (as in verl).
+"""The algorithm registry: `algo.adv_estimator` (veRL's key) selects an `AlgoSpec`, which says what the algorithm
+needs and holds its two functions. The LightningModule calls the spec and never a list of knobs.
 
-An estimator module registers itself with `@register_adv_est("name")`; the trainer looks it up with
-`get_adv_estimator(cfg.adv_estimator)`. Every estimator has the signature
+An algorithm registers itself where it is written (veRL's `@register_adv_est`):
 
-    fn(token_rewards [B, T], mask [B, T], *, values=None, group_index=None, gamma=1.0, lam=1.0,
-       norm_adv_by_std=True, eps=1e-6, **_) -> (advantages [B, T], returns [B, T])
+    @register_algo("gae", critic="scalar", critic_loss=scalar_value_loss)
+    def gae_advantage(token_rewards, mask, *, values, group_index, config): ...
 
-and returns 0 at padded positions. Extra keyword arguments are ignored, so the trainer may pass everything
-it has.
+Every estimator has the signature
+
+    fn(token_rewards [B, T], mask [B, T], *, values, group_index, config) -> (advantages [B, T], returns)
+
+`values` is what the critic gives the estimator (`Critic.estimator_values`: `[B, T]`, `[B, T, K]` or `[B, T, N]`;
+None without a critic), `group_index` `[B]` the prompt id of each response, `config` the run's `algo` node (veRL
+passes `config=` the same way): an estimator reads the keys it uses (`config.gamma`, `config.dist.kappa`, ...), and
+a misspelt one raises instead of being swallowed. `returns` are the critic's targets (any trailing shape the
+critic loss reads). A critic loss has the signature
+
+    fn(view, old_view, targets, mask, *, critic, config, loss_scale_factor) -> (loss, metrics without `critic/`)
+
+with `view`/`old_view` the critic's reading of its head now and at rollout time (`Critic.view`).
+A user's algorithm is one module of theirs registering a spec (imported through `extra_modules`) and one YAML
+(docs/architecture.md, "Your own algorithm").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from dvpo_lab.algos.core import masked_sum
 
 __all__ = [
-    "ADV_ESTIMATORS",
-    "AdvEstimatorFn",
+    "ALGORITHMS",
+    "AlgoSpec",
     "broadcast_seq_advantage",
-    "get_adv_estimator",
+    "get_algo",
     "outcome_scores",
-    "register_adv_est",
+    "register_algo",
 ]
 
 AdvEstimatorFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+CriticLossFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
-ADV_ESTIMATORS: dict[str, AdvEstimatorFn] = {}
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """What an algorithm needs and does.
+
+    Attributes:
+        name: the `algo.adv_estimator` that selects it.
+        estimator: advantages and critic targets (signature in the module docstring).
+        critic: the critic kind it reads: none | scalar | ensemble | quantile (`Critic.kind`).
+        grouped: True when it compares the responses to one prompt (needs rollout.samples_per_prompt >= 2).
+        critic_loss: trains the critic from (view, old_view, targets); None for critic-free algorithms.
+        node: the algorithm's own config node under `algo` (`dist` for DVPO, `robust` for RB-PPO, `params` for
+            a user's algorithm), or None.
+        node_schema: the dataclass of that node when it is not part of the built-in schema: the node is checked
+            against it when the run starts (unknown keys, types).
+    """
+
+    name: str
+    estimator: AdvEstimatorFn
+    critic: str
+    grouped: bool = False
+    critic_loss: CriticLossFn | None = None
+    node: str | None = None
+    node_schema: type | None = None
 
 
-def register_adv_est(name: str) -> Callable[[AdvEstimatorFn], AdvEstimatorFn]:
-    """Decorator registering an advantage estimator under `name`; a second, different function is refused."""
+ALGORITHMS: dict[str, AlgoSpec] = {}
+
+
+def register_algo(name: str, *, critic: str, grouped: bool = False, critic_loss: CriticLossFn | None = None,
+                  node: str | None = None, node_schema: type | None = None) -> Callable[[AdvEstimatorFn],
+                                                                                         AdvEstimatorFn]:
+    """Decorator registering the estimator it wraps as algorithm `name`.
+
+    Raises:
+        ValueError: `name` is already registered by a different function, or a critic-based algorithm has no
+            critic loss.
+    """
 
     def decorator(fn: AdvEstimatorFn) -> AdvEstimatorFn:
-        existing = ADV_ESTIMATORS.get(name)
-        if existing is not None and existing is not fn:
-            raise ValueError(f"advantage estimator {name!r} is already registered by {existing.__module__}")
-        ADV_ESTIMATORS[name] = fn
+        existing = ALGORITHMS.get(name)
+        if existing is not None and existing.estimator is not fn:
+            raise ValueError(f"algorithm {name!r} is already registered by {existing.estimator.__module__}")
+        if critic != "none" and critic_loss is None:
+            raise ValueError(f"algorithm {name!r} reads a {critic} critic but registers no critic_loss")
+        ALGORITHMS[name] = AlgoSpec(name, fn, critic, grouped, critic_loss, node, node_schema)
         return fn
 
     return decorator
 
 
-def get_adv_estimator(name: str) -> AdvEstimatorFn:
-    """Return the estimator registered under `name`, or raise ValueError listing the registered names."""
-    if name not in ADV_ESTIMATORS:
-        raise ValueError(f"unknown adv_estimator {name!r}; registered: {sorted(ADV_ESTIMATORS)}")
-    return ADV_ESTIMATORS[name]
+def get_algo(name: str) -> AlgoSpec:
+    """The spec registered under `name`.
+
+    Raises:
+        ValueError: `name` is not registered (the message lists what is).
+    """
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown adv_estimator {name!r}; registered: {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name]
 
 
 # Helpers for outcome-supervised estimators (GRPO, RLOO, ...): one score and one advantage per sequence.

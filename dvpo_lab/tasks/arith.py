@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import torch
 
 from dvpo_lab.config import ConfigError
-from dvpo_lab.tasks.base import Problem, Task, check_aligned, draw_outside, register_task
-from dvpo_lab.tasks.hashing import hash_words as _hash
-from dvpo_lab.tasks.hashing import splitmix64 as _splitmix64
-from dvpo_lab.tasks.reward import extract_answer_strict, score_batch
+from dvpo_lab.seeding import hash_words as _hash
+from dvpo_lab.seeding import splitmix64 as _splitmix64
+from dvpo_lab.tasks.base import Problem, Task, draw_outside
+from dvpo_lab.tasks.reward import RewardFn, answer_extractor, score_with, strict_match
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ RESPONSE_MARGIN = 2
 Key = tuple[int, str, int]  # (a, op, b): what makes two problems the same problem
 
 
-@register_task("arith")
 class ArithTask(Task):
     """Zero-padded addition (and optionally subtraction) in GSM8K format.
 
@@ -66,7 +65,11 @@ class ArithTask(Task):
         teacher_error_rate: fraction of the demonstrations in the teacher's blind spot (chosen by hash) that
             carry its error; the rest show the true result. Above 0.5 the error stays the most likely answer on
             the blind spot, so greedy decoding of a converged student reproduces it.
+        reward: the clean reward (:class:`~dvpo_lab.tasks.reward.RewardFn`); default veRL's strict ``####``
+            rule, exact string match against the true result.
     """
+
+    name = "arith"
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class ArithTask(Task):
         teacher: str = "exact",
         teacher_column: int = 2,
         teacher_error_rate: float = 1.0,
+        reward: RewardFn = strict_match,
     ) -> None:
         if digits < 1:
             raise ValueError(f"task.digits must be >= 1, got {digits}")
@@ -108,6 +112,7 @@ class ArithTask(Task):
         self.teacher = teacher
         self.teacher_column = teacher_column
         self.teacher_error_rate = teacher_error_rate
+        self.reward = reward
         self._base = 10**digits
 
         space = self.num_distinct_problems()
@@ -259,13 +264,12 @@ class ArithTask(Task):
         return [self._problem(k, r) for k, r in zip(keys, shown, strict=True)]
 
     def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:
-        """Strict ``####`` rule, exact string match against the reference answer; ``[B]`` float32."""
-        check_aligned(responses, problems)
-        return score_batch(responses, [p.answer for p in problems], method="strict")
+        """``task.reward`` against the reference answer (default: the strict ``####`` rule); ``[B]`` float32."""
+        return score_with(self.reward, responses, problems)
 
     def extract_answer(self, text: str) -> str | None:
-        """The last ``#### <number>`` of the response (veRL's strict extraction), ``None`` without one."""
-        return extract_answer_strict(text)
+        """The final answer under the reward's rule (default: the last ``#### <number>``), ``None`` without one."""
+        return answer_extractor(self.reward)(text)
 
 
 def _key(problem: Problem) -> Key:

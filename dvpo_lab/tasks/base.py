@@ -1,15 +1,18 @@
-"""The task contract: problems, splits and the clean reward, plus a registry that config strings select from.
+"""The task contract: problems, splits and the clean reward, and how a config node builds a task.
 
 A task owns its data and its verifier and nothing else: noise (`dvpo_lab.noise`) wraps the clean score it
-returns, and the training loop decides what to do with either.
+returns, and the training loop decides what to do with either. A task is chosen by a `_target_` node
+(`conf/task/*.yaml`): the class and its constructor's arguments, plus the run's own keys (:data:`RUN_KEYS`);
+:func:`instantiate_task` builds it with `hydra.utils.instantiate`.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 import json
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,18 +32,22 @@ class Problem:
             against it after extraction.
         solution: a full response text for supervised warm-start, a worked solution that ends in
             ``"#### <answer>"``; ``None`` where the task has none.
+        extra_info: what else a reward may read about the problem (veRL's ``extra_info``): ``task=jsonl``
+            keeps the row's other columns here, ``task=sciqa`` the letters its choices use; ``None`` if nothing.
+            Not part of the hash (a dict is not hashable).
     """
 
     prompt: str
     answer: str
     solution: str | None = None
+    extra_info: Mapping[str, Any] | None = dataclasses.field(default=None, hash=False)
 
 
 class Task(abc.ABC):
     """A source of problems with a clean verifier.
 
     Attributes:
-        name: the registry name (``task=<name>`` in the config); set by :func:`register_task`.
+        name: a short name for logs and errors (the run itself is labelled by the config's ``task.name``).
         max_response_len: tokens a response may take, EOS included (characters for the char tokenizer).
         multi_turn: ``True`` for a :class:`MultiTurnTask`, whose responses are sampled turn by turn.
     """
@@ -77,7 +84,9 @@ class Task(abc.ABC):
             problems: the ``B`` problems they answer, aligned with ``responses``.
 
         Returns:
-            ``[B]`` float32 tensor with values in ``{0, 1}``.
+            ``[B]`` float32 tensor with values in ``[0, 1]`` (``{0, 1}`` for a binary verdict). Answer-checking
+            tasks return ``score_with(self.reward, responses, problems)`` (:mod:`dvpo_lab.tasks.reward`), so the
+            function ``task.reward`` names scores the rollouts and ``val/acc`` alike.
         """
 
     def metrics(self, responses: list[str], problems: list[Problem]) -> dict[str, torch.Tensor]:
@@ -150,29 +159,106 @@ class MultiTurnTask(Task):
         ``turn_end``; the warm-start's loss covers the assistant turns only."""
 
 
-TASKS: dict[str, type[Task]] = {}
-
-_T = TypeVar("_T", bound=type[Task])
-
-
-def register_task(name: str) -> Callable[[_T], _T]:
-    """Class decorator: register a :class:`Task` subclass under ``name`` and set its ``name`` attribute."""
-
-    def deco(cls: _T) -> _T:
-        if name in TASKS and TASKS[name] is not cls:
-            raise ValueError(f"task {name!r} is already registered by {TASKS[name].__qualname__}")
-        cls.name = name
-        TASKS[name] = cls
-        return cls
-
-    return deco
+# Keys of a task node that the run reads and the task's constructor does not take, with their defaults:
+# `name` labels the run (tags, run folders, report rows: `${task.name}`); the `sft_*` keys override `sft.*` for
+# this task's warm-start (null = keep `sft.*`): a task whose chance level is high (multiple choice) needs a
+# warm-start target well above it, a task with long demonstrations a smaller batch.
+RUN_KEYS: dict[str, Any] = {"name": None, "sft_max_steps": None, "sft_batch_size": None, "sft_target_acc": None}
 
 
-def build_task(name: str, **kwargs: Any) -> Task:
-    """Instantiate the task registered as ``name`` with its constructor keyword arguments."""
-    if name not in TASKS:
-        raise ConfigError(f"task.name={name!r} is not a registered task; choose one of {sorted(TASKS)}")
-    return TASKS[name](**kwargs)
+def _target_of(node: Mapping[str, Any]) -> Any:
+    """The class (or function) a node's `_target_` names."""
+    import hydra
+
+    target = node.get("_target_")
+    if not target:
+        raise ConfigError("task has no _target_ (the task class, e.g. dvpo_lab.tasks.arith.ArithTask); add one "
+                          "to the task's YAML or pick a shipped option (task=arith)")
+    try:
+        return hydra.utils.get_object(str(target))
+    except Exception as err:  # noqa: BLE001 - an import error of any kind is the user's to fix
+        raise ConfigError(f"task._target_={target} cannot be imported ({' '.join(str(err).split())[:200]}); check "
+                          "the dotted path and that its module is on PYTHONPATH (or in extra_modules)") from None
+
+
+def _constructor_args(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The node as plain data, without the run's keys."""
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    return {k: v for k, v in spec.items() if k not in RUN_KEYS}
+
+
+def instantiate_task(node: Mapping[str, Any], tokenizer: Any = None) -> Task:
+    """Build the task a config node names: ``hydra.utils.instantiate`` of its `_target_` with its arguments.
+
+    The run's keys (:data:`RUN_KEYS`) are left out; a constructor that takes ``tokenizer`` (chat templates) gets
+    ``tokenizer``. Nested `_target_` nodes are built too: ``task.reward`` (``_partial_: true``) becomes the
+    reward function with its extra keyword arguments bound.
+
+    Args:
+        node: the ``task`` node (a DictConfig or a dict), e.g. ``{"_target_": "dvpo_lab.tasks.arith.ArithTask",
+            "name": "arith", "digits": 4}``.
+        tokenizer: the model's tokenizer.
+    Raises:
+        ConfigError: no or an unimportable `_target_`, a target that is not a :class:`Task`, the constructor's
+            own ConfigError as it is (bad data, bad values), any other exception of the constructor as one line
+            (``task.ops=5``: a value of the wrong type), chained to it (``HYDRA_FULL_ERROR=1`` shows it).
+    """
+    import hydra
+    from hydra.errors import InstantiationException
+
+    spec = _constructor_args(node)
+    target = _target_of(spec)
+    if not (inspect.isclass(target) and issubclass(target, Task)):
+        raise ConfigError(f"task._target_={spec['_target_']} is not a dvpo_lab.tasks.Task subclass; name your "
+                          "task class (subclass Task and implement its methods, docs/tasks_and_noise.md)")
+    extra = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(target).parameters else {}
+    try:
+        return hydra.utils.instantiate(spec, _convert_="all", **extra)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):  # the constructor's own message: key, value, fix
+            raise cause from None
+        what = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)  # None: Hydra's own failure
+        raise ConfigError(f"task._target_={spec['_target_']} cannot be built with these task.* values "
+                          f"({' '.join(what.split())[:300]}); check them against the class's arguments"
+                          ) from (cause or err)
+
+
+def task_arguments(node: Mapping[str, Any]) -> dict[str, Any]:
+    """What a task node builds, as plain data: the run's keys and every constructor argument, the constructor's
+    default filled in where the node sets none (``tokenizer`` left out; ``reward`` left out where it is the
+    constructor's default). The warm-start cache is keyed by it (`dvpo_lab.sft.warm_start_key`), so a key does
+    not depend on whether a YAML spells a default out, and a default changed in code is a new key. A
+    `_target_` outside the package is part of it; the package's own are named by ``name``.
+    """
+    spec = _constructor_args(node)
+    target = _target_of(spec)
+    out: dict[str, Any] = {k: node.get(k, default) for k, default in RUN_KEYS.items()}
+    name = str(spec.pop("_target_"))
+    if not name.startswith("dvpo_lab.tasks."):
+        out["_target_"] = name
+    for param in inspect.signature(target).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name == "tokenizer":
+            continue
+        if param.name in spec:
+            value = spec.pop(param.name)
+            if param.name == "reward" and _is_default_reward(value, param.default):
+                continue
+            out[param.name] = value
+        elif param.default is not param.empty and not callable(param.default):
+            out[param.name] = param.default
+    out.update(spec)  # what a **kwargs constructor takes
+    return json.loads(json.dumps(out, default=str))  # tuples -> lists, paths -> str: what the YAML would give
+
+
+def _is_default_reward(value: Any, default: Any) -> bool:
+    """A reward node that builds the constructor's own default reward (``{_target_: <it>, _partial_: true}``)."""
+    if not (isinstance(value, dict) and callable(default)):
+        return False
+    qualified = f"{default.__module__}.{default.__qualname__}"
+    return value.get("_target_") == qualified and value.get("_partial_") is True and len(value) == 2
 
 
 K = TypeVar("K", bound=Hashable)
@@ -192,8 +278,13 @@ def draw_outside(draw: Callable[[int], K], excluded: set | frozenset) -> K:
 class BadRow(ValueError):
     """A data file's line (or a hub row) that cannot be read; the message starts with ``path:lineno:``.
 
-    Loaders turn it into a :class:`dvpo_lab.config.ConfigError` that also names the config key and the fix.
+    Loaders turn it into a :class:`dvpo_lab.config.ConfigError` that also names the config key and the fix:
+    ``fix`` when the row gives its own (a setting rather than the data is what to change), else the loader's.
     """
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 def iter_jsonl(path: Path, limit: int | None = None) -> Iterator[tuple[dict[str, Any], str]]:
@@ -232,16 +323,17 @@ def check_aligned(responses: Sequence[str], problems: Sequence[Problem]) -> None
         raise ValueError(f"score() got {len(responses)} responses for {len(problems)} problems")
 
 
-def load_local_split(data_dir: str | Path, filename: str, read: Callable[[Path], list], fix: str) -> list:
+def load_local_split(data_dir: str | Path, filename: str, read: Callable[[Path], list], fix: str,
+                     key: str = "task.data_dir") -> list:
     """Rows of `data_dir/filename` read by `read(path)`; every data problem is one `ConfigError` line naming
-    ``task.data_dir``, the file (and line, from `BadRow`) and `fix`.
+    the config key (``key=data_dir``), the file (and line, from `BadRow`) and `fix`.
 
     Raises:
         ConfigError: a missing folder or file, a path that is a file, an unreadable or empty file, a bad row.
     """
     folder = Path(data_dir).expanduser()
     path = folder / filename
-    key = f"task.data_dir={str(data_dir)!r}"
+    setting = f"{key}={str(data_dir)!r}"
     if not path.is_file():
         if not folder.exists():
             what = f"folder {folder.resolve()} does not exist"
@@ -249,13 +341,31 @@ def load_local_split(data_dir: str | Path, filename: str, read: Callable[[Path],
             what = f"{folder.resolve()} is a file, not a folder"
         else:
             what = f"{path.name} is missing in {folder.resolve()}"
-        raise ConfigError(f"{key}: {what}. Fix: {fix}")
+        raise ConfigError(f"{setting}: {what}. Fix: {fix}")
+    return _read_rows(path, read, fix, setting)
+
+
+def load_local_file(path: str | Path, read: Callable[[Path], list], fix: str, key: str) -> list:
+    """Rows of the file `path` read by `read(path)`; errors as in :func:`load_local_split`, naming ``key=path``.
+
+    Raises:
+        ConfigError: a missing file, a folder, an unreadable or empty file, a bad row.
+    """
+    file = Path(path).expanduser()
+    setting = f"{key}={str(path)!r}"
+    if not file.is_file():
+        what = f"{file.resolve()} is a folder, not a file" if file.is_dir() else f"{file.resolve()} does not exist"
+        raise ConfigError(f"{setting}: {what}. Fix: {fix}")
+    return _read_rows(file, read, fix, setting)
+
+
+def _read_rows(path: Path, read: Callable[[Path], list], fix: str, setting: str) -> list:
     try:
         rows = read(path)
     except BadRow as err:
-        raise ConfigError(f"{key}: {err}. Fix: {fix}") from None
+        raise ConfigError(f"{setting}: {err}. Fix: {err.fix or fix}") from None
     except OSError as err:  # unreadable (permissions, a folder named train.jsonl, ...)
-        raise ConfigError(f"{key}: cannot read {path}: {err.strerror or err}. Fix: {fix}") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {err.strerror or err}. Fix: {fix}") from None
     if not rows:
-        raise ConfigError(f"{key}: {path} has no rows (empty, or only blank lines). Fix: {fix}")
+        raise ConfigError(f"{setting}: {path} has no rows (empty, or only blank lines). Fix: {fix}")
     return rows

@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import torch
 
 from dvpo_lab.config import ConfigError
-from dvpo_lab.tasks.arith import _hash, _splitmix64
-from dvpo_lab.tasks.base import MultiTurnTask, Problem, check_aligned, register_task
+from dvpo_lab.seeding import hash_words as _hash
+from dvpo_lab.seeding import splitmix64 as _splitmix64
+from dvpo_lab.tasks.base import MultiTurnTask, Problem, check_aligned
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,6 @@ def judge(transcript: str, goal: Goal) -> Judgement:
     return Judgement(tcr=float(complete), acr=acr, gcr=correct / len(required))
 
 
-@register_task("dialogue")
 class DialogueTask(MultiTurnTask):
     """Task-oriented dialogue over five domains with a simulated user; see the module docstring.
 
@@ -182,9 +182,13 @@ class DialogueTask(MultiTurnTask):
         n_sft: number of fixed demonstration dialogues for the supervised warm-start.
         max_turns: assistant turns per episode at most (the longest goal needs its slots + 1).
         reward: the clean training reward, ``tcr`` (binary, default) or ``gcr`` (fraction of slot values;
-            flip noise needs a binary reward).
+            flip noise needs a binary reward). A choice between two outputs of the one judge that also gives
+            the logged ``val/tcr``, ``val/acr``, ``val/gcr``, not a swappable function: scoring a dialogue
+            needs the simulated user's goal, which only this task knows how to read.
         domains: the domains goals are drawn from (default: all five).
     """
+
+    name = "dialogue"
 
     def __init__(
         self,

@@ -5,13 +5,13 @@ Prompts and rewards follow veRL's GSM8K recipe (``examples/data_preprocess/gsm8k
 
     task.template=plain   "<question> Let's think step by step and output the final answer after "####"."
     task.template=chat    the same text as the user turn of the tokenizer's chat template (instruct models)
-    task.reward=strict    veRL's rule: the last "#### <number>" must equal the reference exactly
-    task.reward=math_verify  math-verify's equivalence on the answer the last "####" commits to (the whole
+    task.reward           veRL's rule (default, reward.strict_match): the last "#### <number>" must equal the
+                          reference exactly; task.reward._target_=dvpo_lab.tasks.reward.math_verify_match:
+                          math-verify's equivalence on the answer the last "####" commits to (the whole
                           response when there is none): "#### 5.0", "\\boxed{5}" and "the answer is 5" match "5"
-    task.reward_window=null  both rules read the whole response: text after the committed answer never
-                          changes the score. 300 = veRL's window (only the last 300 characters are read, so a
-                          "#### 42" followed by 300 characters of explanation scores 0), for comparisons with
-                          numbers published with it. See :mod:`dvpo_lab.tasks.reward`.
+    +task.reward.window=300  veRL's window (only the last 300 characters are read, so a "#### 42" followed by
+                          300 characters of explanation scores 0), for comparisons with numbers published with
+                          it; by default both rules read the whole response. See :mod:`dvpo_lab.tasks.reward`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from dvpo_lab.config import ConfigError
-from dvpo_lab.tasks.base import BadRow, Problem, Task, check_aligned, iter_jsonl, load_local_split, register_task
-from dvpo_lab.tasks.reward import EXTRACTORS, SCORERS, score_batch
+from dvpo_lab.tasks.base import BadRow, Problem, Task, iter_jsonl, load_local_split
+from dvpo_lab.tasks.reward import RewardFn, answer_extractor, reward_name, score_with, strict_match
 from dvpo_lab.tasks.template import check_template, render_prompt
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,6 @@ def _load_hub(split: str, limit: int | None, template: str, tokenizer: Any) -> l
     return problems
 
 
-@register_task("gsm8k")
 class GSM8KTask(Task):
     """GSM8K with veRL's prompt and ``####`` reward; both splits are loaded at construction so a bad path, row
     or template fails at start, not after an hour of training.
@@ -118,11 +117,15 @@ class GSM8KTask(Task):
         max_test: keep only the first ``max_test`` test rows; ``None`` keeps all.
         max_response_len: tokens a response may take, EOS included.
         template: ``plain`` (veRL's raw prompt) | ``chat`` (the tokenizer's chat template around it).
-        reward: ``strict`` (veRL's ``####`` rule) | ``math_verify`` (flexible equivalence).
-        reward_window: characters of each response the reward reads, from its end; ``None`` (default) reads
-            all of it, so text after the committed answer never changes the score; ``300`` is veRL's window.
+        reward: the clean reward (:class:`~dvpo_lab.tasks.reward.RewardFn`): veRL's strict ``####`` rule
+            (default), :func:`~dvpo_lab.tasks.reward.math_verify_match` (flexible equivalence) or your own.
+            The built-in rules take ``window``: characters of each response read, from its end (``None``, the
+            default, reads all of it, so text after the committed answer never changes the score; ``300`` is
+            veRL's window).
         tokenizer: the model's tokenizer; only ``template=chat`` uses it (``run.make_task`` passes it).
     """
+
+    name = "gsm8k"
 
     def __init__(
         self,
@@ -131,21 +134,18 @@ class GSM8KTask(Task):
         max_test: int | None = None,
         max_response_len: int = 256,
         template: str = "plain",
-        reward: str = "strict",
-        reward_window: int | None = None,
+        reward: RewardFn = strict_match,
         tokenizer: Any = None,
     ) -> None:
-        for name, value in (("max_train", max_train), ("max_test", max_test), ("reward_window", reward_window)):
+        for name, value in (("max_train", max_train), ("max_test", max_test)):
             if value is not None and value < 1:
                 raise ConfigError(f"task.{name}={value}: must be >= 1 or null")
         if max_response_len < 1:
             raise ConfigError(f"task.max_response_len={max_response_len}: must be >= 1 (tokens per response)")
-        if reward not in SCORERS:
-            raise ConfigError(f"task.reward={reward!r}: expected one of {' | '.join(SCORERS)}")
         check_template(template, tokenizer)  # before loading 7k rows
         self.data_dir = data_dir
         self.max_response_len = max_response_len
-        self.template, self.reward, self.reward_window = template, reward, reward_window
+        self.template, self.reward = template, reward
         if data_dir is None:
             self._train = _load_hub("train", max_train, template, tokenizer)
             self._test = _load_hub("test", max_test, template, tokenizer)
@@ -153,8 +153,8 @@ class GSM8KTask(Task):
             self._train = _load_local(data_dir, "train", max_train, template, tokenizer)
             self._test = _load_local(data_dir, "test", max_test, template, tokenizer)
         source = HUB_ID if data_dir is None else str(data_dir)
-        log.info("gsm8k from %s: %d train, %d test problems (template=%s, reward=%s, reward_window=%s)", source,
-                 len(self._train), len(self._test), template, reward, reward_window)
+        log.info("gsm8k from %s: %d train, %d test problems (template=%s, reward=%s)", source,
+                 len(self._train), len(self._test), template, reward_name(reward))
 
     def train_problems(self, indices: Sequence[int]) -> list[Problem]:
         """Training rows by index, wrapping around the split (``index % num_train()``)."""
@@ -172,10 +172,9 @@ class GSM8KTask(Task):
         return list(self._train)
 
     def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:
-        """``task.reward``'s rule against the reference answer; ``[B]`` float32 in ``{0, 1}``."""
-        check_aligned(responses, problems)
-        return score_batch(responses, [p.answer for p in problems], method=self.reward, window=self.reward_window)
+        """``task.reward`` against the reference answer; ``[B]`` float32 (``{0, 1}`` for the built-in rules)."""
+        return score_with(self.reward, responses, problems)
 
     def extract_answer(self, text: str) -> str | None:
-        """The final answer under ``task.reward``'s rule (strict: the last ``#### <number>``, commas removed)."""
-        return EXTRACTORS[self.reward](text, self.reward_window)
+        """The final answer under the reward's rule (strict: the last ``#### <number>``, commas removed)."""
+        return answer_extractor(self.reward)(text)

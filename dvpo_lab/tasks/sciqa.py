@@ -23,7 +23,8 @@ Sources (``task.source``):
   ``train.jsonl``/``test.jsonl`` in the same row format. Choices are shuffled by a permutation keyed by
   (``shuffle_seed``, split, row), so the correct letter is uniform over the letters.
 
-Reward: 1 when :func:`extract_choice` finds the key's letter. It reads, by priority, the last
+Reward (:func:`choice_match`, the default ``task.reward``): 1 when :func:`extract_choice` finds the key's
+letter among the letters the item offers (``problem.extra_info["letters"]``). It reads, by priority, the last
 ``#### X``; the last ``answer is X`` / ``answer: x``; a leading ``(X)``, ``X.``, ``X)`` or a bare letter
 (unless the response restates the options); a single distinct ``(X)`` anywhere. Text after a committed
 letter never undoes it, and nothing after the last ``####``'s line is read. It never raises.
@@ -40,9 +41,10 @@ from typing import Any
 import torch
 
 from dvpo_lab.config import ConfigError
+from dvpo_lab.seeding import hash_words, splitmix64
 from dvpo_lab.tasks import sciqa_data
-from dvpo_lab.tasks.base import Problem, Task, check_aligned, draw_outside, register_task
-from dvpo_lab.tasks.hashing import hash_words, splitmix64
+from dvpo_lab.tasks.base import Problem, Task, draw_outside
+from dvpo_lab.tasks.reward import RewardFn, score_with
 from dvpo_lab.tasks.sciqa_facts import build_facts, category_pools
 from dvpo_lab.tasks.template import check_template, render_prompt
 
@@ -121,6 +123,16 @@ def extract_choice(text: str, letters: str = LETTERS[:4]) -> str | None:
     return marked.pop() if len(marked) == 1 else None
 
 
+def choice_match(responses: Sequence[str], problems: Sequence[Problem]) -> torch.Tensor:
+    """1 where the letter a response chooses (:func:`extract_choice` among the item's letters,
+    ``problem.extra_info["letters"]``, all of ``"ABCDE"`` when it has none) equals ``problem.answer``, else 0.
+    Returns ``[B]`` float32 in ``{0, 1}``."""
+    if len(responses) != len(problems):
+        raise ValueError(f"got {len(responses)} responses for {len(problems)} problems")
+    return torch.tensor([1.0 if extract_choice(r, (p.extra_info or {}).get("letters", LETTERS)) == p.answer else 0.0
+                         for r, p in zip(responses, problems)], dtype=torch.float32)
+
+
 # --- items ----------------------------------------------------------------------------------------------
 
 def shuffled(item: sciqa_data.MCItem, seed: int, split: str, row: int) -> tuple[tuple[str, ...], int]:
@@ -156,7 +168,6 @@ def worked_choice(options: Sequence[str], correct: int) -> str:
 Key = tuple[int, tuple[str, ...]]  # (fact index, choices in order): what makes two generated items the same
 
 
-@register_task("sciqa")
 class SciQATask(Task):
     """Science multiple choice from a generated fact table (offline) or SciQ / ARC / GPQA.
 
@@ -177,7 +188,10 @@ class SciQATask(Task):
         tokenizer: the model's tokenizer; only ``template=chat`` uses it.
         categories: generated items only from these fact categories (``None`` = all); a smaller table is
             seen more often per run.
+        reward: the clean reward (:class:`~dvpo_lab.tasks.reward.RewardFn`); default :func:`choice_match`.
     """
+
+    name = "sciqa"
 
     def __init__(
         self,
@@ -199,6 +213,7 @@ class SciQATask(Task):
         max_response_len: int | None = None,
         tokenizer: Any = None,
         categories: Sequence[str] | None = None,
+        reward: RewardFn = choice_match,
     ) -> None:
         if source not in SOURCES:
             raise ConfigError(f"task.source={source!r}: expected one of {' | '.join(SOURCES)}")
@@ -210,7 +225,7 @@ class SciQATask(Task):
         if n_sft < 0:
             raise ConfigError(f"task.n_sft must be >= 0, got {n_sft}")
         check_template(template, tokenizer)
-        self.source, self.template, self._tokenizer = source, template, tokenizer
+        self.source, self.template, self._tokenizer, self.reward = source, template, tokenizer, reward
         self.shuffle_seed = shuffle_seed
         if source == "generated":
             self._init_generated(n_test, train_seed, test_seed, n_sft, n_choices, categories)
@@ -281,7 +296,8 @@ class SciQATask(Task):
         letter = LETTERS[options.index(fact.answer)]
         text = format_question(fact.question, options, compact=True)
         prompt = text if self.template == "plain" else render_prompt(text.rstrip("\n"), "chat", self._tokenizer)
-        return Problem(prompt=prompt, answer=letter, solution=worked_choice(options, options.index(fact.answer)))
+        return Problem(prompt=prompt, answer=letter, solution=worked_choice(options, options.index(fact.answer)),
+                       extra_info={"letters": self.letters})
 
     # --- real sources ---------------------------------------------------------------------------------
 
@@ -312,7 +328,8 @@ class SciQATask(Task):
         letter = LETTERS[correct]
         prompt = render_prompt(format_question(item.question, choices, compact=False), self.template,
                                self._tokenizer)
-        return Problem(prompt=prompt, answer=letter, solution=f"{choices[correct]} #### {letter}")
+        return Problem(prompt=prompt, answer=letter, solution=f"{choices[correct]} #### {letter}",
+                       extra_info={"letters": self.letters})
 
     # --- Task API -------------------------------------------------------------------------------------
 
@@ -339,7 +356,5 @@ class SciQATask(Task):
         return extract_choice(text, self.letters)
 
     def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:
-        """1.0 where the chosen letter equals the key; ``[B]`` float32 in ``{0, 1}``."""
-        check_aligned(responses, problems)
-        return torch.tensor([1.0 if self.extract_answer(r) == p.answer else 0.0 for r, p in zip(responses, problems)],
-                            dtype=torch.float32)
+        """``task.reward`` (default :func:`choice_match`: the chosen letter equals the key); ``[B]`` float32."""
+        return score_with(self.reward, responses, problems)

@@ -270,8 +270,9 @@ def test_dr_grpo_modes_need_a_budget_at_least_the_width(mode):
 def test_every_loss_is_independent_of_padding(mode):
     """The policy loss and every critic loss (scalar, ensemble, DVPO quantile) give the same value for the same
     responses padded to different widths, in every aggregation mode."""
-    from dvpo_lab.algos import DVPO_TERMS, dvpo_critic_loss, quantile_levels
-    from dvpo_lab.algos.robust import ensemble_value_loss
+    from dvpo_lab.algos import DVPO_TERMS, quantile_levels
+    from dvpo_lab.algos.rbppo import ensemble_value_loss
+    from tests.algos.helpers import dvpo_loss as dvpo_critic_loss
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([3, 4, 1])

@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvpo_lab.algos import compute_gae, get_adv_estimator, masked_whiten
-from dvpo_lab.algos.distributional import (
-    DVPO_TERMS,
+from dvpo_lab.algos import compute_gae, masked_whiten
+from dvpo_lab.algos.dvpo import DVPO_TERMS, quantile_gae
+from dvpo_lab.algos.quantiles import (
     cvar_weights,
     distorted_expectation,
-    dvpo_critic_loss,
     monotone_quantiles,
-    quantile_gae,
     quantile_huber_pairs,
     quantile_huber_sorted,
     quantile_levels,
     wang_weights,
 )
+from tests.algos.helpers import call_estimator
+from tests.algos.helpers import dvpo_loss as dvpo_critic_loss
 
 torch.set_default_dtype(torch.float32)
 ALL_OFF = dict.fromkeys(DVPO_TERMS, 0.0)
@@ -81,130 +80,6 @@ def test_sorted_prefix_sum_loss_equals_all_pairs(n, m, lead, kappa, seed, ties):
     quantile_huber_sorted(p1, tgt, taus, kappa).sum().backward()
     quantile_huber_pairs(p2, tgt, taus, kappa).sum().backward()
     assert torch.allclose(p1.grad, p2.grad, atol=1e-9)
-
-
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 6), H=st.integers(1, 3), N=st.integers(1, 12), M=st.integers(1, 15),
-       kappa=st.sampled_from([0.0, 0.02, 0.5]), seed=st.integers(0, 10_000))
-def test_compiled_cpu_kernel_equals_all_pairs(n, H, N, M, kappa, seed):
-    from dvpo_lab.algos import _qr_kernel
-    from dvpo_lab.algos.distributional import quantile_huber
-
-    if not _qr_kernel.AVAILABLE:
-        pytest.skip("numba is not installed: the torch path is used (tested above)")
-    gen = torch.Generator().manual_seed(seed)
-    pred = torch.randn(n, H, N, generator=gen, dtype=torch.float64)
-    z = torch.randn(n, M, generator=gen, dtype=torch.float64).sort(-1).values
-    taus = quantile_levels(N, dtype=torch.float64)
-    p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
-    fast = quantile_huber(p1, z, taus, kappa)
-    ref = quantile_huber_pairs(p2, z.unsqueeze(1).expand(n, H, M), taus, kappa)
-    assert torch.allclose(fast, ref, atol=1e-10)
-    w = torch.rand(n, H, N, generator=gen, dtype=torch.float64)
-    (fast * w).sum().backward()
-    (ref * w).sum().backward()
-    assert torch.allclose(p1.grad, p2.grad, atol=1e-10)
-
-
-def test_compiled_cpu_kernel_over_many_chunks_float32_and_ties():
-    """Rows beyond one chunk, float32 predictions (the model's dtype), tied targets and tied predictions."""
-    from dvpo_lab.algos import _qr_kernel
-    from dvpo_lab.algos.distributional import quantile_huber
-
-    if not _qr_kernel.AVAILABLE:
-        pytest.skip("numba is not installed: the torch path is used (tested above)")
-    gen = torch.Generator().manual_seed(7)
-    n, H, N = 200, 3, 24  # 600 rows: three chunks of the kernel
-    pred = (torch.randn(n, H, N, generator=gen) * 0.3).round(decimals=1)  # many exact ties
-    z = (torch.rand(n, N, generator=gen) * 4).round() / 4  # targets in {0, .25, ..., 1}
-    z = z.double().sort(-1).values
-    taus = quantile_levels(N)
-    p1 = pred.clone().requires_grad_()
-    p2 = pred.double().clone().requires_grad_()
-    fast = quantile_huber(p1, z, taus, 0.02)
-    assert fast.dtype == torch.float32
-    ref = quantile_huber_pairs(p2, z.unsqueeze(1).expand(n, H, N), taus.double(), 0.02)
-    assert torch.allclose(fast.double(), ref, atol=1e-5)
-    fast.sum().backward()
-    ref.sum().backward()
-    assert torch.allclose(p1.grad.double(), p2.grad, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kappa", [0.0, 0.02])
-def test_native_kernel_equals_the_numba_kernel_bit_for_bit(dtype, kappa):
-    """The C++ kernel (torch's threads) gives the numba kernel's numbers exactly: wide, narrow, tied and
-    overlapping predictions, several rows per token, float32 ties that differ in float64."""
-    from dvpo_lab.algos import _qr_kernel, _qr_native
-
-    if not _qr_kernel.AVAILABLE:
-        pytest.skip("numba is not installed: nothing to compare with")
-    if _qr_native.load() is None:
-        pytest.skip("no C++ compiler here: the numba kernel is used (tested above)")
-    rng = np.random.default_rng(11)
-    n, H, N, M = 150, 3, 200, 200
-    z = np.sort(rng.normal(0.5, 0.08, (n, M)), axis=1)
-    z[:20] = np.sort(np.round(z[:20], 1), axis=1)  # tied targets
-    theta = rng.normal(0.5, 0.3, (n * H, N))
-    theta[:60] = np.round(theta[:60], 2)  # tied predictions
-    theta[60:120] = 0.5 + 1e-9 * rng.integers(0, 3, (60, N))  # distinct in float64, equal in float32,
-    z[20:40, :4] = 0.5 + 1e-9 * np.array([0.5, 1.5, 0.5, 1.5])  # with targets between them (tokens 20-39)
-    z = np.sort(z, axis=1)
-    theta = theta.astype(dtype)
-    row_token = np.repeat(np.arange(n), H)
-    taus = quantile_levels(N, dtype=torch.float64).numpy()
-    ref = _qr_kernel.quantile_huber_rows(theta, z, row_token, taus, kappa, native=False)
-    got = _qr_kernel.quantile_huber_rows(theta, z, row_token, taus, kappa, native=True)
-    assert got[0].dtype == dtype
-    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
-    for threads in (1, 2):  # the split over threads does not change a number
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            again = _qr_kernel.quantile_huber_rows(theta, z, row_token, taus, kappa, native=True)
-        finally:
-            torch.set_num_threads(old)
-        assert np.array_equal(again[0], ref[0]) and np.array_equal(again[1], ref[1])
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("H,margins", [(3, (0.0, 0.0)), (1, (0.2, 0.3)), (2, (0.0, 0.5))])
-def test_native_regularisers_equal_the_numba_ones_bit_for_bit(dtype, H, margins):
-    """Values, diagnostics and gradients of the fused regularisers: compiled (torch's threads) == numba."""
-    from dvpo_lab.algos import _qr_kernel, _qr_native
-
-    if not _qr_kernel.AVAILABLE:
-        pytest.skip("numba is not installed: nothing to compare with")
-    if _qr_native.load() is None:
-        pytest.skip("no C++ compiler here: the numba kernels are used")
-    rng = np.random.default_rng(5)
-    n, N = 120, 200
-    p = rng.normal(0.5, 0.3, (n, H, N))
-    p[:30] = np.round(p[:30], 2)  # tied quantiles and tied head means
-    p[30:60] = np.sort(p[30:60], axis=-1)  # monotone heads: curvature terms active both ways
-    p = p.astype(dtype)
-    z = np.sort(rng.normal(0.5, 0.1, (n, N)), axis=1)
-    ka, kb, kl, ku = 20, 20, 19, 19
-    ref = _qr_kernel.regularisers(p, z, ka, kb, kl, ku, *margins, native=False)
-    got = _qr_kernel.regularisers(p, z, ka, kb, kl, ku, *margins)
-    for a, b in zip(got, ref, strict=True):
-        assert np.array_equal(a, b)
-    g = rng.normal(size=(6, n))
-    dp_ref, dp_got = np.empty_like(p), np.empty_like(p)
-    _qr_kernel.regularisers_grad(p, z, ref[2], g, ka, kb, kl, ku, *margins, dp_ref, native=False)
-    _qr_kernel.regularisers_grad(p, z, ref[2], g, ka, kb, kl, ku, *margins, dp_got)
-    assert np.array_equal(dp_got, dp_ref)
-
-
-def test_native_kernel_rejects_bad_row_tokens():
-    from dvpo_lab.algos import _qr_kernel, _qr_native
-
-    if _qr_native.load() is None:
-        pytest.skip("no C++ compiler here")
-    theta = np.zeros((3, 4), np.float32)
-    with pytest.raises(ValueError, match="row_token"):
-        _qr_kernel.quantile_huber_rows(theta, np.zeros((2, 5)), np.array([0, 1, 2]), np.full(4, 0.5), 0.02,
-                                       native=True)
 
 
 # What quantile regression learns: normal quantiles, Bernoulli steps, the expectile pitfall ------------------
@@ -275,7 +150,7 @@ def test_per_quantile_gae_mean_equals_scalar_gae_on_the_mean(B, T, N, lam, gamma
     valid = mask.bool()
     assert torch.allclose(targets[valid], (q + adv_q)[valid])  # Z^ = theta + A^j, per quantile
     assert (targets[~valid] == 0).all() and (adv_q[~valid] == 0).all()
-    est, est_targets = get_adv_estimator("dist_gae")(r, mask, values=q, gamma=gamma, lam=lam)
+    est, est_targets = call_estimator("dist_gae", r, mask, values=q, gamma=gamma, lam=lam)
     assert torch.allclose(est, masked_whiten(adv, mask), atol=1e-8) and torch.equal(est_targets, targets)
 
 
@@ -346,7 +221,9 @@ def test_risk_actor_advantage_differs_from_the_mean_only_when_asked():
     gen = torch.Generator().manual_seed(0)
     mask = torch.ones(3, 4)
     r, q = torch.rand(3, 4, generator=gen), torch.rand(3, 4, 8, generator=gen).sort(-1).values
-    est = get_adv_estimator("dist_gae")
+    def est(*args, **kw):
+        return call_estimator("dist_gae", *args, **kw)
+
     mean, _ = est(r, mask, values=q, whiten_advantages=False)
     cvar1, _ = est(r, mask, values=q, whiten_advantages=False, actor_advantage="cvar", risk_alpha=1.0)
     assert torch.allclose(mean, cvar1, atol=1e-6)  # CVaR_1 is the mean
@@ -493,10 +370,10 @@ def test_loss_aggregation_modes_agree_when_every_sequence_has_the_same_length():
        seed=st.integers(0, 10_000), margins=st.sampled_from([(0.0, 0.0), (0.2, 0.3)]))
 def test_fused_regularisers_equal_the_torch_reference(B, T, H, N, seed, margins):
     """The compiled cvar/gain/shift/shape/curv/cons (values, gradients, diagnostics) == the torch code."""
-    from dvpo_lab.algos import _qr_kernel
+    from dvpo_lab.algos import kernels
 
-    if not _qr_kernel.AVAILABLE:
-        pytest.skip("numba is not installed: only the torch path exists")
+    if not kernels.available(torch.zeros(1, dtype=torch.float64)):
+        pytest.skip("the compiled kernels are not built here: only the torch path exists")
     gen = torch.Generator().manual_seed(seed)
     mask = random_mask(B, T, gen)
     pred = torch.randn(B, T, H, N, generator=gen, dtype=torch.float64)
@@ -531,9 +408,7 @@ def test_value_clip_keeps_the_larger_loss():
     assert float(m["vf_clipfrac"]) == 0.0
 
 
-def test_unknown_term_and_shape_errors_name_the_problem():
+def test_shape_errors_name_the_problem():
     pred, old, targets, mask, taus = loss_inputs()
-    with pytest.raises(ValueError, match="unknown DVPO loss terms"):
-        dvpo_critic_loss(pred, old, targets, mask, taus, weights={"tails": 1.0})
     with pytest.raises(ValueError, match=r"\[B, T, H, N\]"):
         dvpo_critic_loss(pred[..., 0], old, targets, mask, taus)

@@ -4,7 +4,8 @@
 import pytest
 import torch
 
-from dvpo_lab.algos import compute_gae, get_adv_estimator, masked_mean, masked_var
+from dvpo_lab.algos import compute_gae, masked_mean, masked_var
+from tests.algos.helpers import call_estimator
 
 R = torch.tensor([[0.0, 0.0, 1.0]])
 V = torch.tensor([[0.5, 0.6, 0.7]])
@@ -78,18 +79,18 @@ def test_gae_estimator_returns_before_whitening():  # returns = A + V before whi
     v = torch.tensor([[0.5, 0.6, 0.7, 3.0], [0.2, 0.1, 0.4, 0.3]])
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     raw_adv, raw_ret = compute_gae(r, v, m, 1.0, 0.95)
-    adv, ret = get_adv_estimator("gae")(r, m, values=v, gamma=1.0, lam=0.95)
+    adv, ret = call_estimator("gae", r, m, values=v, gamma=1.0, lam=0.95)
     torch.testing.assert_close(ret, raw_ret)  # whitening leaves returns untouched
     torch.testing.assert_close(ret * m, (raw_adv + v) * m)
     assert abs(masked_mean(adv, m).item()) < 1e-6
     assert abs(masked_var(adv, m).item() - 1.0) < 1e-4
-    raw, _ = get_adv_estimator("gae")(r, m, values=v, gamma=1.0, lam=0.95, whiten_advantages=False)
+    raw, _ = call_estimator("gae", r, m, values=v, gamma=1.0, lam=0.95, whiten_advantages=False)
     torch.testing.assert_close(raw, raw_adv)
 
 
 def test_gae_estimator_requires_values():
     with pytest.raises(ValueError, match="values"):
-        get_adv_estimator("gae")(R, M)
+        call_estimator("gae", R, M)
 
 
 def test_gae_shape_mismatch_raises():

@@ -4,7 +4,8 @@ hand-computed values and verl's formulas, outcome broadcast, length bias, and th
 import pytest
 import torch
 
-from dvpo_lab.algos import ADV_ESTIMATORS, agg_loss, get_adv_estimator, group_advantages, register_adv_est
+from dvpo_lab.algos import ALGORITHMS, agg_loss, get_algo, group_advantages, register_algo
+from tests.algos.helpers import algo_config, call_estimator
 
 ONE_GROUP = torch.zeros(4, dtype=torch.long)
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0])
@@ -64,24 +65,24 @@ def test_grpo_estimator_broadcast():  # one advantage per response, 0 on padding
     rewards = torch.zeros(4, 4)
     last = torch.tensor([2, 1, 0, 3])
     rewards[torch.arange(4), last] = REWARDS
-    adv, ret = get_adv_estimator("grpo")(rewards, m, group_index=ONE_GROUP)
+    adv, ret = call_estimator("grpo", rewards, m, group_index=ONE_GROUP)
     expected = group_advantages(REWARDS, ONE_GROUP)
     torch.testing.assert_close(adv, expected.unsqueeze(-1) * m)
     torch.testing.assert_close(ret, adv)
-    dr, _ = get_adv_estimator("grpo")(rewards, m, group_index=ONE_GROUP, norm_adv_by_std=False)
+    dr, _ = call_estimator("grpo", rewards, m, group_index=ONE_GROUP, norm_adv_by_std=False)
     torch.testing.assert_close(dr, torch.tensor([0.5, -0.5, -0.5, 0.5]).unsqueeze(-1) * m)
 
 
 def test_grpo_estimator_ignores_padded_rewards():
     m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     rewards = torch.tensor([[0.0, 1.0, 5.0], [0.0, 9.0, 9.0]])  # junk beyond the mask
-    adv, _ = get_adv_estimator("grpo")(rewards, m, group_index=torch.tensor([0, 0]), norm_adv_by_std=False)
+    adv, _ = call_estimator("grpo", rewards, m, group_index=torch.tensor([0, 0]), norm_adv_by_std=False)
     torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5, 0.0], [-0.5, 0.0, 0.0]]))
 
 
 def test_grpo_estimator_requires_group_index():
     with pytest.raises(ValueError, match="group_index"):
-        get_adv_estimator("grpo")(torch.zeros(2, 3), torch.ones(2, 3))
+        call_estimator("grpo", torch.zeros(2, 3), torch.ones(2, 3))
 
 
 def test_length_bias():  # Liu et al. 2025: GRPO's 1/|o| length bias
@@ -105,37 +106,33 @@ def test_length_bias():  # Liu et al. 2025: GRPO's 1/|o| length bias
 
 
 def test_registry_lookup_and_errors():
-    assert {"gae", "grpo"} <= set(ADV_ESTIMATORS)
+    assert {"gae", "grpo", "dist_gae"} <= set(ALGORITHMS)
+    assert get_algo("dist_gae").critic == "quantile" and get_algo("grpo").grouped and not get_algo("gae").grouped
     with pytest.raises(ValueError, match="'gae'"):
-        get_adv_estimator("nope")
+        get_algo("nope")
 
-    def fake(token_rewards, mask, **_):
+    def fake(token_rewards, mask, *, values, group_index, config):
         return token_rewards, token_rewards
 
     try:
-        assert register_adv_est("_test_fake")(fake) is fake
-        assert register_adv_est("_test_fake")(fake) is fake  # re-registering the same function is fine
-        assert get_adv_estimator("_test_fake") is fake
+        assert register_algo("_test_fake", critic="none")(fake) is fake
+        assert register_algo("_test_fake", critic="none")(fake) is fake  # re-registering the same function is fine
+        assert get_algo("_test_fake").estimator is fake
         with pytest.raises(ValueError, match="already registered"):
-            register_adv_est("_test_fake")(lambda token_rewards, mask, **_: (token_rewards, token_rewards))
+            register_algo("_test_fake", critic="none")(lambda token_rewards, mask, **_: (token_rewards, token_rewards))
+        with pytest.raises(ValueError, match="no critic_loss"):
+            register_algo("_test_fake2", critic="scalar")(fake)
     finally:
-        ADV_ESTIMATORS.pop("_test_fake", None)
+        ALGORITHMS.pop("_test_fake", None)
 
 
 @pytest.mark.parametrize("name", ["gae", "grpo"])
-def test_estimators_accept_common_signature(name):
+def test_estimators_take_the_algo_node_and_refuse_a_misspelt_knob(name):
     m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     r = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    adv, ret = get_adv_estimator(name)(
-        r,
-        m,
-        values=torch.rand(2, 3),
-        group_index=torch.tensor([0, 0]),
-        gamma=1.0,
-        lam=0.95,
-        norm_adv_by_std=True,
-        eps=1e-6,
-        unknown_key="ignored",
-    )
+    kw = {"values": torch.rand(2, 3), "group_index": torch.tensor([0, 0])}
+    adv, ret = get_algo(name).estimator(r, m, config=algo_config(), **kw)
     assert adv.shape == ret.shape == (2, 3)
     assert torch.all(adv[~m.bool()] == 0) and torch.isfinite(adv).all()
+    with pytest.raises(TypeError):  # no **kwargs swallowing a misspelt keyword any more
+        get_algo(name).estimator(r, m, config=algo_config(), norm_adv_by_sdt=False, **kw)

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvpo_lab.algos import agg_loss, compute_gae, get_adv_estimator, masked_mean, masked_var, masked_whiten
-from dvpo_lab.algos.robust import ensemble_value_loss, pessimistic_value, robust_gae
+from dvpo_lab.algos import agg_loss, compute_gae, masked_mean, masked_var, masked_whiten
+from dvpo_lab.algos.rbppo import ensemble_value_loss, pessimistic_value, robust_gae
+from tests.algos.helpers import call_estimator
 
 
 def random_case(B, T, K, seed):
@@ -29,9 +30,11 @@ def random_case(B, T, K, seed):
        seed=st.integers(0, 10_000))
 def test_rbppo_with_c_and_rho_zero_is_ppo_on_the_head_average(B, T, K, lam, seed):
     r, v, mask = random_case(B, T, K, seed)
-    est = get_adv_estimator("robust_gae")
+    def est(*a, **kw):
+        return call_estimator("robust_gae", *a, **kw)
+
     adv, y = est(r, mask, values=v, gamma=1.0, lam=lam, robust_c=0.0, robust_rho=0.0)
-    ppo_adv, ppo_ret = get_adv_estimator("gae")(r, mask, values=v.mean(-1), gamma=1.0, lam=lam)
+    ppo_adv, ppo_ret = call_estimator("gae", r, mask, values=v.mean(-1), gamma=1.0, lam=lam)
     assert torch.allclose(adv, ppo_adv, atol=1e-10) and torch.allclose(y, ppo_ret, atol=1e-10)
     if K == 1:  # one head: c is irrelevant
         adv1, _ = est(r, mask, values=v, gamma=1.0, lam=lam, robust_c=5.0, robust_rho=0.0)
@@ -58,7 +61,9 @@ def test_pessimistic_value_is_min_for_two_heads_and_below_every_head():
 @given(B=st.integers(1, 4), T=st.integers(1, 8), seed=st.integers(0, 10_000), lam=st.floats(0, 0.99))
 def test_robust_targets_are_monotone_in_c_and_rho(B, T, seed, lam):
     r, v, mask = random_case(B, T, 2, seed)
-    est = get_adv_estimator("robust_gae")
+    def est(*a, **kw):
+        return call_estimator("robust_gae", *a, **kw)
+
     valid = mask.bool()
     prev = None
     for c in (0.0, 0.5, 1.0, 2.0):
@@ -79,7 +84,7 @@ def test_lambda_one_targets_are_monte_carlo_whatever_c_and_rho():
     r, v, mask = random_case(3, 6, 2, 0)
     mc, _ = compute_gae(r, torch.zeros_like(r), mask, 1.0, 1.0)
     for c, rho in ((0.0, 0.0), (1.0, 0.2), (2.0, 0.9)):
-        _, y = get_adv_estimator("robust_gae")(r, mask, values=v, lam=1.0, robust_c=c, robust_rho=rho)
+        _, y = call_estimator("robust_gae", r, mask, values=v, lam=1.0, robust_c=c, robust_rho=rho)
         assert torch.allclose(y, mc, atol=1e-10)
 
 
@@ -126,17 +131,17 @@ def outcome(rewards: list[float], T: int = 3):
 
 def test_group_oracles():
     tr, m, g = outcome([1, 0, 0, 1])
-    dr, _ = get_adv_estimator("dr_grpo")(tr, m, group_index=g)
+    dr, _ = call_estimator("dr_grpo", tr, m, group_index=g)
     assert torch.allclose(dr[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
-    rl, _ = get_adv_estimator("rloo")(tr, m, group_index=g)
+    rl, _ = call_estimator("rloo", tr, m, group_index=g)
     assert torch.allclose(rl[:, 0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]), atol=1e-4)
     for name in ("dr_grpo", "rloo"):
-        adv, _ = get_adv_estimator(name)(tr, m, group_index=g)
+        adv, _ = call_estimator(name, tr, m, group_index=g)
         assert (adv == adv[:, :1]).all()  # every token gets its sequence's advantage
-        const, _ = get_adv_estimator(name)(*outcome([1, 1, 1, 1])[:2], group_index=g)
+        const, _ = call_estimator(name, *outcome([1, 1, 1, 1])[:2], group_index=g)
         assert (const == 0).all()
         with pytest.raises(ValueError, match="group_index"):
-            get_adv_estimator(name)(tr, m)
+            call_estimator(name, tr, m)
 
 
 @settings(max_examples=40, deadline=None)
@@ -149,13 +154,13 @@ def test_group_advantages_sum_to_zero_and_dr_grpo_scales(G, groups, a, b, seed):
     tr[:, -1] = scores
     m, gi = torch.ones_like(tr), torch.arange(groups).repeat_interleave(G)
     for name in ("dr_grpo", "rloo"):
-        adv, _ = get_adv_estimator(name)(tr, m, group_index=gi)
+        adv, _ = call_estimator(name, tr, m, group_index=gi)
         assert torch.allclose(adv[:, 0].view(groups, G).sum(-1), torch.zeros(groups, dtype=torch.float64),
                               atol=1e-9)
-    dr, _ = get_adv_estimator("dr_grpo")(tr, m, group_index=gi)
+    dr, _ = call_estimator("dr_grpo", tr, m, group_index=gi)
     tr2 = tr.clone()
     tr2[:, -1] = a * scores + b
-    dr2, _ = get_adv_estimator("dr_grpo")(tr2, m, group_index=gi)
+    dr2, _ = call_estimator("dr_grpo", tr2, m, group_index=gi)
     assert torch.allclose(dr2, a * dr, atol=1e-9)
 
 
@@ -178,9 +183,9 @@ def test_dr_grpo_loss_is_length_unbiased_and_grpo_is_not():
 def test_reinforce_pp_whitens_returns_to_go_over_the_batch():
     tr = torch.tensor([[-0.01, -0.01, 1.0], [-0.02, 0.0, 0.0]], dtype=torch.float64)
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
-    adv, ret = get_adv_estimator("reinforce_pp")(tr, mask, gamma=1.0)
+    adv, ret = call_estimator("reinforce_pp", tr, mask, gamma=1.0)
     assert torch.allclose(ret, torch.tensor([[0.98, 0.99, 1.0], [-0.02, 0.0, 0.0]], dtype=torch.float64))
     assert torch.allclose(adv, masked_whiten(ret, mask))
     assert abs(float(masked_mean(adv, mask))) < 1e-9 and float(masked_var(adv, mask)) == pytest.approx(1, abs=1e-6)
-    raw, _ = get_adv_estimator("reinforce_pp")(tr, mask, gamma=0.5, whiten_advantages=False)
+    raw, _ = call_estimator("reinforce_pp", tr, mask, gamma=0.5, whiten_advantages=False)
     assert float(raw[0, 0]) == pytest.approx(-0.01 - 0.005 + 0.25)

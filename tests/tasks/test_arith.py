@@ -246,10 +246,11 @@ def test_arith_teacher_option_runs_to_convergence_on_the_teacher_task() -> None:
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["task=arith_teacher"])
-    assert (cfg.task.name, cfg.task.teacher, cfg.task.teacher_column) == ("arith", "drop_carry", 2)
+    assert (cfg.task.name, cfg.task.teacher, cfg.task.teacher_error_rate) == ("arith", "drop_carry", 0.8)
     assert target_acc(cfg) is None and cfg.sft.max_steps == 800  # a fixed step count, no threshold
     task = make_task(cfg)
     assert isinstance(task, ArithTask) and task.teacher_accuracy() == pytest.approx(0.514)
+    assert task.teacher_column == 2  # the class's default: the hundreds digit
     plain = compose_cfg(["task=arith"])  # the threshold-stopped task is unchanged beside it
-    assert plain.task.teacher == "exact" and target_acc(plain) == pytest.approx(0.3)
+    assert make_task(plain).teacher == "exact" and target_acc(plain) == pytest.approx(0.3)
     assert warm_start_key(cfg) != warm_start_key(plain)

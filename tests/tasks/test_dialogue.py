@@ -9,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvpo_lab.tasks import build_task
 from dvpo_lab.tasks.dialogue import DOMAINS, SERVICE_DOMAIN, DialogueTask, Goal, Judgement, judge, user_reply
 
 TAXI = Goal("taxi", (("from", "A7"), ("to", "B2"), ("time", "9")))
@@ -17,7 +16,7 @@ TAXI = Goal("taxi", (("from", "A7"), ("to", "B2"), ("time", "9")))
 
 @pytest.fixture(scope="module")
 def task() -> DialogueTask:
-    return build_task("dialogue", n_test=50, n_sft=40)
+    return DialogueTask(n_test=50, n_sft=40)
 
 
 # --- the simulated user ---------------------------------------------------------------------------------
@@ -105,7 +104,7 @@ def test_demonstrations_are_perfect_dialogues(task):
 
 
 def test_goals_are_deterministic_and_train_never_hits_test(task):
-    again = build_task("dialogue", n_test=50, n_sft=40)
+    again = DialogueTask(n_test=50, n_sft=40)
     assert task.train_problems(range(20)) == again.train_problems(range(20))
     assert task.test_problems() == again.test_problems()
     test_keys = {p.answer for p in task.test_problems()}
@@ -129,7 +128,7 @@ def test_gcr_reward_and_metrics_per_domain(task):
         *turns, action = p.solution.rstrip("\n").split("\n")
         book, service, first, *rest = action.split(" ")
         half.append("\n".join([*turns, " ".join([book, service, first + "x", *rest])]) + "\n")
-    gcr_task = build_task("dialogue", n_test=50, n_sft=0, reward="gcr")
+    gcr_task = DialogueTask(n_test=50, n_sft=0, reward="gcr")
     tcr, gcr = task.score(half, problems), gcr_task.score(half, problems)
     assert torch.all(tcr == 0) and torch.all((gcr > 0) & (gcr < 1))
     m = task.metrics([p.solution for p in problems], problems)
@@ -140,15 +139,15 @@ def test_gcr_reward_and_metrics_per_domain(task):
 
 
 def test_domains_subset_and_bad_arguments():
-    t = build_task("dialogue", n_test=10, n_sft=0, domains=["finance"])
+    t = DialogueTask(n_test=10, n_sft=0, domains=["finance"])
     assert {SERVICE_DOMAIN[p.answer.split()[0]] for p in t.train_problems(range(50))} == {"finance"}
     assert t.max_turns >= 3 and not math.isnan(t.max_response_len)
     with pytest.raises(ValueError, match="task.domains"):
-        build_task("dialogue", domains=["sports"])
+        DialogueTask(domains=["sports"])
     with pytest.raises(ValueError, match="task.reward"):
-        build_task("dialogue", reward="acr")
+        DialogueTask(reward="acr")
     with pytest.raises(ValueError, match="task.max_turns >= 4"):
-        build_task("dialogue", max_turns=3)
+        DialogueTask(max_turns=3)
 
 
 @pytest.mark.parametrize("n", [0, 100, 300, 1000])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -15,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dvpo_lab.config import ConfigError
-from dvpo_lab.tasks import build_task
 from dvpo_lab.tasks.gsm8k import INSTRUCTION, GSM8KTask, reference_answer
+from dvpo_lab.tasks.reward import math_verify_match, strict_match
+
+REWARDS = {"strict": strict_match, "math_verify": math_verify_match}  # the built-in rules task.reward names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The real GSM8K files (openai/gsm8k as train.jsonl / test.jsonl), for the tests that need them: the folder
@@ -45,7 +48,7 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def test_local_files_load(data_dir: Path) -> None:
-    task = build_task("gsm8k", data_dir=str(data_dir))
+    task = GSM8KTask(data_dir=str(data_dir))
     assert isinstance(task, GSM8KTask) and task.max_response_len == 256
     assert task.num_train() == 3 and len(task.test_problems()) == 2
     p = task.test_problems()[1]
@@ -155,9 +158,7 @@ def test_unreadable_files_name_the_line(data_dir: Path) -> None:
     "kwargs, match",
     [
         ({"max_train": 0}, "task.max_train=0: must be >= 1 or null"),
-        ({"reward_window": 0}, "task.reward_window=0: must be >= 1 or null"),
         ({"max_response_len": 0}, "task.max_response_len=0"),
-        ({"reward": "fuzzy"}, "task.reward='fuzzy': expected one of strict | math_verify"),
     ],
 )
 def test_bad_knobs_are_config_errors(data_dir: Path, kwargs: dict, match: str) -> None:
@@ -240,7 +241,7 @@ def test_chat_template_wraps_the_verl_prompt(data_dir: Path) -> None:
 
 
 def test_math_verify_reward_is_flexible(data_dir: Path) -> None:
-    strict, flexible = GSM8KTask(data_dir=data_dir), GSM8KTask(data_dir=data_dir, reward="math_verify")
+    strict, flexible = GSM8KTask(data_dir=data_dir), GSM8KTask(data_dir=data_dir, reward=math_verify_match)
     probs = strict.train_problems(range(3))  # answers 5, 1234, -3
     responses = ["so #### 5.0", "the total is $\\boxed{1234}$", "it comes to -3 dollars"]
     assert strict.score(responses, probs).tolist() == [0.0, 0.0, 0.0]
@@ -249,8 +250,6 @@ def test_math_verify_reward_is_flexible(data_dir: Path) -> None:
     assert flexible.score(["2 + 3 = <<2+3=5>>5 then 7\n#### 6"], probs[:1]).tolist() == [0.0]
     assert strict.extract_answer("x #### 1,234") == "1234" and strict.extract_answer("1234") is None
     assert flexible.extract_answer("x #### 1,234") == "1234" and flexible.extract_answer("so 7") == "7"
-    with pytest.raises(ConfigError, match="task.reward='fuzzy'"):
-        GSM8KTask(data_dir=data_dir, reward="fuzzy")
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +274,7 @@ def test_extract_answer_never_raises(strict_task: GSM8KTask, text: str) -> None:
 def test_real_gsm8k_gold_solutions_pass_math_verify() -> None:
     if not (SHARED_GSM8K / "test.jsonl").is_file():
         pytest.skip(NO_REAL_DATA)
-    task = GSM8KTask(data_dir=SHARED_GSM8K, max_train=1, max_test=300, reward="math_verify")
+    task = GSM8KTask(data_dir=SHARED_GSM8K, max_train=1, max_test=300, reward=math_verify_match)
     test = task.test_problems()
     scores = task.score([p.solution for p in test], test)  # type: ignore[misc]
     assert bool((scores == 1.0).all()), [p.answer for p, s in zip(test, scores) if s != 1.0][:5]
@@ -290,7 +289,7 @@ LONG = "2+40=42\n#### 5\n" + ("To check: 17 apples and 25 pears, 3 boxes of 14, 
 
 @pytest.mark.parametrize("reward", ["strict", "math_verify"])
 def test_task_score_ignores_text_after_the_committed_answer(data_dir: Path, reward: str) -> None:
-    task = GSM8KTask(data_dir=data_dir, reward=reward)
+    task = GSM8KTask(data_dir=data_dir, reward=REWARDS[reward])
     p = task.train_problems([0])  # answer 5
     assert task.score([LONG], p).tolist() == [1.0]
     assert task.extract_answer(LONG) == "5"
@@ -302,20 +301,25 @@ def test_task_score_ignores_text_after_the_committed_answer(data_dir: Path, rewa
 
 @pytest.mark.parametrize("reward", ["strict", "math_verify"])
 def test_reward_window_300_is_verls(data_dir: Path, reward: str) -> None:
-    task = GSM8KTask(data_dir=data_dir, reward=reward, reward_window=300)
+    task = GSM8KTask(data_dir=data_dir, reward=functools.partial(REWARDS[reward], window=300))
     p = task.train_problems([0])
     assert task.score([LONG], p).tolist() == [0.0]  # the marker is outside veRL's window
     assert task.extract_answer(LONG) is None  # and no prose number is taken instead
     assert task.score(["2 + 3 = 5\n#### 5\nshort tail"], p).tolist() == [1.0]
 
 
-def test_reward_window_is_a_config_key(tmp_path: Path, data_dir: Path) -> None:
-    from omegaconf import OmegaConf
+def test_reward_window_is_a_keyword_of_the_reward_node(data_dir: Path) -> None:
+    """`+task.reward.window=300` (veRL's window) reaches the rule through the reward node; the default reads all."""
+    from dvpo_lab.run import make_task
+    from tests.conftest import compose_cfg
 
-    from dvpo_lab.config import CONF_DIR, GSM8KTaskConfig
-
-    assert GSM8KTaskConfig().reward_window is None
-    yaml = OmegaConf.load(CONF_DIR / "task" / "gsm8k.yaml")
-    assert "reward_window" in yaml and yaml.reward_window is None
-    assert "shared" not in (CONF_DIR / "task" / "gsm8k.yaml").read_text()
-    assert GSM8KTask(data_dir=data_dir).reward_window is None
+    base = ["task=gsm8k", f"task.data_dir={data_dir}"]
+    default = make_task(compose_cfg(base))
+    verl = make_task(compose_cfg([*base, "+task.reward.window=300"]))
+    flexible = make_task(compose_cfg([*base, "task.reward._target_=dvpo_lab.tasks.reward.math_verify_match",
+                                      "+task.reward.window=300"]))
+    p = default.train_problems([0])
+    assert default.score([LONG], p).tolist() == [1.0] and default.extract_answer(LONG) == "5"
+    assert verl.score([LONG], p).tolist() == [0.0] and verl.extract_answer(LONG) is None
+    assert flexible.score([LONG], p).tolist() == [0.0] and flexible.extract_answer(LONG) is None
+    assert flexible.score(["so $\\boxed{5}$"], p).tolist() == [1.0]  # and the flexible rule it names

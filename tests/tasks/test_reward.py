@@ -1,17 +1,29 @@
-"""veRL's strict ``####`` rule and the guarded math-verify scorer."""
+"""veRL's strict ``####`` rule, the guarded math-verify scorer, and the reward functions ``task.reward`` names."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dvpo_lab.config import ConfigError
+from dvpo_lab.tasks.base import Problem
 from dvpo_lab.tasks.reward import (
+    answer_extractor,
+    exact_match,
+    extract_answer_exact,
     extract_answer_math_verify,
     extract_answer_strict,
+    math_verify_match,
+    per_sample,
     score_batch,
     score_math_verify,
     score_strict,
+    score_with,
+    strict_match,
 )
 
 
@@ -142,3 +154,53 @@ def test_math_verify_never_raises(text: str) -> None:
     out = extract_answer_math_verify(text)
     assert out is None or isinstance(out, str)
     assert score_math_verify(text, "12") in (0.0, 1.0)
+
+
+# --- the reward functions task.reward names -------------------------------------------------------------------
+
+RESPONSES = ["x #### 1,234", "#### 5.0", "so $\\boxed{5}$", WORKED + PROSE, "no answer", "#### Paris\nmore"]
+ANSWERS = ["1234", "5", "5", "42", "7", "Paris"]
+PROBLEMS = [Problem(prompt="q", answer=a) for a in ANSWERS]
+
+
+def test_builtin_rewards_are_the_rules_on_a_batch() -> None:
+    """The functions task.reward names give exactly the per-response rules' numbers (window included)."""
+    for reward, rule in ((strict_match, score_strict), (math_verify_match, score_math_verify)):
+        for window in (None, 300):
+            expected = [rule(r, a, window) for r, a in zip(RESPONSES, ANSWERS)]
+            got = reward(RESPONSES, PROBLEMS, window=window)
+            assert got.dtype == torch.float32 and got.tolist() == expected
+    assert strict_match(RESPONSES, PROBLEMS).tolist() == [1, 0, 0, 1, 0, 0]
+    assert exact_match(RESPONSES, PROBLEMS).tolist() == [0, 0, 0, 1, 0, 1]  # "1,234" is not the text "1234"
+    assert extract_answer_exact("a #### B) x\nlater #### ") is None and extract_answer_exact("#### B) x\n") == "B) x"
+
+
+def test_per_sample_wraps_a_function_of_one_response() -> None:
+    @per_sample
+    def contains(response: str, answer: str, bonus: float = 0.0) -> float:
+        return min(1.0, float(answer in response) + bonus)
+
+    assert contains(RESPONSES, PROBLEMS) == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    assert contains(["-"], PROBLEMS[:1], bonus=0.5) == [0.5]
+    assert contains.__name__ == "contains"  # the checks read its signature: bonus is a valid node key
+
+
+def test_score_with_checks_what_a_reward_returns() -> None:
+    two = PROBLEMS[:2]
+    assert score_with(lambda r, p: [True, 0.25], ["a", "b"], two).tolist() == [1.0, 0.25]
+    assert score_with(lambda r, p: torch.tensor([1, 0], dtype=torch.int64), ["a", "b"], two).dtype == torch.float32
+    for bad, match in (([1.0], r"returned shape \(1,\) for 2 responses"), ([0.5, 1.5], "scored response 1 1.5"),
+                       ([float("nan"), 0.0], "scored response 0 NaN"), ("ab", "returned str, not \\[B\\] scores"),
+                       ([[1.0, 0.0]], r"returned shape \(1, 2\)")):
+        with pytest.raises(ConfigError, match=f"^task.reward \\(.*\\) {match}") as err:
+            score_with(lambda r, p, bad=bad: bad, ["a", "b"], two)
+        assert "\n" not in str(err.value)
+
+
+def test_answer_extractor_follows_the_reward() -> None:
+    text = "#### 5.0 then " + "x" * 300
+    assert answer_extractor(strict_match)(text) == "5.0"
+    assert answer_extractor(functools.partial(strict_match, window=300))(text) is None  # the reward's window
+    assert answer_extractor(functools.partial(math_verify_match))("so #### 5.0") == "5.0"
+    assert answer_extractor(exact_match)("#### Paris") == "Paris"
+    assert answer_extractor(lambda r, p: [1.0] * len(r))("#### 12 apples") == "12"  # a user's: the strict rule

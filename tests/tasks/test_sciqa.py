@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from dvpo_lab.config import ConfigError
 from dvpo_lab.models.tokenizer import CHARS, build_char_tokenizer
-from dvpo_lab.tasks import build_task
 from dvpo_lab.tasks.sciqa import LETTERS, SciQATask, extract_choice
 from dvpo_lab.tasks.sciqa_facts import build_facts, category_pools
 
@@ -288,7 +287,7 @@ def _chosen_text(prompt: str, letter: str) -> str:
 
 @pytest.mark.parametrize("source", ["sciq", "arc", "gpqa"])
 def test_real_loaders_from_local_jsonl(tmp_path: Path, source: str) -> None:
-    t = build_task("sciqa", source=source, data_dir=str(_data_dir(tmp_path, source)))
+    t = SciQATask(source=source, data_dir=str(_data_dir(tmp_path, source)))
     assert isinstance(t, SciQATask) and t.num_train() == 400 and len(t.test_problems()) == 20
     assert t.max_response_len == 256
     for p in t.train_problems(range(400)) + t.test_problems():

@@ -1,4 +1,4 @@
-"""Robust-Bellman PPO (docs/algorithms.md "RB-PPO"): K value heads, pessimistic aggregation, contaminated
+"""Robust-Bellman PPO (`algo=rbppo`, docs/algorithms.md "RB-PPO"): K value heads, pessimistic aggregation, contaminated
 bootstrap. Built from the R-contamination robust Bellman operator (Wang & Zou 2021) and ensemble-minimum
 pessimism (TD3, Fujimoto et al. 2018), since the DVPO paper names its robust-Bellman baseline without a definition.
 
@@ -12,14 +12,29 @@ remaining tokens).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from omegaconf import DictConfig
 
-from dvpo_lab.algos.core import _check_same_shape, compute_value_loss, masked_mean, masked_whiten
-from dvpo_lab.algos.registry import register_adv_est
+from dvpo_lab.algos.core import _check_same_shape, compute_value_loss, gae_recursion, masked_mean, masked_whiten
+from dvpo_lab.algos.registry import register_algo
+from dvpo_lab.choices import choice_enum
 
-__all__ = ["V_LO_MODES", "ensemble_value_loss", "pessimistic_value", "robust_gae", "robust_gae_advantage"]
+__all__ = ["V_LO_MODES", "RobustConfig", "ensemble_value_loss", "pessimistic_value", "robust_gae",
+           "robust_gae_advantage"]
 
 V_LO_MODES = ("zero", "batch_min")
+VLo = choice_enum("VLo", V_LO_MODES, __name__)
+
+
+@dataclass
+class RobustConfig:
+    """RB-PPO's own node, `algo.robust` (read by adv_estimator=robust_gae only)."""
+
+    c: float = 1.0  # pessimism: vt = mean_k v_k - c * std_k v_k (c = 1 with K = 2 heads is min-aggregation)
+    rho: float = 0.2  # contamination of the bootstrap toward v_lo (rho = flip rate p bounds the TV shift)
+    v_lo: VLo = VLo.zero  # zero (known minimum return of a {0, 1} reward) | batch_min (batch minimum of vt)
 
 
 def pessimistic_value(values: torch.Tensor, c: float) -> torch.Tensor:
@@ -55,58 +70,12 @@ def robust_gae(
         (advantages [B, T], targets [B, T]), 0 at padded positions.
     """
     _check_same_shape(token_rewards=token_rewards, vt=vt, mask=mask)
-    valid = mask.bool()
-    next_v = torch.zeros_like(vt[:, 0])
-    has_next = torch.zeros_like(valid[:, 0])
-    running = torch.zeros_like(vt[:, 0])
-    advantages = torch.zeros_like(vt)
-    for t in reversed(range(vt.shape[1])):
+
+    def bootstrap(next_v: torch.Tensor, has_next: torch.Tensor) -> torch.Tensor:
         b_next = torch.where(has_next, (1 - rho) * next_v + rho * v_lo, torch.zeros_like(next_v))
-        delta = token_rewards[:, t] + gamma * ((1 - lam) * b_next + lam * next_v) - vt[:, t]
-        gae_t = delta + gamma * lam * running
-        next_v = torch.where(valid[:, t], vt[:, t], next_v)
-        has_next = has_next | valid[:, t]
-        running = torch.where(valid[:, t], gae_t, running)
-        advantages[:, t] = running
-    advantages = torch.where(valid, advantages, torch.zeros_like(advantages))
-    targets = torch.where(valid, advantages + vt, torch.zeros_like(vt))
-    return advantages, targets
+        return (1 - lam) * b_next + lam * next_v
 
-
-@register_adv_est("robust_gae")
-def robust_gae_advantage(
-    token_rewards: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    values: torch.Tensor | None = None,
-    gamma: float = 1.0,
-    lam: float = 1.0,
-    whiten_advantages: bool = True,
-    robust_c: float = 1.0,
-    robust_rho: float = 0.2,
-    robust_v_lo: str = "zero",
-    **_: object,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """RB-PPO advantages and critic targets from K-head rollout values `[B, T, K]`.
-
-    robust_v_lo: "zero" (the known minimum of a {0, 1} reward without KL in reward) or "batch_min" (the batch
-    minimum of vt over valid tokens; then vt >= v_lo holds and targets are non-increasing in rho).
-    Returns:
-        (advantages [B, T] whitened unless whiten_advantages=False, targets [B, T]).
-    """
-    if values is None or values.dim() != 3:
-        raise ValueError("adv_estimator 'robust_gae' needs ensemble values: pass values=[B, T, K] (critic=ensemble)")
-    vt = pessimistic_value(values, robust_c)
-    if robust_v_lo == "zero":
-        v_lo: float | torch.Tensor = 0.0
-    elif robust_v_lo == "batch_min":
-        v_lo = vt[mask.bool()].min() if mask.any() else vt.new_zeros(())
-    else:
-        raise ValueError(f"robust v_lo={robust_v_lo!r}; choices: {list(V_LO_MODES)}")
-    adv, targets = robust_gae(token_rewards, vt, mask, gamma, lam, robust_rho, v_lo)
-    if whiten_advantages:
-        adv = masked_whiten(adv, mask)
-    return adv, targets
+    return gae_recursion(token_rewards, vt, mask, gamma, lam, bootstrap)
 
 
 def ensemble_value_loss(
@@ -133,3 +102,40 @@ def ensemble_value_loss(
         clipfrac = clipfrac + m["vf_clipfrac"] / K
     spread = values.detach().std(-1, unbiased=False) if K > 1 else values.new_zeros(values.shape[:2])
     return total, {"vf_clipfrac": clipfrac, "head_disagreement": masked_mean(spread, mask)}
+
+
+def rbppo_critic_loss(view: torch.Tensor, old_view: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
+                      critic, config: DictConfig, loss_scale_factor: int | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`ensemble_value_loss` with the run's `algo.cliprange_value` and `algo.loss_agg_mode`; adds `vf_loss`."""
+    loss, m = ensemble_value_loss(view, old_view, targets, mask, config.cliprange_value, config.loss_agg_mode,
+                                  loss_scale_factor)
+    return loss, {"vf_loss": loss.detach(), **m}
+
+
+@register_algo("robust_gae", critic="ensemble", critic_loss=rbppo_critic_loss, node="robust")
+def robust_gae_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
+                         group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """RB-PPO advantages and critic targets from K-head rollout values `[B, T, K]`, with `algo.robust`'s c, rho
+    and v_lo: "zero" (the known minimum of a {0, 1} reward without KL in reward) or "batch_min" (the batch minimum
+    of vt over valid tokens; then vt >= v_lo holds and targets are non-increasing in rho).
+
+    Returns:
+        (advantages [B, T] whitened when `algo.norm_adv`, targets [B, T]).
+    Raises:
+        ValueError: values are not `[B, T, K]` (critic=ensemble), or an unknown v_lo.
+    """
+    if values is None or values.dim() != 3:
+        raise ValueError("adv_estimator 'robust_gae' needs ensemble values: pass values=[B, T, K] (critic=ensemble)")
+    r = config.robust
+    vt = pessimistic_value(values, r.c)
+    if r.v_lo == "zero":
+        v_lo: float | torch.Tensor = 0.0
+    elif r.v_lo == "batch_min":
+        v_lo = vt[mask.bool()].min() if mask.any() else vt.new_zeros(())
+    else:
+        raise ValueError(f"robust v_lo={r.v_lo!r}; choices: {list(V_LO_MODES)}")
+    adv, targets = robust_gae(token_rewards, vt, mask, config.gamma, config.lam, r.rho, v_lo)
+    if config.norm_adv:
+        adv = masked_whiten(adv, mask)
+    return adv, targets

@@ -1,0 +1,35 @@
+"""Intervals over seeds: the 95% t-interval of a mean and a seeded percentile bootstrap of a mean.
+
+Both take a list of per-seed values (accuracies or paired differences, fractions) and return bounds in the
+same unit. The bootstrap is numpy's (seeded, so a report is the same every time it is generated); scipy's
+`stats.bootstrap` would draw differently and change the committed reports' intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+
+
+def t_interval(xs: list[float]) -> tuple[float, float, float]:
+    """(mean, lower, upper) of the 95% t-interval; a single value has no interval (nan bounds)."""
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, math.nan, math.nan
+    from scipy.stats import t  # imported here: importing the package stays light
+
+    half = t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return m, m - half, m + half
+
+
+def bootstrap_interval(xs: list[float], n: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean over `n` resamples (seeded: the same report every time);
+    fewer than two values have no interval (nan bounds)."""
+    a = np.asarray(xs, dtype=float)
+    if len(a) < 2:
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    means = a[idx].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
