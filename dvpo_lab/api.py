@@ -69,11 +69,19 @@ def _did_you_mean(cause: BaseException | None) -> str | None:
 
     if not isinstance(cause, ConfigKeyError | ConfigAttributeError) or not getattr(cause, "full_key", None):
         return None
+    parent, _, key = str(cause.full_key).rpartition(".")
+    node = getattr(cause, "parent_node", None)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if isinstance(target, str):  # a _target_ node (noise, critic, task, trainer, ...): its class's arguments
+        from dvpo_lab.checks import _target_params
+
+        found = _target_params(target)
+        near = difflib.get_close_matches(key, sorted(found[0]), n=1, cutoff=0.6) if found else []
+        return f"{parent + '.' if parent else ''}{near[0]}" if near else None
     schema = getattr(cause, "object_type", None)
     if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)
             and schema.__module__.startswith(config.__name__.rpartition(".")[0])):  # a dvpo_lab schema
         return None
-    parent, _, key = str(cause.full_key).rpartition(".")
     near = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(schema)], n=1, cutoff=0.6)
     return f"{parent + '.' if parent else ''}{near[0]}" if near else None
 

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
-from dvpo_lab import algos
+from dvpo_lab import algos, seeding
 from dvpo_lab.evaluate import greedy_scores, metric_sums
 from dvpo_lab.export import export_best
 from dvpo_lab.models.build import build_critic, build_reference
@@ -39,7 +39,6 @@ from dvpo_lab.tasks import Task
 SAMPLES_LOGGED = 16
 SAMPLE_COLUMNS = ["step", "prompt", "response", "answer", "reward_clean", "reward_noisy"]
 log = logging.getLogger(__name__)
-_SEED_STRIDE = 1_000_003
 
 
 class RLModule(L.LightningModule):
@@ -103,7 +102,8 @@ class RLModule(L.LightningModule):
         return self.current_epoch
 
     def step_seed(self, salt: int = 0) -> int:
-        return ((self.cfg.seed * _SEED_STRIDE + self.rl_step) * 4099 + self.global_rank) * 7 + salt
+        """The seed of this step's draws on this rank (salt 0: rollout sampling, 1: the minibatch order)."""
+        return seeding.step_seed(self.cfg.seed, self.rl_step, self.global_rank, salt)
 
     def prompt_indices(self) -> list[int]:
         """Train indices for this step and rank: a seeded permutation of the split, epoch after epoch."""

@@ -167,13 +167,21 @@ def test_impossible_batch_sizes(overrides, words):
     (["algo.adv_estimator=vtrace"], ["vtrace", "dist_gae"]),
 ])
 def test_algorithm_and_critic_mismatches_fail_with_the_fix(overrides, words):
-    from dvpo_lab.checks import check_values
-
     from hydra.errors import ConfigCompositionException
 
     from dvpo_lab.api import one_line
+    from dvpo_lab.checks import check_values
 
     with pytest.raises((ConfigError, ConfigCompositionException)) as e:  # Enum choices are refused when composing
         check_values(compose_cfg(overrides))
     for w in words:
         assert w in one_line(e.value), one_line(e.value)
+
+
+@pytest.mark.parametrize(("override", "hint"), [("noise.pp=0.3", "noise.p"), ("critic.n_quantile=3", "critic.n_quantiles"),
+                                                ("trainer.max_epoch=3", "trainer.max_epochs")])
+def test_a_misspelt_argument_of_a_target_node_gets_the_closest_spelling(override, hint):
+    import dvpo_lab
+
+    with pytest.raises(ConfigError, match=f"did you mean {hint}\\?"):
+        dvpo_lab.compose([override])

@@ -336,7 +336,9 @@ def test_user_noise_class_from_its_own_folder_trains(tmp_path: Path, cache_dir: 
     )
     monkeypatch.setenv("PYTHONPATH", str(code))
     proc = run_cli(
-        ["debug=smoke", "logger=csv", "noise=my_noise", f"hydra.searchpath=[file://{configs}]"], tmp_path, cache_dir
+        ["debug=smoke", "logger=csv", "noise=my_noise", f"hydra.searchpath=[file://{configs}]", "algo=grpo"],
+        tmp_path,
+        cache_dir,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     (run_dir,) = tmp_path.glob("*/runs/*_my_noise_s1")  # noise.name labels the run folder

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from dvpo_lab.algos import kernels
 from dvpo_lab.algos.core import agg_loss, gae_recursion, masked_whiten
 from dvpo_lab.algos.quantiles import (
     cvar_weights,
@@ -42,11 +43,6 @@ from dvpo_lab.algos.quantiles import (
 )
 from dvpo_lab.algos.registry import register_algo
 from dvpo_lab.choices import choice_enum
-
-try:
-    from dvpo_lab.algos import kernels
-except ImportError:  # pragma: no cover
-    from dvpo_lab.algos import _kernels_compat as kernels
 
 __all__ = [
     "ACTOR_ADVANTAGES",
