@@ -178,8 +178,9 @@ def test_algorithm_and_critic_mismatches_fail_with_the_fix(overrides, words):
         assert w in one_line(e.value), one_line(e.value)
 
 
-@pytest.mark.parametrize(("override", "hint"), [("noise.pp=0.3", "noise.p"), ("critic.n_quantile=3", "critic.n_quantiles"),
-                                                ("trainer.max_epoch=3", "trainer.max_epochs")])
+@pytest.mark.parametrize(("override", "hint"), [
+    ("noise.pp=0.3", "noise.p"), ("critic.n_quantile=3", "critic.n_quantiles"),
+    ("trainer.max_epoch=3", "trainer.max_epochs")])
 def test_a_misspelt_argument_of_a_target_node_gets_the_closest_spelling(override, hint):
     import dvpo_lab
 
