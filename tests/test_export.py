@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dvpo_lab import algos
-from dvpo_lab.checks import check_config
 from dvpo_lab.config import ConfigError
 from dvpo_lab.export import best_step, load_critic, main
 from dvpo_lab.models.build import build_critic, build_policy, build_tokenizer
@@ -185,9 +184,11 @@ def test_export_cli_user_errors_are_one_line_and_exit_2(trained, tmp_path, capsy
     assert (taken / "notes.txt").read_text() == "mine"
 
 
-def test_export_settings_are_checked_at_start(tmp_path):
-    with pytest.raises(ConfigError, match=r"export\.lora='zip' must be one of merged \| adapter"):
-        check_config(compose_cfg(["export.lora=zip"], tmp_path / "run"))
+def test_export_settings_are_checked_at_start():
+    import dvpo_lab
+
+    with pytest.raises(ConfigError, match=r"lora=zip; Invalid value 'zip', expected one of \[merged, adapter\]"):
+        dvpo_lab.compose(["export.lora=zip"])  # an Enum: refused as the config is composed
 
 
 def test_best_step_is_the_first_highest_finite_accuracy():

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from dvpo_lab.config import ConfigError
+
 if TYPE_CHECKING:  # the tasks package imports torch-heavy modules; noise only needs the types
     from dvpo_lab.tasks import Problem
 
@@ -30,13 +32,16 @@ def as_binary_numpy(clean: torch.Tensor) -> np.ndarray:
     thread pool costs more than the copy.
 
     Raises:
-        ValueError: ``clean`` is not ``[B]``, or holds a value outside ``{0, 1}``.
+        ValueError: ``clean`` is not ``[B]``. ConfigError (a ValueError): a value outside ``{0, 1}`` (the
+            user's reward function with a flip-type noise).
     """
     if clean.dim() != 1:
         raise ValueError(f"clean scores must be [B], got shape {tuple(clean.shape)}")
     c = clean.detach().to("cpu", torch.float32).numpy()
     if not np.isin(c, (0.0, 1.0)).all():
-        raise ValueError("flip noise needs binary clean scores in {0, 1}")
+        bad = float(c[~np.isin(c, (0.0, 1.0))][0])
+        raise ConfigError(f"this noise flips binary rewards but the task's reward (task.reward) gave {bad:g}, not 0 or "
+                          "1; use noise=none or noise=gauss0.3, or a reward whose scores are 0 or 1")
     return c
 
 
