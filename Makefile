@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup run test test-all lint bench wheel clean-outputs clean-cache
+.PHONY: setup run test test-all lint format bench wheel clean-outputs clean-cache
 CACHE  := $${DVPO_LAB_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/dvpo_lab}
 
 $(VENV)/.installed: pyproject.toml
@@ -19,12 +19,16 @@ setup: $(VENV)/.installed
 run: setup  ## the default run: warm-start (cached) + 200 DVPO steps under flip0.2 noise on the arithmetic testbed
 	$(PY) -m dvpo_lab $(ARGS)
 
-test: setup  ## lint + the default test suite (slow tests excluded)
+test: setup  ## format check + lint + the default test suite (slow tests excluded)
+	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-all: setup  ## everything, slow tests (DDP with 2 CPU processes) included
 	$(PY) -m pytest -q -m ""
+
+format: setup  ## ruff format, as make test checks it
+	$(PY) -m ruff format .
 
 bench: setup
 	$(PY) benchmarks/step_time.py $(ARGS)

@@ -40,8 +40,12 @@ from dvpo_lab.run import run  # noqa: E402
 
 GPU = ["trainer=gpu", "trainer.precision=32-true", "+trainer.enable_progress_bar=false"]
 BF16 = ["trainer=gpu", "trainer.precision=bf16-mixed", "+trainer.enable_progress_bar=false"]
-WIDE = ["model.arch.hidden_size=1024", "model.arch.num_layers=12", "model.arch.num_heads=16",
-        "model.arch.intermediate_size=4096"]
+WIDE = [
+    "model.arch.hidden_size=1024",
+    "model.arch.num_layers=12",
+    "model.arch.num_heads=16",
+    "model.arch.intermediate_size=4096",
+]
 
 
 def sec_env(out: dict) -> None:
@@ -72,8 +76,9 @@ def sec_critic(out: dict) -> None:
     res = {}
     for dev in ("cpu", "cuda"):
         p = pred.detach().clone().to(dev).requires_grad_(True)
-        loss, _ = dvpo_critic_loss(p, old.to(dev), targets.to(dev), mask.to(dev), quantile_levels(N, device=dev),
-                                   weights=w)
+        loss, _ = dvpo_critic_loss(
+            p, old.to(dev), targets.to(dev), mask.to(dev), quantile_levels(N, device=dev), weights=w
+        )
         loss.backward()
         res[dev] = (loss.item(), p.grad.cpu())
     out["loss_cpu"], out["loss_cuda"] = res["cpu"][0], res["cuda"][0]
@@ -83,8 +88,9 @@ def sec_critic(out: dict) -> None:
     p = pred.cuda().requires_grad_(True)
     t = time.perf_counter()
     for _ in range(5):
-        loss, _ = dvpo_critic_loss(p, old.cuda(), targets.cuda(), mask.cuda(), quantile_levels(N, device="cuda"),
-                                   weights=w)
+        loss, _ = dvpo_critic_loss(
+            p, old.cuda(), targets.cuda(), mask.cuda(), quantile_levels(N, device="cuda"), weights=w
+        )
         loss.backward()
     torch.cuda.synchronize()
     out["cuda_loss_fwd_bwd_ms"] = round((time.perf_counter() - t) / 5 * 1e3, 2)
@@ -114,9 +120,12 @@ def _steps(overrides: list[str], steps: int = 5) -> dict:
     cfg, rows = time_steps(overrides, steps, 2)
     med = medians(rows)
     n = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
-    return {**{k: round(v, 4) for k, v in med.items()}, "samples_per_s": round(n / med["step"], 1),
-            "resp_len": round(statistics.median(float(r["response_length/mean"]) for r in rows), 1),
-            "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
+    return {
+        **{k: round(v, 4) for k, v in med.items()},
+        "samples_per_s": round(n / med["step"], 1),
+        "resp_len": round(statistics.median(float(r["response_length/mean"]) for r in rows), 1),
+        "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20),
+    }
 
 
 def sec_steps(out: dict, wide: bool) -> None:
@@ -132,8 +141,18 @@ def sec_accuracy(out: dict, seeds: int, steps: int) -> None:
     for seed in range(1, seeds + 1):
         for name, prec in (("fp32", GPU), ("bf16", BF16)):
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = compose_config(["algo=grpo", "logger=csv", "callbacks=none", f"seed={seed}",
-                                      f"total_steps={steps}", f"eval_every={steps}", *prec], tmp)
+                cfg = compose_config(
+                    [
+                        "algo=grpo",
+                        "logger=csv",
+                        "callbacks=none",
+                        f"seed={seed}",
+                        f"total_steps={steps}",
+                        f"eval_every={steps}",
+                        *prec,
+                    ],
+                    tmp,
+                )
                 t = time.perf_counter()
                 acc = run(cfg)
             out[f"{name}/s{seed}"] = {"val_acc": acc, "wall_s": round(time.perf_counter() - t, 1)}
@@ -153,9 +172,14 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / "gpu_check.json"
     results: dict = json.loads(path.read_text()) if path.exists() else {}
-    sections = [("env", sec_env), ("critic", sec_critic), ("sampler", sec_sampler),
-                ("steps_tiny", lambda o: sec_steps(o, wide=False)), ("steps_wide", lambda o: sec_steps(o, wide=True)),
-                ("accuracy", lambda o: sec_accuracy(o, args.seeds, args.rl_steps))]
+    sections = [
+        ("env", sec_env),
+        ("critic", sec_critic),
+        ("sampler", sec_sampler),
+        ("steps_tiny", lambda o: sec_steps(o, wide=False)),
+        ("steps_wide", lambda o: sec_steps(o, wide=True)),
+        ("accuracy", lambda o: sec_accuracy(o, args.seeds, args.rl_steps)),
+    ]
     t0 = time.perf_counter()
     for name, fn in sections:
         if args.only and name not in args.only:

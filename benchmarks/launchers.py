@@ -25,9 +25,21 @@ VARIANTS = {
 
 def grid(extra: list[str], steps: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "dvpo_lab", "sweep=noise_robustness", "algo=ppo,dvpo", "seed=1,2",
-               "noise=flip0.2", f"total_steps={steps}", f"eval_every={steps}", f"ckpt_every={steps}",
-               f"hydra.sweep.dir={tmp}/sweep", *extra, "-m"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dvpo_lab",
+            "sweep=noise_robustness",
+            "algo=ppo,dvpo",
+            "seed=1,2",
+            "noise=flip0.2",
+            f"total_steps={steps}",
+            f"eval_every={steps}",
+            f"ckpt_every={steps}",
+            f"hydra.sweep.dir={tmp}/sweep",
+            *extra,
+            "-m",
+        ]
         t = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t

@@ -60,14 +60,18 @@ def main() -> None:
             call(s, r)
             wall[s].append(time.perf_counter() - t)
             cpu[s].append(time.process_time() - c)
-    print(f"model={args.model} rows={args.rows} new_tokens={args.new_tokens} threads={torch.get_num_threads()} "
-          f"rounds={args.rounds}")
+    print(
+        f"model={args.model} rows={args.rows} new_tokens={args.new_tokens} threads={torch.get_num_threads()} "
+        f"rounds={args.rounds}"
+    )
     for name, d in (("wall", wall), ("cpu", cpu)):
         med = {s: statistics.median(v) for s, v in d.items()}
         per_round = [h / f for h, f in zip(d["hf"], d["fast"], strict=True)]
-        print(f"  {name:4} hf {med['hf']:.4f} s  fast {med['fast']:.4f} s  hf/fast {med['hf'] / med['fast']:.2f} "
-              f"(per round {min(per_round):.2f}-{max(per_round):.2f}); fast "
-              f"{1e3 * med['fast'] / args.new_tokens:.2f} ms/token step, hf {1e3 * med['hf'] / args.new_tokens:.2f}")
+        print(
+            f"  {name:4} hf {med['hf']:.4f} s  fast {med['fast']:.4f} s  hf/fast {med['hf'] / med['fast']:.2f} "
+            f"(per round {min(per_round):.2f}-{max(per_round):.2f}); fast "
+            f"{1e3 * med['fast'] / args.new_tokens:.2f} ms/token step, hf {1e3 * med['hf'] / args.new_tokens:.2f}"
+        )
 
 
 def dialogue_caller(rows: int):
@@ -89,8 +93,7 @@ def dialogue_caller(rows: int):
     problems = [p for p in task.train_problems(range(rows // 8)) for _ in range(8)]
 
     def call(sampler: str, seed: int) -> None:
-        sample_dialogues(policy, tok, task, problems, max_new_tokens=task.max_response_len, seed=seed,
-                         sampler=sampler)
+        sample_dialogues(policy, tok, task, problems, max_new_tokens=task.max_response_len, seed=seed, sampler=sampler)
 
     return call
 

@@ -33,7 +33,8 @@ def point(overrides: list[str], steps: int) -> dict:
         f"cfg, rows = time_steps({overrides!r}, {steps}, 1); m = medians(rows); "
         "m['resp_len'] = sum(float(r['response_length/mean']) for r in rows) / len(rows); "
         "m['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
-        "print('RESULT', json.dumps(m))")
+        "print('RESULT', json.dumps(m))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -43,17 +44,25 @@ def point(overrides: list[str], steps: int) -> dict:
 
 def sweep(kind: str, values: list[int], common: list[str], steps: int) -> None:
     print(f"{kind}: {' '.join(common) or '-'}; threads={os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"  {'value':>6} {'resp len':>9} {'gen s':>8} {'score s':>8} {'update s':>9} {'step s':>8} "
-          f"{'step / value (ms)':>18} {'peak MiB':>9}")
+    print(
+        f"  {'value':>6} {'resp len':>9} {'gen s':>8} {'score s':>8} {'update s':>9} {'step s':>8} "
+        f"{'step / value (ms)':>18} {'peak MiB':>9}"
+    )
     for v in values:
         if kind == "lengths":
             ov = [f"rollout.max_new_tokens={v}", f"rollout.min_new_tokens={v}"]
         else:
-            ov = [f"rollout.prompts_per_step={max(1, v // 8)}", "rollout.samples_per_prompt=8",
-                  f"rollout.minibatch_size={min(v, 64)}"]
+            ov = [
+                f"rollout.prompts_per_step={max(1, v // 8)}",
+                "rollout.samples_per_prompt=8",
+                f"rollout.minibatch_size={min(v, 64)}",
+            ]
         m = point([*common, *ov], steps)
-        print(f"  {v:>6} {m['resp_len']:>9.1f} {m['gen']:>8.3f} {m['old_log_prob']:>8.3f} {m['update']:>9.3f} "
-              f"{m['step']:>8.3f} {1e3 * m['step'] / v:>18.2f} {m['peak_mib']:>9.0f}", flush=True)
+        print(
+            f"  {v:>6} {m['resp_len']:>9.1f} {m['gen']:>8.3f} {m['old_log_prob']:>8.3f} {m['update']:>9.3f} "
+            f"{m['step']:>8.3f} {1e3 * m['step'] / v:>18.2f} {m['peak_mib']:>9.0f}",
+            flush=True,
+        )
 
 
 def memory(common: list[str], steps: int) -> None:
@@ -80,9 +89,12 @@ def memory(common: list[str], steps: int) -> None:
     done.set()
     t.join()
     marks = sorted({max(1, len(rss) // 10), len(rss) // 2, len(rss)})
-    print(f"memory over {steps} RL steps, {time.perf_counter() - t0:.0f} s ({' '.join(common) or '-'}): resident "
-          "MiB at " + ", ".join(f"{100 * k // len(rss)}% of the run {rss[k - 1]:.0f}" for k in marks)
-          + f"; max {max(rss):.0f}; from 10% to the end {rss[-1] - rss[marks[0] - 1]:+.0f} MiB")
+    print(
+        f"memory over {steps} RL steps, {time.perf_counter() - t0:.0f} s ({' '.join(common) or '-'}): resident "
+        "MiB at "
+        + ", ".join(f"{100 * k // len(rss)}% of the run {rss[k - 1]:.0f}" for k in marks)
+        + f"; max {max(rss):.0f}; from 10% to the end {rss[-1] - rss[marks[0] - 1]:+.0f} MiB"
+    )
 
 
 def main() -> None:

@@ -24,11 +24,18 @@ from pathlib import Path
 CASES: dict[str, list[str]] = {
     **{f"{a}": [f"algo={a}"] for a in ("ppo", "grpo", "dr_grpo", "rloo", "reinforce_pp", "rbppo", "dvpo")},
     "dvpo_ablation_3": ["algo=dvpo", "experiment=ablation_3_calib", "debug=smoke"],
-    "dvpo_steps8": ["algo=dvpo", "total_steps=8", "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4",
-                    "rollout.minibatch_size=8"],
+    "dvpo_steps8": [
+        "algo=dvpo",
+        "total_steps=8",
+        "rollout.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "rollout.minibatch_size=8",
+    ],
     "ppo_kl": ["algo=ppo", "algo.use_kl_in_reward=true", "algo.use_kl_loss=true", "algo.kl_ctrl=adaptive"],
-    **{f"ppo_{n}": ["algo=ppo", f"noise={n}"] for n in ("none", "asym_fp0.1_fn0.3", "gauss0.3", "rm0.72",
-                                                         "majority_vote")},
+    **{
+        f"ppo_{n}": ["algo=ppo", f"noise={n}"]
+        for n in ("none", "asym_fp0.1_fn0.3", "gauss0.3", "rm0.72", "majority_vote")
+    },
     "grpo_flip_group": ["algo=grpo", "noise.granularity=group"],
     **{f"grpo_{t}": ["algo=grpo", f"task={t}"] for t in ("sciqa", "dialogue", "arith_teacher")},
 }
@@ -37,8 +44,17 @@ SKIP_PREFIX = ("timing_s/", "perf/")
 
 def run_case(name: str, overrides: list[str], root: Path) -> dict[str, list[float]]:
     out = root / name
-    cmd = [sys.executable, "-m", "dvpo_lab", "debug=smoke", "logger=csv", "callbacks=none", "export.enabled=false",
-           f"hydra.run.dir={out}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvpo_lab",
+        "debug=smoke",
+        "logger=csv",
+        "callbacks=none",
+        "export.enabled=false",
+        f"hydra.run.dir={out}",
+        *overrides,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     if res.returncode != 0:
         raise SystemExit(f"{name}: exit {res.returncode}\n{res.stderr[-3000:]}")
@@ -63,8 +79,10 @@ def compare(old: dict, new: dict) -> int:
             if k not in a or k not in b or len(a[k]) != len(b[k]):
                 diffs.append((k, math.inf))
                 continue
-            d = max((abs(x - y) for x, y in zip(a[k], b[k], strict=True) if not (math.isnan(x) and math.isnan(y))),
-                    default=0.0)
+            d = max(
+                (abs(x - y) for x, y in zip(a[k], b[k], strict=True) if not (math.isnan(x) and math.isnan(y))),
+                default=0.0,
+            )
             if d > 0:
                 diffs.append((k, d))
         bad += bool(diffs)

@@ -36,8 +36,12 @@ import statistics
 import tempfile
 import time
 
-for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
-                     ("WANDB_MODE", "disabled")):
+for _key, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("HF_DATASETS_OFFLINE", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+    ("WANDB_MODE", "disabled"),
+):
     os.environ.setdefault(_key, _value)
 
 import torch  # noqa: E402
@@ -56,17 +60,32 @@ def make_tokenizer():
     core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + list(ALPHABET))}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<bos>", eos_token="<eos>", padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        padding_side="left",
+    )
 
 
 def make_model(tokenizer, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(cfg)
@@ -131,13 +150,27 @@ def run_dvpo(args, work_dir: str) -> list[dict[str, float]]:
             return torch.tensor([float(p.answer in r) for r, p in zip(responses, problems, strict=True)])
 
     total = args.warmup + args.steps
-    cfg = compose_config([
-        "algo=grpo", "algo.use_kl_loss=false", "algo.loss_agg_mode=token-mean", f"algo.actor_lr={args.lr}",
-        "algo.weight_decay=0.0", f"rollout.prompts_per_step={args.prompts}",
-        f"rollout.samples_per_prompt={args.samples}", f"rollout.minibatch_size={args.prompts * args.samples}",
-        f"rollout.max_new_tokens={args.new_tokens}", f"rollout.min_new_tokens={args.new_tokens}",
-        f"rollout.sampler={args.sampler}", f"rollout.reuse_sampler_logprobs={args.reuse_logprobs}",
-        f"total_steps={total}", f"seed={args.seed}", "logger=none", "callbacks=none"], work_dir)
+    cfg = compose_config(
+        [
+            "algo=grpo",
+            "algo.use_kl_loss=false",
+            "algo.loss_agg_mode=token-mean",
+            f"algo.actor_lr={args.lr}",
+            "algo.weight_decay=0.0",
+            f"rollout.prompts_per_step={args.prompts}",
+            f"rollout.samples_per_prompt={args.samples}",
+            f"rollout.minibatch_size={args.prompts * args.samples}",
+            f"rollout.max_new_tokens={args.new_tokens}",
+            f"rollout.min_new_tokens={args.new_tokens}",
+            f"rollout.sampler={args.sampler}",
+            f"rollout.reuse_sampler_logprobs={args.reuse_logprobs}",
+            f"total_steps={total}",
+            f"seed={args.seed}",
+            "logger=none",
+            "callbacks=none",
+        ],
+        work_dir,
+    )
     with open_dict(cfg):
         cfg.trainer.enable_progress_bar = False
     tok = make_tokenizer()
@@ -156,18 +189,35 @@ def run_dvpo(args, work_dir: str) -> list[dict[str, float]]:
             self.marks.append(time.perf_counter())
 
     clock = StepClock()
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=args.precision, max_epochs=total, logger=False,
-                        callbacks=[clock],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, check_val_every_n_epoch=total + 1, default_root_dir=work_dir)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=args.precision,
+        max_epochs=total,
+        logger=False,
+        callbacks=[clock],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=total + 1,
+        default_root_dir=work_dir,
+    )
     trainer.fit(module, RLDataModule(len(module.eval_problems), 8))
     steps = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
     out = []
     for r, step in zip(records, steps, strict=True):
         gen, score = r["timing_s/gen"], r["timing_s/reward"]
-        out.append({"gen": gen, "score": score, "update": step - gen - score, "step": step,
-                    "tokens": r["response_length/mean"] * args.prompts * args.samples})
-    return out[args.warmup:]
+        out.append(
+            {
+                "gen": gen,
+                "score": score,
+                "update": step - gen - score,
+                "step": step,
+                "tokens": r["response_length/mean"] * args.prompts * args.samples,
+            }
+        )
+    return out[args.warmup :]
 
 
 # ------------------------------------------------------------------ TRL side
@@ -209,24 +259,52 @@ def run_trl(args, work_dir: str) -> list[dict[str, float]]:
         def on_step_end(self, a, state, control, **kw):
             marks.append(time.perf_counter())
             step = marks[-1] - marks[-2]
-            out.append({"gen": clock["gen"], "score": clock["score"],
-                        "update": step - clock["gen"] - clock["score"], "step": step, "tokens": clock["tokens"]})
+            out.append(
+                {
+                    "gen": clock["gen"],
+                    "score": clock["score"],
+                    "update": step - clock["gen"] - clock["score"],
+                    "step": step,
+                    "tokens": clock["tokens"],
+                }
+            )
             clock.update(gen=0.0, score=0.0, tokens=0)
 
     extra = {}
     if args.trl_gradient_checkpointing != "default":
         extra["gradient_checkpointing"] = args.trl_gradient_checkpointing == "on"
     cfg = GRPOConfig(
-        output_dir=os.path.join(work_dir, "trl"), per_device_train_batch_size=args.prompts * args.samples,
-        gradient_accumulation_steps=1, num_generations=args.samples, max_completion_length=args.new_tokens,
-        temperature=1.0, beta=0.0, learning_rate=args.lr, max_steps=args.warmup + args.steps, logging_steps=1,
-        report_to="none", bf16=args.precision == "bf16-mixed", use_cpu=True, use_vllm=False, save_strategy="no",
-        disable_tqdm=True, seed=args.seed, generation_kwargs={"min_new_tokens": args.new_tokens}, **extra)
-    trainer = GRPOTrainer(model=model, reward_funcs=addition_reward, args=cfg, train_dataset=ds,
-                          processing_class=tok, callbacks=[StepClock()])
+        output_dir=os.path.join(work_dir, "trl"),
+        per_device_train_batch_size=args.prompts * args.samples,
+        gradient_accumulation_steps=1,
+        num_generations=args.samples,
+        max_completion_length=args.new_tokens,
+        temperature=1.0,
+        beta=0.0,
+        learning_rate=args.lr,
+        max_steps=args.warmup + args.steps,
+        logging_steps=1,
+        report_to="none",
+        bf16=args.precision == "bf16-mixed",
+        use_cpu=True,
+        use_vllm=False,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=args.seed,
+        generation_kwargs={"min_new_tokens": args.new_tokens},
+        **extra,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=addition_reward,
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        callbacks=[StepClock()],
+    )
     trainer.remove_callback(PrinterCallback)  # its per-step log dicts would bury the table
     trainer.train()
-    return out[args.warmup:]
+    return out[args.warmup :]
 
 
 # ------------------------------------------------------------------ the comparison
@@ -263,9 +341,11 @@ def main() -> None:
     n_mm = matmul_params(make_model(tok))
     dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32
     peak = matmul_peak(dtype=dtype)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-          f"threads {torch.get_num_threads()}, precision {args.precision}; {str(dtype)[6:]} matmul peak "
-          f"{peak:.1f} GFLOP/s (measured now)")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+        f"threads {torch.get_num_threads()}, precision {args.precision}; {str(dtype)[6:]} matmul peak "
+        f"{peak:.1f} GFLOP/s (measured now)"
+    )
 
     runs: dict[str, list[list[dict[str, float]]]] = {"dvpo_lab": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,27 +353,39 @@ def main() -> None:
             for side, fn in (("dvpo_lab", run_dvpo), ("trl", run_trl)):
                 steps = fn(args, os.path.join(tmp, f"{side}_{r}"))
                 runs[side].append(steps)
-                print(f"round {r} {side:9s} step median {statistics.median(s['step'] for s in steps):.3f} s "
-                      f"(gen {statistics.median(s['gen'] for s in steps):.3f})", flush=True)
+                print(
+                    f"round {r} {side:9s} step median {statistics.median(s['step'] for s in steps):.3f} s "
+                    f"(gen {statistics.median(s['gen'] for s in steps):.3f})",
+                    flush=True,
+                )
 
     B, T = args.prompts * args.samples, args.new_tokens
     P = max(len(p) for p, _ in make_rows(2000, args.seed))
     gen_flops, upd_flops = 2 * n_mm * B * (P + T), 6 * n_mm * B * (P + T)  # rollout; training fwd + bwd
     flops = gen_flops + upd_flops
-    med = {side: {p: statistics.median(s[p] for rnd in rr for s in rnd) for p in PHASES}
-           for side, rr in runs.items()}
-    print(f"\n{args.rounds} rounds x {args.steps} timed steps, alternating dvpo_lab / TRL; {B} completions x {T} "
-          f"tokens per step; {n_mm / 1e6:.2f}M matmul params; {flops / 1e9:.2f} model GFLOP per step")
-    print(f"  {'':10}" + "".join(f"{p + ' s':>10}" for p in PHASES) + f"{'tok/s':>10}{'MFU':>8}{'gen MFU':>9}"
-          f"{'upd MFU':>9}")
+    med = {side: {p: statistics.median(s[p] for rnd in rr for s in rnd) for p in PHASES} for side, rr in runs.items()}
+    print(
+        f"\n{args.rounds} rounds x {args.steps} timed steps, alternating dvpo_lab / TRL; {B} completions x {T} "
+        f"tokens per step; {n_mm / 1e6:.2f}M matmul params; {flops / 1e9:.2f} model GFLOP per step"
+    )
+    print(
+        f"  {'':10}" + "".join(f"{p + ' s':>10}" for p in PHASES) + f"{'tok/s':>10}{'MFU':>8}{'gen MFU':>9}"
+        f"{'upd MFU':>9}"
+    )
     for side, m in med.items():
         mfu = [f / s / (peak * 1e9) for f, s in ((flops, m["step"]), (gen_flops, m["gen"]), (upd_flops, m["update"]))]
-        print(f"  {side:10}" + "".join(f"{m[p]:10.3f}" for p in PHASES) + f"{B * T / m['step']:10.0f}"
-              f"{mfu[0]:8.1%}{mfu[1]:9.1%}{mfu[2]:9.1%}")
-    per_round = [statistics.median(s["step"] for s in t) / statistics.median(s["step"] for s in d)
-                 for d, t in zip(runs["dvpo_lab"], runs["trl"], strict=True)]
-    print(f"  TRL / dvpo_lab step time: {med['trl']['step'] / med['dvpo_lab']['step']:.2f} (pooled medians); "
-          f"per round {', '.join(f'{x:.2f}' for x in per_round)}")
+        print(
+            f"  {side:10}" + "".join(f"{m[p]:10.3f}" for p in PHASES) + f"{B * T / m['step']:10.0f}"
+            f"{mfu[0]:8.1%}{mfu[1]:9.1%}{mfu[2]:9.1%}"
+        )
+    per_round = [
+        statistics.median(s["step"] for s in t) / statistics.median(s["step"] for s in d)
+        for d, t in zip(runs["dvpo_lab"], runs["trl"], strict=True)
+    ]
+    print(
+        f"  TRL / dvpo_lab step time: {med['trl']['step'] / med['dvpo_lab']['step']:.2f} (pooled medians); "
+        f"per round {', '.join(f'{x:.2f}' for x in per_round)}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,16 @@ def warm_start(out: Path, name: str, overrides: list[str], env: dict[str, str]) 
     """The warm-start of `overrides` in its own cache under `out/cache/<name>` (trained unless there)."""
     cache = out / "cache" / name
     if (info := _warmstart_info(cache)) is None:
-        cmd = [sys.executable, "-m", "dvpo_lab", "mode=sft", "task=arith_teacher", *overrides,
-               f"paths.cache_dir={cache}", f"hydra.run.dir={out / 'runs' / ('sft_' + name)}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dvpo_lab",
+            "mode=sft",
+            "task=arith_teacher",
+            *overrides,
+            f"paths.cache_dir={cache}",
+            f"hydra.run.dir={out / 'runs' / ('sft_' + name)}",
+        ]
         _run(cmd, env, out / "logs" / f"sft_{name}.log")
         info = _warmstart_info(cache)
     return info
@@ -76,23 +84,39 @@ def plateau_step(curve: list[list[float]], tol: float = 0.01) -> int | None:
 
 def grid(args, extra: list[str]) -> None:
     rows = []
-    jobs = [(s, t, p) for s in args.seeds for t in args.threads for p in args.paths
-            if (t, p) == (args.threads[0], args.paths[0]) or s == args.seeds[0]]
+    jobs = [
+        (s, t, p)
+        for s in args.seeds
+        for t in args.threads
+        for p in args.paths
+        if (t, p) == (args.threads[0], args.paths[0]) or s == args.seeds[0]
+    ]
     with ThreadPoolExecutor(args.jobs) as pool:
-        futs = {job: pool.submit(warm_start, args.out, f"s{job[0]}_t{job[1]}_{job[2]}",
-                                 [f"sft.seed={job[0]}", f"threads={job[1]}", *extra], PATHS[job[2]])
-                for job in jobs}
+        futs = {
+            job: pool.submit(
+                warm_start,
+                args.out,
+                f"s{job[0]}_t{job[1]}_{job[2]}",
+                [f"sft.seed={job[0]}", f"threads={job[1]}", *extra],
+                PATHS[job[2]],
+            )
+            for job in jobs
+        }
         for (s, t, p), fut in futs.items():
             info = fut.result()
             rows.append((s, t, p, info))
     print("\n| sft seed | threads | float path | acc % (sft.eval_limit) | plateau from step | steps | wall s |")
     print("|---|---|---|---|---|---|---|")
     for s, t, p, info in rows:
-        print(f"| {s} | {t} | {p} | {100 * info['acc']:.1f} | {plateau_step(info['curve'])} | {info['steps']} "
-              f"| {info['seconds']:.0f} |")
+        print(
+            f"| {s} | {t} | {p} | {100 * info['acc']:.1f} | {plateau_step(info['curve'])} | {info['steps']} "
+            f"| {info['seconds']:.0f} |"
+        )
     accs = [100 * info["acc"] for *_, info in rows]
-    print(f"\nspread (max - min): {max(accs) - min(accs):.1f} points over {len(accs)} warm-starts; "
-          f"mean {statistics.mean(accs):.1f} %")
+    print(
+        f"\nspread (max - min): {max(accs) - min(accs):.1f} points over {len(accs)} warm-starts; "
+        f"mean {statistics.mean(accs):.1f} %"
+    )
 
 
 def continue_sft(overrides: list[str], cache: Path, seconds: float, threads: int, every: int = 25) -> dict:
@@ -121,18 +145,23 @@ def continue_sft(overrides: list[str], cache: Path, seconds: float, threads: int
     policy = build_policy(cfg.model, tokenizer, path=str(folder))
     demos = [p for p in task.sft_problems() if p.solution]
     gen = torch.Generator().manual_seed(cfg.sft.seed + 1000)
-    loader = iter(DataLoader(_encode_demos(tokenizer, task, demos), batch_size=cfg.sft.batch_size,
-                             sampler=RandomSampler(range(len(demos)), replacement=True, num_samples=10**8,
-                                                   generator=gen),
-                             collate_fn=_collate(tokenizer.pad_token_id)))
+    loader = iter(
+        DataLoader(
+            _encode_demos(tokenizer, task, demos),
+            batch_size=cfg.sft.batch_size,
+            sampler=RandomSampler(range(len(demos)), replacement=True, num_samples=10**8, generator=gen),
+            collate_fn=_collate(tokenizer.pad_token_id),
+        )
+    )
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.sft.lr, weight_decay=0.0)
     warmup = max(1, cfg.sft.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
 
     def acc() -> float:
         policy.eval()
-        scores, _ = greedy_scores(policy, tokenizer, task, task.test_problems(), batch_size=256,
-                                  max_new_tokens=task.max_response_len)
+        scores, _ = greedy_scores(
+            policy, tokenizer, task, task.test_problems(), batch_size=256, max_new_tokens=task.max_response_len
+        )
         policy.train()
         return float(scores.mean())
 
@@ -164,9 +193,19 @@ def rl_vs_sft(args, extra: list[str]) -> None:
         folder = args.out / "runs" / f"rl_{args.algo}_{args.noise}_s{seed}"
         timing = folder / "wall_s.txt"
         if not (folder / "summary.json").exists():
-            cmd = [sys.executable, "-m", "dvpo_lab", "task=arith_teacher", f"algo={args.algo}",
-                   f"noise={args.noise}", f"total_steps={args.rl_steps}", f"seed={seed}", *sft_overrides,
-                   f"paths.cache_dir={cache}", f"hydra.run.dir={folder}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "dvpo_lab",
+                "task=arith_teacher",
+                f"algo={args.algo}",
+                f"noise={args.noise}",
+                f"total_steps={args.rl_steps}",
+                f"seed={seed}",
+                *sft_overrides,
+                f"paths.cache_dir={cache}",
+                f"hydra.run.dir={folder}",
+            ]
             wall = _run(cmd, {}, args.out / "logs" / f"rl_{args.algo}_{args.noise}_s{seed}.log")
             timing.write_text(f"{wall:.1f}\n")
         return float(timing.read_text()), json.loads((folder / "summary.json").read_text())
@@ -180,23 +219,31 @@ def rl_vs_sft(args, extra: list[str]) -> None:
         cont_file.write_text(json.dumps(continue_sft(sft_overrides, cache, wall, t0), indent=1))
     cont = json.loads(cont_file.read_text())
     sft_acc = 100 * cont["acc"]
-    print(f"\nwarm-start (sft seed {s0}): {100 * base['acc']:.1f} % (its own check) after {base['steps']} steps; "
-          f"SFT continued for the longest RL wall time ({wall:.0f} s): {cont['steps']} more steps -> "
-          f"{sft_acc:.1f} % (curve {[(s, round(100 * a, 1)) for s, a in cont['curve']]})")
-    print(f"\n| seed | {args.algo} {args.noise} initial % | final % | last-3 mean % | RL wall s | SFT continued % "
-          f"| RL last-3 - SFT |")
+    print(
+        f"\nwarm-start (sft seed {s0}): {100 * base['acc']:.1f} % (its own check) after {base['steps']} steps; "
+        f"SFT continued for the longest RL wall time ({wall:.0f} s): {cont['steps']} more steps -> "
+        f"{sft_acc:.1f} % (curve {[(s, round(100 * a, 1)) for s, a in cont['curve']]})"
+    )
+    print(
+        f"\n| seed | {args.algo} {args.noise} initial % | final % | last-3 mean % | RL wall s | SFT continued % "
+        f"| RL last-3 - SFT |"
+    )
     print("|---|---|---|---|---|---|---|")
     diffs = []
     for seed, (w, summ) in rl.items():
         hist = [100 * h["val/acc"] for h in summ["history"]]
         last3 = statistics.mean(hist[-3:])
         diffs.append(last3 - sft_acc)
-        print(f"| {seed} | {100 * summ['initial/val_acc']:.1f} | {100 * summ['final/val_acc']:.1f} | {last3:.1f} "
-              f"| {w:.0f} | {sft_acc:.1f} | {diffs[-1]:+.1f} |")
+        print(
+            f"| {seed} | {100 * summ['initial/val_acc']:.1f} | {100 * summ['final/val_acc']:.1f} | {last3:.1f} "
+            f"| {w:.0f} | {sft_acc:.1f} | {diffs[-1]:+.1f} |"
+        )
     if len(diffs) > 1:
         half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / len(diffs) ** 0.5
-        print(f"\nRL - SFT continuation (last-3 mean): {statistics.mean(diffs):+.1f} points, 95 % t-interval "
-              f"[{statistics.mean(diffs) - half:+.1f}, {statistics.mean(diffs) + half:+.1f}] over {len(diffs)} seeds")
+        print(
+            f"\nRL - SFT continuation (last-3 mean): {statistics.mean(diffs):+.1f} points, 95 % t-interval "
+            f"[{statistics.mean(diffs) - half:+.1f}, {statistics.mean(diffs) + half:+.1f}] over {len(diffs)} seeds"
+        )
 
 
 def main() -> None:

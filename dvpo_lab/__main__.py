@@ -50,8 +50,11 @@ def main() -> None:
         if user_wants_trace:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
-        print("hint: `python -m dvpo_lab --help` lists the groups; `--cfg job` prints every key "
-              "(HYDRA_FULL_ERROR=1 for a traceback)", file=sys.stderr)
+        print(
+            "hint: `python -m dvpo_lab --help` lists the groups; `--cfg job` prints every key "
+            "(HYDRA_FULL_ERROR=1 for a traceback)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except BrokenPipeError:  # `dvpo-lab --help | head`: the reader left; no traceback (Python's docs, signal)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

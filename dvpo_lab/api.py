@@ -37,8 +37,15 @@ log = logging.getLogger("dvpo_lab")
 LOG_FILE = "train.log"  # the run's log lines, in its folder (the command line's is __main__.log)
 
 # Hydra's noise around an error message (kept out of the one line)
-_DROP = ("full_key:", "reference_type=", "object_type=", "To append to your config", "Config search path",
-         "provider=", "Set the environment variable HYDRA_FULL_ERROR")
+_DROP = (
+    "full_key:",
+    "reference_type=",
+    "object_type=",
+    "To append to your config",
+    "Config search path",
+    "provider=",
+    "Set the environment variable HYDRA_FULL_ERROR",
+)
 
 
 def one_line(exc: BaseException) -> str:
@@ -79,8 +86,11 @@ def _did_you_mean(cause: BaseException | None) -> str | None:
         near = difflib.get_close_matches(key, sorted(found[0]), n=1, cutoff=0.6) if found else []
         return f"{parent + '.' if parent else ''}{near[0]}" if near else None
     schema = getattr(cause, "object_type", None)
-    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)
-            and schema.__module__.startswith(config.__name__.rpartition(".")[0])):  # a dvpo_lab schema
+    if not (
+        isinstance(schema, type)
+        and dataclasses.is_dataclass(schema)
+        and schema.__module__.startswith(config.__name__.rpartition(".")[0])
+    ):  # a dvpo_lab schema
         return None
     near = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(schema)], n=1, cutoff=0.6)
     return f"{parent + '.' if parent else ''}{near[0]}" if near else None
@@ -184,8 +194,9 @@ class _RunLog:
         log.setLevel(self.level)
 
 
-def train(overrides: list[str] | None = None, cfg: DictConfig | None = None,
-          output_dir: str | Path | None = None) -> dict[str, Any]:
+def train(
+    overrides: list[str] | None = None, cfg: DictConfig | None = None, output_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Run one config as `dvpo-lab` does (checks, warm-start from the cache, RL or `mode=sft|eval`) in this
     process, and return its metrics.
 

@@ -83,6 +83,7 @@ def format_seconds(s: float) -> str:
 
 def format_items(items: dict) -> str:
     """'reward 0.4375 | val/acc 0.5620': 4 decimals for values below 1000 (rewards, accuracies), else 4 digits."""
+
     def fmt(v) -> str:
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 1000 else f"{v:.4g}"
@@ -239,8 +240,9 @@ class SFTProgressLog(_LogLines):
         self._t_start = self._t_line = time.monotonic()
         self._n_checks = len(getattr(pl_module, "curve", []))
         checks = f"an accuracy check every {self.check_every} steps, " if self.check_every else ""
-        self.emit("warm-start: step 0/%d, %sa line about every %s", trainer.max_steps, checks,
-                  format_seconds(self.every_s))
+        self.emit(
+            "warm-start: step 0/%d, %sa line about every %s", trainer.max_steps, checks, format_seconds(self.every_s)
+        )
 
     def on_train_batch_start(self, trainer, *_) -> None:
         self.working_on(f"warm-start step {trainer.global_step + 1}/{trainer.max_steps}")
@@ -257,8 +259,15 @@ class SFTProgressLog(_LogLines):
         if curve:
             acc = f"sft/acc {curve[-1][1]:.3f}" + ("" if checked else f" (step {curve[-1][0]})")
         elapsed = now - self._t_start
-        self.emit("warm-start step %d/%d | sft/loss %.4f | %s | %s elapsed, %.2f s/step", step, trainer.max_steps,
-                  loss, acc, format_seconds(elapsed), elapsed / max(step, 1))
+        self.emit(
+            "warm-start step %d/%d | sft/loss %.4f | %s | %s elapsed, %.2f s/step",
+            step,
+            trainer.max_steps,
+            loss,
+            acc,
+            format_seconds(elapsed),
+            elapsed / max(step, 1),
+        )
 
 
 class RLProgressLog(_LogLines):
@@ -277,8 +286,13 @@ class RLProgressLog(_LogLines):
             self.working_on(f"RL step {trainer.current_epoch}/{trainer.max_epochs}: evaluating val/acc")
         if trainer.state.fn == "validate" and not trainer.sanity_checking:
             n = sum(trainer.num_val_batches)
-            self.emit("RL step %d/%d: evaluating val/acc (%d batch%s of greedy decoding)", trainer.current_epoch,
-                      trainer.max_epochs, n, "" if n == 1 else "es")
+            self.emit(
+                "RL step %d/%d: evaluating val/acc (%d batch%s of greedy decoding)",
+                trainer.current_epoch,
+                trainer.max_epochs,
+                n,
+                "" if n == 1 else "es",
+            )
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
@@ -287,16 +301,26 @@ class RLProgressLog(_LogLines):
         if trainer.state.fn == "fit":
             self._val = val  # shown on this RL step's line
             return
-        self.emit("RL step %d/%d | %s | evaluated in %s", trainer.current_epoch, trainer.max_epochs,
-                  format_items(val) or "val/acc -", format_seconds(time.monotonic() - self._t_val))
+        self.emit(
+            "RL step %d/%d | %s | evaluated in %s",
+            trainer.current_epoch,
+            trainer.max_epochs,
+            format_items(val) or "val/acc -",
+            format_seconds(time.monotonic() - self._t_val),
+        )
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._t_fit = self._t_line = time.monotonic()
         self._step0 = trainer.current_epoch  # > 0 when resumed
         self._val = {}
-        self.emit("RL: steps %d-%d of %d, val/acc every %s steps, a line about every %s", self._step0 + 1,
-                  trainer.max_epochs, trainer.max_epochs, trainer.check_val_every_n_epoch,
-                  format_seconds(self.every_s))
+        self.emit(
+            "RL: steps %d-%d of %d, val/acc every %s steps, a line about every %s",
+            self._step0 + 1,
+            trainer.max_epochs,
+            trainer.max_epochs,
+            trainer.check_val_every_n_epoch,
+            format_seconds(self.every_s),
+        )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.working_on(f"RL step {trainer.current_epoch + 1}/{trainer.max_epochs}")
@@ -307,11 +331,18 @@ class RLProgressLog(_LogLines):
         val, self._val = self._val, {}
         if not (val or step == self._step0 + 1 or step >= total or self.due(now)):
             return
-        items = {k: v for k, v in self.get_metrics(trainer, pl_module).items()
-                 if k != "v_num" and not k.startswith("val/")}
+        items = {
+            k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num" and not k.startswith("val/")
+        }
         per_step = (now - self._t_fit) / max(step - self._step0, 1)
-        self.emit("RL step %d/%d | %s | %.2f s/step | ETA %s", step, total, format_items({**items, **val}),
-                  per_step, format_seconds(per_step * (total - step)))
+        self.emit(
+            "RL step %d/%d | %s | %.2f s/step | ETA %s",
+            step,
+            total,
+            format_items({**items, **val}),
+            per_step,
+            format_seconds(per_step * (total - step)),
+        )
 
 
 # ------------------------------------------------------------------------------------------------ factories

@@ -58,8 +58,9 @@ def _unknown_key(path: str, key: str, allowed: list[str], value: Any) -> ConfigE
     else:
         keys = sorted(allowed)
         fix = f"{node} takes {', '.join(keys[:12])}{', ...' if len(keys) > 12 else ''} (--cfg job lists all)"
-    return ConfigError(f"{path}{key}={_show(value)} is not a config key ({fix}); fix the spelling, or put your "
-                       "own keys under extras.*")
+    return ConfigError(
+        f"{path}{key}={_show(value)} is not a config key ({fix}); fix the spelling, or put your own keys under extras.*"
+    )
 
 
 def _show(value: Any) -> str:
@@ -96,12 +97,15 @@ def _check_target(node: DictConfig, path: str, extra: tuple[str, ...] = ()) -> N
     """`node`'s keys are its `_target_`'s arguments (or `extra`, keys the run reads itself)."""
     target = node.get("_target_")
     if target is None:
-        raise ConfigError(f"{path.rstrip('.')} has no _target_ (a class to build, e.g. "
-                          "lightning.pytorch.loggers.CSVLogger); add one or drop the node")
+        raise ConfigError(
+            f"{path.rstrip('.')} has no _target_ (a class to build, e.g. "
+            "lightning.pytorch.loggers.CSVLogger); add one or drop the node"
+        )
     found = _target_params(str(target))
     if found is None:
-        raise ConfigError(f"{path}_target_={target} cannot be imported; check the dotted path and that its "
-                          "package is installed")
+        raise ConfigError(
+            f"{path}_target_={target} cannot be imported; check the dotted path and that its package is installed"
+        )
     params, var_kw = found
     if var_kw:
         return
@@ -118,11 +122,15 @@ def _check_task(node: DictConfig) -> None:
     from dvpo_lab.tasks.base import RUN_KEYS
 
     if node.get("name") in (None, ""):
-        raise ConfigError("task.name is not set: it labels the run (folders, tags, reports); add `name: <short "
-                          "name>` to the task's YAML, or task.name=<short name>")
+        raise ConfigError(
+            "task.name is not set: it labels the run (folders, tags, reports); add `name: <short "
+            "name>` to the task's YAML, or task.name=<short name>"
+        )
     if not node.get("_target_"):
-        raise ConfigError("task has no _target_ (the task class, e.g. dvpo_lab.tasks.arith.ArithTask); add one to "
-                          "the task's YAML, or build on a shipped option (defaults: [arith])")
+        raise ConfigError(
+            "task has no _target_ (the task class, e.g. dvpo_lab.tasks.arith.ArithTask); add one to "
+            "the task's YAML, or build on a shipped option (defaults: [arith])"
+        )
     _check_target(node, "task.", extra=tuple(RUN_KEYS))
     if "reward" not in node:
         return
@@ -133,9 +141,11 @@ def _check_task(node: DictConfig) -> None:
         if takes_function:
             value = reward._value()
             builtin = {"strict": "strict_match", "math_verify": "math_verify_match"}.get(str(value), "strict_match")
-            raise ConfigError(f"task.reward={value} is not a reward function node; name the function: "
-                              f"task.reward._target_=dvpo_lab.tasks.reward.{builtin} (built-ins: strict_match | "
-                              "math_verify_match | exact_match) or your own, e.g. my_pkg.my_reward")
+            raise ConfigError(
+                f"task.reward={value} is not a reward function node; name the function: "
+                f"task.reward._target_=dvpo_lab.tasks.reward.{builtin} (built-ins: strict_match | "
+                "math_verify_match | exact_match) or your own, e.g. my_pkg.my_reward"
+            )
         return
     if reward._is_none():
         return
@@ -143,11 +153,15 @@ def _check_task(node: DictConfig) -> None:
     target = _import_object(str(reward._target_))
     partial = reward.get("_partial_", False) is True
     if inspect.isclass(target) and partial:
-        raise ConfigError(f"task.reward._target_={reward._target_} is a class: it is built once, then called on each "
-                          "batch; set task.reward._partial_=false")
+        raise ConfigError(
+            f"task.reward._target_={reward._target_} is a class: it is built once, then called on each "
+            "batch; set task.reward._partial_=false"
+        )
     if not inspect.isclass(target) and not partial:
-        raise ConfigError(f"task.reward._target_={reward._target_} is a function: it is called on each batch, not "
-                          "at start; set task.reward._partial_=true")
+        raise ConfigError(
+            f"task.reward._target_={reward._target_} is a function: it is called on each batch, not "
+            "at start; set task.reward._partial_=true"
+        )
 
 
 def _import_object(target: str) -> Any:
@@ -206,8 +220,9 @@ def above(lo: float, optional: bool = False) -> Callable[[Any], bool]:
     return lambda x: (optional and x is None) or (_num(x) and x > lo)
 
 
-def between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False,
-            optional: bool = False) -> Callable[[Any], bool]:
+def between(
+    lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, optional: bool = False
+) -> Callable[[Any], bool]:
     def ok(x: Any) -> bool:
         if optional and x is None:
             return True
@@ -222,8 +237,11 @@ def one_of(*choices: Any) -> Callable[[Any], bool]:
 
 def choice(key: str, options: tuple[Any, ...] | list[Any]) -> Rule:
     """The rule for a choice field: its value is one of `options`, and the message lists them."""
-    return key, one_of(*options), "one of " + " | ".join(str(o).lower() if isinstance(o, bool) else str(o)
-                                                          for o in options)
+    return (
+        key,
+        one_of(*options),
+        "one of " + " | ".join(str(o).lower() if isinstance(o, bool) else str(o) for o in options),
+    )
 
 
 def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
@@ -238,12 +256,18 @@ RULES: list[Rule] = [
     ("ckpt_every", at_least(1, integer=True), "an integer >= 1 (RL steps between checkpoints)"),
     ("threads", at_least(1, integer=True, optional=True), "null (torch's default) or an integer >= 1"),
     # sampling (rollout.*): what torch would only reject deep inside the first rollout, or never
-    ("rollout.temperature", above(0.0), "> 0 (it divides the logits; evaluation is greedy whatever this is: "
-     "for near-greedy sampling use e.g. 0.1)"),
+    (
+        "rollout.temperature",
+        above(0.0),
+        "> 0 (it divides the logits; evaluation is greedy whatever this is: for near-greedy sampling use e.g. 0.1)",
+    ),
     ("rollout.top_k", at_least(0, integer=True), "an integer >= 0 (0 = off)"),
     ("rollout.top_p", between(0.0, 1.0, lo_open=True), "in (0, 1] (1 = off)"),
-    ("rollout.max_new_tokens", at_least(1, integer=True, optional=True),
-     "null (the task's response length) or an integer >= 1"),
+    (
+        "rollout.max_new_tokens",
+        at_least(1, integer=True, optional=True),
+        "null (the task's response length) or an integer >= 1",
+    ),
     ("rollout.min_new_tokens", at_least(0, integer=True), "an integer >= 0"),
     ("rollout.eval_batch_size", at_least(1, integer=True), "an integer >= 1"),
     ("rollout.eval_limit", at_least(1, integer=True, optional=True), "null (all) or an integer >= 1"),
@@ -325,8 +349,11 @@ RULES: list[Rule] = [
     ("task.teacher_error_rate", between(0.0, 1.0), "in [0, 1]"),
     ("task.n_choices", between(2, 5), "2, 3, 4 or 5"),
     choice("task.template", ("plain", "chat")),
-    ("task.reward.window", at_least(1, integer=True, optional=True),
-     "null (the whole response) or an integer >= 1 (characters read from its end; 300 = veRL's)"),
+    (
+        "task.reward.window",
+        at_least(1, integer=True, optional=True),
+        "null (the whole response) or an integer >= 1 (characters read from its end; 300 = veRL's)",
+    ),
     # the Hugging Face export (dvpo_lab.export)
     choice("export.enabled", (True, False)),
     ("export.best", one_of(True, False), "true or false (false: no hf/best/, no save at each improvement)"),
@@ -354,15 +381,20 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} must be {valid}; set {key}=<such a value>")
     h = cfg.model.arch.hidden_size
     if h % cfg.model.arch.num_heads:
-        raise ConfigError(f"model.arch.hidden_size={h} is not divisible by model.arch.num_heads="
-                          f"{cfg.model.arch.num_heads}; pick a divisor")
+        raise ConfigError(
+            f"model.arch.hidden_size={h} is not divisible by model.arch.num_heads="
+            f"{cfg.model.arch.num_heads}; pick a divisor"
+        )
     if cfg.model.tokenizer == "auto" and not (cfg.model.name_or_path or cfg.model.gguf_file):
-        raise ConfigError("model.tokenizer=auto needs model.name_or_path (or model.gguf_file) to load it from; "
-                          "set one, or use model.tokenizer=char")
+        raise ConfigError(
+            "model.tokenizer=auto needs model.name_or_path (or model.gguf_file) to load it from; "
+            "set one, or use model.tokenizer=char"
+        )
     r = cfg.rollout
     if r.max_new_tokens is not None and r.min_new_tokens > r.max_new_tokens:
-        raise ConfigError(f"rollout.min_new_tokens={r.min_new_tokens} exceeds rollout.max_new_tokens="
-                          f"{r.max_new_tokens}; lower it")
+        raise ConfigError(
+            f"rollout.min_new_tokens={r.min_new_tokens} exceeds rollout.max_new_tokens={r.max_new_tokens}; lower it"
+        )
     check_sampler(r.sampler)
     check_algo(cfg)
 
@@ -374,8 +406,10 @@ def check_sampler(sampler: Any) -> None:
     if isinstance(sampler, DictConfig):
         _check_target(sampler, "rollout.sampler.")
     elif sampler not in SAMPLERS:
-        raise ConfigError(f"rollout.sampler={sampler!r} must be {' | '.join(SAMPLERS)} or a _target_ node (a "
-                          "dvpo_lab.rollout.Sampler subclass); set rollout.sampler=fast")
+        raise ConfigError(
+            f"rollout.sampler={sampler!r} must be {' | '.join(SAMPLERS)} or a _target_ node (a "
+            "dvpo_lab.rollout.Sampler subclass); set rollout.sampler=fast"
+        )
 
 
 def check_batch_sizes(cfg: DictConfig) -> str:
@@ -389,36 +423,48 @@ def check_batch_sizes(cfg: DictConfig) -> str:
         raise ConfigError(
             f"rollout.minibatch_size={r.minibatch_size} does not divide the {n} responses per step "
             f"(rollout.prompts_per_step={r.prompts_per_step} x rollout.samples_per_prompt="
-            f"{r.samples_per_prompt}); pick a divisor of {n}")
+            f"{r.samples_per_prompt}); pick a divisor of {n}"
+        )
     spec = algos.ALGORITHMS.get(cfg.algo.adv_estimator)
     if spec is not None and spec.grouped and r.samples_per_prompt < 2:
-        raise ConfigError(f"rollout.samples_per_prompt={r.samples_per_prompt}: algo={cfg.algo.name} needs >= 2 "
-                          "(a group of one has no baseline)")
-    return (f"batch: {r.prompts_per_step} prompts/step x {r.samples_per_prompt} samples/prompt = {n} responses"
-            f"/step per rank; minibatch {r.minibatch_size} -> {n // r.minibatch_size} optimizer steps per "
-            f"model per PPO epoch x {cfg.algo.ppo_epochs} epochs; {cfg.total_steps} RL steps")
+        raise ConfigError(
+            f"rollout.samples_per_prompt={r.samples_per_prompt}: algo={cfg.algo.name} needs >= 2 "
+            "(a group of one has no baseline)"
+        )
+    return (
+        f"batch: {r.prompts_per_step} prompts/step x {r.samples_per_prompt} samples/prompt = {n} responses"
+        f"/step per rank; minibatch {r.minibatch_size} -> {n // r.minibatch_size} optimizer steps per "
+        f"model per PPO epoch x {cfg.algo.ppo_epochs} epochs; {cfg.total_steps} RL steps"
+    )
 
 
 def check_algo(cfg: DictConfig) -> None:
     """The algorithm, its critic and their knobs fit together; each failure names the key and the fix."""
     a = cfg.algo
     if a.adv_estimator not in algos.ALGORITHMS:
-        raise ConfigError(f"algo.adv_estimator={a.adv_estimator!r} is not registered; choices: "
-                          f"{' | '.join(sorted(algos.ALGORITHMS))} (an algorithm of yours: list its module in "
-                          "extra_modules)")
+        raise ConfigError(
+            f"algo.adv_estimator={a.adv_estimator!r} is not registered; choices: "
+            f"{' | '.join(sorted(algos.ALGORITHMS))} (an algorithm of yours: list its module in "
+            "extra_modules)"
+        )
     spec = algos.get_algo(a.adv_estimator)
     try:
         c = algos.critic_from(cfg.critic)
     except Exception as e:  # noqa: BLE001 - the user's critic class refusing its arguments
-        raise ConfigError(f"critic: {cfg.critic.get('_target_')} cannot be built ({one_line(e)}); fix its "
-                          "arguments") from e
+        raise ConfigError(
+            f"critic: {cfg.critic.get('_target_')} cannot be built ({one_line(e)}); fix its arguments"
+        ) from e
     if c.kind != spec.critic:
-        raise ConfigError(f"critic={c.kind}: algo={a.name} (adv_estimator={a.adv_estimator}) reads a critic of "
-                          f"kind {spec.critic!r}; drop the critic override or use critic={spec.critic}")
+        raise ConfigError(
+            f"critic={c.kind}: algo={a.name} (adv_estimator={a.adv_estimator}) reads a critic of "
+            f"kind {spec.critic!r}; drop the critic override or use critic={spec.critic}"
+        )
     n_heads = getattr(c, "n_heads", 1)
     if n_heads > 1 and c.head_init_std == 0:
-        raise ConfigError(f"critic.head_init_std=0 with critic={c.kind} and {n_heads} heads: identical "
-                          "zero-initialised heads stay equal forever; set critic.head_init_std > 0 (e.g. 0.01)")
+        raise ConfigError(
+            f"critic.head_init_std=0 with critic={c.kind} and {n_heads} heads: identical "
+            "zero-initialised heads stay equal forever; set critic.head_init_std > 0 (e.g. 0.01)"
+        )
     if spec.node_schema is not None:
         check_algo_node(a, spec)
 
@@ -430,8 +476,10 @@ def check_algo_node(a: DictConfig, spec: algos.AlgoSpec) -> None:
     try:
         typed = OmegaConf.merge(OmegaConf.structured(spec.node_schema), node if node is not None else {})
     except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors, folded into one line
-        raise ConfigError(f"algo.{spec.node}: {one_line(e)} (algorithm {spec.name} takes "
-                          f"{', '.join(f.name for f in dataclasses.fields(spec.node_schema))})") from None
+        raise ConfigError(
+            f"algo.{spec.node}: {one_line(e)} (algorithm {spec.name} takes "
+            f"{', '.join(f.name for f in dataclasses.fields(spec.node_schema))})"
+        ) from None
     with read_write(a), open_dict(a):
         a[spec.node] = typed
 
@@ -487,18 +535,23 @@ def check_presets(cfg: DictConfig, choices: dict[str, Any], task_overrides: list
         for pinned_group, option in preset_pins(group, str(preset)).items():
             chosen = choices.get(pinned_group)
             if chosen is not None and str(chosen) != option:
-                raise ConfigError(f"{pinned_group}={chosen} contradicts {group}={preset}, which runs "
-                                  f"{pinned_group}={option} and names its runs after it; drop {pinned_group}="
-                                  f"{chosen} or pick another {group}")
+                raise ConfigError(
+                    f"{pinned_group}={chosen} contradicts {group}={preset}, which runs "
+                    f"{pinned_group}={option} and names its runs after it; drop {pinned_group}="
+                    f"{chosen} or pick another {group}"
+                )
     keys = {o.lstrip("+~").split("=", 1)[0] for o in task_overrides}
     if "algo.adv_estimator" in keys and "algo.name" not in keys:
-        raise ConfigError(f"algo.adv_estimator={cfg.algo.adv_estimator} changes what algo={choices.get('algo')} "
-                          f"computes but the run would still be named {cfg.algo.name!r} (run folder, reports); "
-                          f"also set algo.name=<a new name>")
+        raise ConfigError(
+            f"algo.adv_estimator={cfg.algo.adv_estimator} changes what algo={choices.get('algo')} "
+            f"computes but the run would still be named {cfg.algo.name!r} (run folder, reports); "
+            f"also set algo.name=<a new name>"
+        )
 
 
-def check_config(cfg: DictConfig, choices: dict[str, Any] | None = None,
-                 task_overrides: list[str] | None = None) -> str:
+def check_config(
+    cfg: DictConfig, choices: dict[str, Any] | None = None, task_overrides: list[str] | None = None
+) -> str:
     """All start-time checks on a composed config; returns the batch line printed at start.
 
     Raises:
@@ -528,14 +581,23 @@ def check_trainer(cfg: DictConfig) -> None:
     level = rank_zero.level
     rank_zero.setLevel(logging.WARNING)  # its "GPU available" lines come once, from the run's own Trainer
     try:
-        hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
-                                enable_checkpointing=False, max_epochs=1, _convert_="partial")
+        hydra.utils.instantiate(
+            cfg.trainer,
+            logger=False,
+            callbacks=[],
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            max_epochs=1,
+            _convert_="partial",
+        )
     except (InstantiationException, MisconfigurationException, ValueError, TypeError, RuntimeError) as e:
         e = e.__cause__ or e if isinstance(e, InstantiationException) else e
         t = cfg.trainer
-        raise ConfigError(f"trainer (accelerator={t.get('accelerator')}, devices={t.get('devices')}, strategy="
-                          f"{t.get('strategy', 'auto')}, precision={t.get('precision')}) cannot run here: "
-                          f"{' '.join(str(e).split())[:300]}; pick e.g. trainer=cpu") from e
+        raise ConfigError(
+            f"trainer (accelerator={t.get('accelerator')}, devices={t.get('devices')}, strategy="
+            f"{t.get('strategy', 'auto')}, precision={t.get('precision')}) cannot run here: "
+            f"{' '.join(str(e).split())[:300]}; pick e.g. trainer=cpu"
+        ) from e
     finally:
         rank_zero.setLevel(level)
 
@@ -554,8 +616,10 @@ def model_context(cfg: DictConfig) -> int | None:
         c = AutoConfig.from_pretrained(m.name_or_path)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"model.name_or_path={m.name_or_path} cannot be loaded ({first[:200]}); give a local "
-                          "folder with config.json, or a hub id where the hub is reachable") from e
+        raise ConfigError(
+            f"model.name_or_path={m.name_or_path} cannot be loaded ({first[:200]}); give a local "
+            "folder with config.json, or a hub id where the hub is reachable"
+        ) from e
     return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
 
 
@@ -567,15 +631,22 @@ def check_prompt_budget(cfg: DictConfig, max_response_len: int, context: int | N
     """
     max_new = cfg.rollout.max_new_tokens or max_response_len
     if cfg.rollout.min_new_tokens > max_new:
-        raise ConfigError(f"rollout.min_new_tokens={cfg.rollout.min_new_tokens} exceeds the response budget "
-                          f"{max_new} (rollout.max_new_tokens or the task's); lower it")
+        raise ConfigError(
+            f"rollout.min_new_tokens={cfg.rollout.min_new_tokens} exceeds the response budget "
+            f"{max_new} (rollout.max_new_tokens or the task's); lower it"
+        )
     if context is None:
         return None
     budget = context - max_new
     if budget <= 0:
-        key = ("rollout.max_new_tokens" if cfg.rollout.max_new_tokens else "task's response length (set "
-               "rollout.max_new_tokens)")
+        key = (
+            "rollout.max_new_tokens"
+            if cfg.rollout.max_new_tokens
+            else "task's response length (set rollout.max_new_tokens)"
+        )
         where = "model.arch.max_position_embeddings" if not cfg.model.name_or_path else "the model's config"
-        raise ConfigError(f"rollout.max_new_tokens={max_new} leaves no room for the prompt in the model's "
-                          f"{context}-token context ({where}); lower the {key} well below {context}")
+        raise ConfigError(
+            f"rollout.max_new_tokens={max_new} leaves no room for the prompt in the model's "
+            f"{context}-token context ({where}); lower the {key} well below {context}"
+        )
     return budget

@@ -48,6 +48,7 @@ TokenizerKind = choice_enum("TokenizerKind", ("char", "auto"), __name__)
 ExportLora = choice_enum("ExportLora", ("merged", "adapter"), __name__)
 Mode = choice_enum("Mode", ("train", "sft", "eval"), __name__)
 
+
 @dataclass
 class AlgoConfig:
     """The `algo` node: the PPO update every algorithm shares (veRL names where veRL has one) and, for the algorithms

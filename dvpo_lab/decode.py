@@ -26,11 +26,26 @@ from transformers import GenerationConfig, PreTrainedModel
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 # generation_config fields that add logits processors `generate` would apply and this loop does not.
-_PROCESSOR_FIELDS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "min_length", "min_p",
-                     "typical_p", "epsilon_cutoff", "eta_cutoff", "sequence_bias", "forced_bos_token_id",
-                     "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens", "guidance_scale",
-                     "exponential_decay_length_penalty", "remove_invalid_values", "watermarking_config",
-                     "renormalize_logits")
+_PROCESSOR_FIELDS = (
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "min_length",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "sequence_bias",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "guidance_scale",
+    "exponential_decay_length_penalty",
+    "remove_invalid_values",
+    "watermarking_config",
+    "renormalize_logits",
+)
 
 
 @dataclass
@@ -54,8 +69,7 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     if cfg._attn_implementation not in ("sdpa", "eager"):
         return f"attn_implementation={cfg._attn_implementation!r}"
     default = GenerationConfig()
-    changed = [f for f in _PROCESSOR_FIELDS
-               if getattr(model.generation_config, f, None) != getattr(default, f, None)]
+    changed = [f for f in _PROCESSOR_FIELDS if getattr(model.generation_config, f, None) != getattr(default, f, None)]
     if changed:
         return f"generation_config sets {', '.join(changed)}"
     return None
@@ -95,8 +109,9 @@ class _Layers:
         self.k = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.base.layers]
         self.v = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in self.base.layers]
 
-    def forward(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
-                mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Run tokens `ids [B, s]` at cache slots `start : start + s`; float32 logits `[B, V]` of the last one.
 
         Args:
@@ -159,14 +174,38 @@ def decode(
     was_training = model.training
     model.eval()
     try:
-        return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
-                       temperature, top_k, top_p, min_new_tokens, return_logprobs)
+        return _decode(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            eos_token_id,
+            pad_token_id,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            min_new_tokens,
+            return_logprobs,
+        )
     finally:
         model.train(was_training)
 
 
-def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample,
-            temperature, top_k, top_p, min_new_tokens, return_logprobs) -> Decoded:
+def _decode(
+    model,
+    input_ids,
+    attention_mask,
+    max_new_tokens,
+    eos_token_id,
+    pad_token_id,
+    do_sample,
+    temperature,
+    top_k,
+    top_p,
+    min_new_tokens,
+    return_logprobs,
+) -> Decoded:
     B, P = input_ids.shape
     device = input_ids.device
     stop = torch.as_tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
@@ -216,6 +255,7 @@ def _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_
             T = t + 1
             break
         keys_ok[:, P + t] = True
-        logits = net.forward(nxt[:, None], cos_n[:, t : t + 1], sin_n[:, t : t + 1], P + t,
-                             keys_ok[:, None, None, : P + t + 1])
+        logits = net.forward(
+            nxt[:, None], cos_n[:, t : t + 1], sin_n[:, t : t + 1], P + t, keys_ok[:, None, None, : P + t + 1]
+        )
     return Decoded(tokens[:, :T], logprobs[:, :T] if logprobs is not None else None)

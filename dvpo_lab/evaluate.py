@@ -29,8 +29,16 @@ def greedy_scores(
     scores, texts = [], []
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]
-        ro = sample_for_task(policy, tokenizer, task, chunk, max_new_tokens=max_new_tokens, do_sample=False,
-                             max_prompt_len=max_prompt_len, sampler=sampler)
+        ro = sample_for_task(
+            policy,
+            tokenizer,
+            task,
+            chunk,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            max_prompt_len=max_prompt_len,
+            sampler=sampler,
+        )
         scores.append(task.score(ro.texts, chunk))
         texts.extend(ro.texts)
     return torch.cat(scores) if scores else torch.zeros(0), texts

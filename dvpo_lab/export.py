@@ -95,8 +95,10 @@ def save_policy(policy: nn.Module, tokenizer, folder: Path, lora: str = "merged"
             cfg_file.write_text(json.dumps(spec, indent=2))
         return "adapter"
     if lora == "adapter":
-        log.warning("export.lora=adapter: the LoRA base was built at random (no model.name_or_path, no "
-                    "warm-start folder), so no adapter can point to it; writing the merged model instead")
+        log.warning(
+            "export.lora=adapter: the LoRA base was built at random (no model.name_or_path, no "
+            "warm-start folder), so no adapter can point to it; writing the merged model instead"
+        )
     policy.get_base_model().save_pretrained(folder, state_dict=merged_state_dict(policy.get_base_model()))
     return "merged"
 
@@ -112,14 +114,25 @@ def save_critic(critic: nn.Module, spec: algos.Critic, folder: Path) -> None:
     head = {k: v.detach().cpu().contiguous() for k, v in critic.head.state_dict().items()}
     save_file(head, str(folder / HEAD_FILE))
     target = f"{type(spec).__module__}.{type(spec).__qualname__}"
-    info = {"_target_": target, **spec.config(), "kind": spec.kind, "n_out": spec.n_out,
-            "taus": spec.taus.tolist() if spec.taus is not None else None}
+    info = {
+        "_target_": target,
+        **spec.config(),
+        "kind": spec.kind,
+        "n_out": spec.n_out,
+        "taus": spec.taus.tolist() if spec.taus is not None else None,
+    }
     (folder / CRITIC_FILE).write_text(json.dumps(info, indent=1))
 
 
-def write_export(folder: Path, policy: nn.Module, tokenizer, critic: nn.Module | None = None,
-                 critic_spec: algos.Critic | None = None, lora: str = "merged",
-                 meta: dict[str, Any] | None = None) -> Path:
+def write_export(
+    folder: Path,
+    policy: nn.Module,
+    tokenizer,
+    critic: nn.Module | None = None,
+    critic_spec: algos.Critic | None = None,
+    lora: str = "merged",
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """One export folder (layout in the module docstring), written beside it first and then moved in place, so
     an interrupted write leaves the earlier folder whole. `meta` goes to `export.json`. Returns `folder`."""
     folder = Path(folder)
@@ -142,8 +155,12 @@ def export_module(cfg: DictConfig, module, folder: Path, meta: dict[str, Any]) -
     if not module.trainer.is_global_zero:
         return None
     if "FSDP" in type(module.trainer.strategy).__name__:
-        log.warning("export: the policy is sharded under FSDP; write %s with python -m dvpo_lab.export "
-                    "<run>/checkpoints/last.ckpt %s", folder.name, folder)
+        log.warning(
+            "export: the policy is sharded under FSDP; write %s with python -m dvpo_lab.export "
+            "<run>/checkpoints/last.ckpt %s",
+            folder.name,
+            folder,
+        )
         return None
     e = cfg.export
     critic = module.critic if e.critic else None
@@ -181,8 +198,12 @@ def export_run(cfg: DictConfig, module, out_dir: Path, ckpt: str | None = None) 
     if not cfg.export.enabled:
         return None
     hist = module.history
-    final = export_module(cfg, module, out_dir / "hf" / "final",
-                          {"step": cfg.total_steps, "val/acc": hist[-1]["val/acc"] if hist else math.nan})
+    final = export_module(
+        cfg,
+        module,
+        out_dir / "hf" / "final",
+        {"step": cfg.total_steps, "val/acc": hist[-1]["val/acc"] if hist else math.nan},
+    )
     best = out_dir / "hf" / "best"
     if cfg.export.best and ckpt and final is not None and not best.exists():
         earlier = Path(ckpt).resolve().parents[1] / "hf" / "best"
@@ -213,8 +234,12 @@ class ExportedCritic(nn.Module):
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state
+        h = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
         return self.spec.view(self.head(h.float()))
 
 
@@ -231,8 +256,10 @@ def load_critic(folder: str | Path, device: str | torch.device = "cpu") -> Expor
     if (folder / CRITIC_DIR / CRITIC_FILE).exists():
         folder = folder / CRITIC_DIR
     if not (folder / CRITIC_FILE).exists():
-        raise FileNotFoundError(f"{folder}: no {CRITIC_FILE}; export with the critic (export.critic=true, or "
-                                "python -m dvpo_lab.export ... --critic)")
+        raise FileNotFoundError(
+            f"{folder}: no {CRITIC_FILE}; export with the critic (export.critic=true, or "
+            "python -m dvpo_lab.export ... --critic)"
+        )
     info = json.loads((folder / CRITIC_FILE).read_text())
     drop = ("n_out", "taus") + (("kind",) if "_target_" in info else ())
     spec = algos.critic_from(OmegaConf.create({k: v for k, v in info.items() if k not in drop}))
@@ -253,8 +280,10 @@ def _run_config(ckpt: Path) -> tuple[Path, DictConfig]:
     for run_dir in dict.fromkeys((ckpt.absolute().parents[1], ckpt.resolve().parents[1])):
         if (run_dir / ".hydra" / "config.yaml").is_file():
             return ckpt, OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    raise ConfigError(f"{ckpt} is not a run's checkpoint: no .hydra/config.yaml in {ckpt.absolute().parents[1]} "
-                      "(export reads the run's config from the folder above checkpoints/)")
+    raise ConfigError(
+        f"{ckpt} is not a run's checkpoint: no .hydra/config.yaml in {ckpt.absolute().parents[1]} "
+        "(export reads the run's config from the folder above checkpoints/)"
+    )
 
 
 def _rebuild(cfg: DictConfig) -> tuple[nn.Module, Any]:
@@ -279,8 +308,10 @@ def _rebuild(cfg: DictConfig) -> tuple[nn.Module, Any]:
         return build_policy(m, tokenizer, path), tokenizer
     except OSError as e:  # a hub id without the hub, a folder since deleted
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"model.name_or_path={m.name_or_path} (the run's base model, needed for its architecture) "
-                          f"cannot be loaded: {first[:200]}") from e
+        raise ConfigError(
+            f"model.name_or_path={m.name_or_path} (the run's base model, needed for its architecture) "
+            f"cannot be loaded: {first[:200]}"
+        ) from e
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, critic: bool = False, lora: str = "merged") -> Path:
@@ -302,7 +333,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, critic: bool = False, l
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's
         raise ConfigError(f"{ckpt} cannot be read as a checkpoint ({type(e).__name__}: {e})") from e
     weights = state.get("state_dict", {}) if isinstance(state, dict) else {}
-    parts = {p: {k[len(p) + 1:]: v for k, v in weights.items() if k.startswith(p + ".")} for p in ("policy", "critic")}
+    parts = {p: {k[len(p) + 1 :]: v for k, v in weights.items() if k.startswith(p + ".")} for p in ("policy", "critic")}
     if not parts["policy"]:
         raise ConfigError(f"{ckpt} holds no policy.* weights: not a checkpoint of a dvpo_lab training run")
     policy, tokenizer = _rebuild(cfg)
@@ -319,13 +350,22 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, critic: bool = False, l
     for name, mod in modules:
         missing, unexpected = mod.load_state_dict(parts[name], strict=False)
         if missing or unexpected:
-            raise ConfigError(f"{ckpt}: its {name} weights do not fit the run's config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); was .hydra/config.yaml edited?")
+            raise ConfigError(
+                f"{ckpt}: its {name} weights do not fit the run's config (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); was .hydra/config.yaml edited?"
+            )
     hist = state.get("dvpo_lab", {}).get("history", [])
     step = int(state.get("epoch", -1)) + 1  # the checkpoint of RL step index e holds the state after e + 1 steps
     acc = next((h["val/acc"] for h in hist if h["step"] == step), None)
-    return write_export(out, policy, tokenizer, modules[1][1] if critic else None, spec, lora,
-                        {"step": step, "val/acc": acc, "source": str(ckpt.absolute())})
+    return write_export(
+        out,
+        policy,
+        tokenizer,
+        modules[1][1] if critic else None,
+        spec,
+        lora,
+        {"step": step, "val/acc": acc, "source": str(ckpt.absolute())},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,12 +373,17 @@ def main(argv: list[str] | None = None) -> int:
     stderr and exit status 2."""
     p = argparse.ArgumentParser(
         prog="python -m dvpo_lab.export",
-        description="Write a Hugging Face folder (policy + tokenizer, optionally the critic) from a run's checkpoint.")
+        description="Write a Hugging Face folder (policy + tokenizer, optionally the critic) from a run's checkpoint.",
+    )
     p.add_argument("ckpt", help="a run's checkpoint (<run>/checkpoints/last.ckpt) or its run folder")
     p.add_argument("out", help="the folder to write (AutoModelForCausalLM.from_pretrained(OUT) loads it)")
     p.add_argument("--critic", action="store_true", help="also write the critic to OUT/critic (load_critic)")
-    p.add_argument("--lora", choices=LORA_MODES, default="merged",
-                   help="a LoRA policy: merged into a plain model (default) or the adapter alone")
+    p.add_argument(
+        "--lora",
+        choices=LORA_MODES,
+        default="merged",
+        help="a LoRA policy: merged into a plain model (default) or the adapter alone",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -45,8 +45,10 @@ def import_extra_modules(entries: Iterable[str] | None) -> list[ModuleType]:
             here = Path.cwd()
             top = entry.split(".")[0]
             if str(here) in sys.path or not ((here / f"{top}.py").is_file() or (here / top).is_dir()):
-                raise ConfigError(f"extra_modules: {entry!r} cannot be imported ({e}); put its folder on PYTHONPATH "
-                                  "or give the path of its .py file") from None
+                raise ConfigError(
+                    f"extra_modules: {entry!r} cannot be imported ({e}); put its folder on PYTHONPATH "
+                    "or give the path of its .py file"
+                ) from None
             sys.path.insert(0, str(here))  # `dvpo-lab` (unlike `python -m`) does not put the folder on sys.path
             modules.append(importlib.import_module(entry))
     return modules
@@ -55,15 +57,19 @@ def import_extra_modules(entries: Iterable[str] | None) -> list[ModuleType]:
 def _import_file(entry: str) -> ModuleType:
     path = Path(entry).expanduser().resolve()
     if not path.is_file() or path.suffix != ".py":
-        raise ConfigError(f"extra_modules: {entry!r} is not a .py file (looked for {path}); fix the path, or give "
-                          "a module name on PYTHONPATH")
+        raise ConfigError(
+            f"extra_modules: {entry!r} is not a .py file (looked for {path}); fix the path, or give "
+            "a module name on PYTHONPATH"
+        )
     name = path.stem
     loaded = sys.modules.get(name)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
         return loaded
     if loaded is not None:
-        raise ConfigError(f"extra_modules: {entry!r} would be imported as {name!r}, which is already the module "
-                          f"{getattr(loaded, '__file__', name)}; rename the file")
+        raise ConfigError(
+            f"extra_modules: {entry!r} would be imported as {name!r}, which is already the module "
+            f"{getattr(loaded, '__file__', name)}; rename the file"
+        )
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)

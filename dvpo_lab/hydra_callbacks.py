@@ -92,6 +92,8 @@ class RunFolders(Callback):
         failed = sorted(sweep_dir.glob(f"*/{FAILED}"))
         if failed:
             names = ", ".join(p.parent.name for p in failed)
-            _refuse(f"{len(failed)} job(s) of the sweep in {sweep_dir} failed: {names} (errors in their {FAILED}); "
-                    f"retry only those: the same command with hydra.sweep.dir={sweep_dir} resume=true", 1)
-
+            _refuse(
+                f"{len(failed)} job(s) of the sweep in {sweep_dir} failed: {names} (errors in their {FAILED}); "
+                f"retry only those: the same command with hydra.sweep.dir={sweep_dir} resume=true",
+                1,
+            )

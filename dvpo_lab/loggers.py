@@ -36,8 +36,11 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The full config, interpolations resolved (`paths.output_dir` is this job's folder), minus Hydra's own node.
 
     Returns a nested dict of plain values (W&B shows `algo.name`, `rollout.temperature`, ...)."""
-    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k, v in cfg.items() if k != "hydra"}
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }
 
 
 def _is_wandb(node: Any) -> bool:
@@ -93,8 +96,10 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
     is finished first: Lightning would otherwise log this job into it. `finish_loggers` ends the job's run."""
     nodes = [n for n in (cfg.logger or {}).values() if n is not None]
     if any(_is_wandb(n) for n in nodes) and getattr(sys.modules.get("wandb"), "run", None) is not None:
-        log.warning("finishing the W&B run %s left open in this process: each job logs to its own run",
-                     sys.modules["wandb"].run.id)
+        log.warning(
+            "finishing the W&B run %s left open in this process: each job logs to its own run",
+            sys.modules["wandb"].run.id,
+        )
         _finish_wandb(exit_code=0)
     loggers: list[Logger] = []
     for node in nodes:
@@ -110,8 +115,9 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list[Logger]:
         if not isinstance(lg, CSVLogger):  # the run folder's .hydra/config.yaml already holds them beside the CSV
             lg.log_hyperparams(params)
         if isinstance(lg, WandbLogger) and rank_zero_only.rank == 0:
-            log.info("W&B run %s in %s (`wandb sync` uploads an offline run)", lg.version,
-                     Path(lg.save_dir or ".") / "wandb")
+            log.info(
+                "W&B run %s in %s (`wandb sync` uploads an offline run)", lg.version, Path(lg.save_dir or ".") / "wandb"
+            )
     return loggers
 
 

@@ -50,8 +50,11 @@ class RLModule(L.LightningModule):
         self.policy = policy
         self.spec = algos.get_algo(self.acfg.adv_estimator)  # what the algorithm needs and its two functions
         self.critic_spec = algos.critic_from(cfg.critic)  # the value head's shape and reading
-        self.critic = (build_critic(policy, self.critic_spec.n_out, self.critic_spec.head_init_std)
-                       if self.critic_spec.kind != "none" else None)
+        self.critic = (
+            build_critic(policy, self.critic_spec.n_out, self.critic_spec.head_init_std)
+            if self.critic_spec.kind != "none"
+            else None
+        )
         self.needs_ref = self.acfg.use_kl_in_reward or self.acfg.use_kl_loss
         # the frozen initial policy also serves noise that labels prompts from its samples (majority_vote)
         self.reference = build_reference(policy) if self.needs_ref or noise.needs_policy_samples else None
@@ -90,8 +93,10 @@ class RLModule(L.LightningModule):
             why = "multi-turn task"
         if why is None and any(p.dtype != torch.float32 for p in self.policy.parameters()):
             why = "policy is not float32"
-        if why is None and (getattr(self.policy.config, "attention_dropout", 0.0) or any(
-                isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.policy.modules())):
+        if why is None and (
+            getattr(self.policy.config, "attention_dropout", 0.0)
+            or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.policy.modules())
+        ):
             why = "policy has dropout"
         if why is not None:
             log.info("old log-probs: recomputed by a forward pass (%s)", why)
@@ -135,10 +140,21 @@ class RLModule(L.LightningModule):
         rep = [p for p in problems for _ in range(G)]
         # under autocast (trainer.precision=bf16-mixed) the cached decode and the full forward round differently
         reuse = self.reuse_logprobs and not torch.is_autocast_enabled(self.device.type)
-        ro = sample_for_task(self.policy, self.tokenizer, self.task, rep, max_new_tokens=self.max_new_tokens,
-                             temperature=self.rcfg.temperature, top_k=self.rcfg.top_k, top_p=self.rcfg.top_p,
-                             seed=self.step_seed(), max_prompt_len=self.max_prompt_len, sampler=self.sampler,
-                             min_new_tokens=self.rcfg.min_new_tokens, return_logprobs=reuse)
+        ro = sample_for_task(
+            self.policy,
+            self.tokenizer,
+            self.task,
+            rep,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.rcfg.temperature,
+            top_k=self.rcfg.top_k,
+            top_p=self.rcfg.top_p,
+            seed=self.step_seed(),
+            max_prompt_len=self.max_prompt_len,
+            sampler=self.sampler,
+            min_new_tokens=self.rcfg.min_new_tokens,
+            return_logprobs=reuse,
+        )
         timing["gen"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -147,17 +163,24 @@ class RLModule(L.LightningModule):
         offset = self.global_rank * len(rep)
         if self.noise.needs_policy_samples:
             self.noise.prepare(problems, self.sample_initial, seed=self.cfg.seed)
-        score, noise_metrics = self.noise.apply(clean, seed=self.cfg.seed, step=self.rl_step,
-                                                group_index=group_index + self.global_rank * len(problems),
-                                                sample_offset=offset, responses=ro.texts, problems=rep)
+        score, noise_metrics = self.noise.apply(
+            clean,
+            seed=self.cfg.seed,
+            step=self.rl_step,
+            group_index=group_index + self.global_rank * len(problems),
+            sample_offset=offset,
+            responses=ro.texts,
+            problems=rep,
+        )
         score = score.to(self.device, torch.float32)
         timing["reward"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
         mask = ro.response_mask
         with torch.no_grad():
-            old_logp = ro.logprobs if ro.logprobs is not None else response_logprobs(
-                self.policy, ro, self.rcfg.temperature)[0]
+            old_logp = (
+                ro.logprobs if ro.logprobs is not None else response_logprobs(self.policy, ro, self.rcfg.temperature)[0]
+            )
             ref_logp = response_logprobs(self.reference, ro, self.rcfg.temperature)[0] if self.needs_ref else None
             old_view = self.critic_spec.view(response_values(self.critic, ro)) if self.critic is not None else None
         values = self.critic_spec.estimator_values(old_view) if old_view is not None else None
@@ -178,27 +201,29 @@ class RLModule(L.LightningModule):
         n_tokens = float(mask.sum())
         resp_len, prompt_len = mask.sum(-1), ro.prompt_lengths.float()
         timing["step"] = time.perf_counter() - t0
-        metrics.update({
-            "critic/score/mean": float(score.mean()),
-            "critic/score_clean/mean": float(clean.mean()),
-            "critic/advantages/mean": float(algos.masked_mean(adv, mask)),
-            "critic/advantages/max": float(adv[mask.bool()].max()) if n_tokens else 0.0,
-            "critic/advantages/min": float(adv[mask.bool()].min()) if n_tokens else 0.0,
-            "critic/returns/mean": float(algos.masked_mean(algos.Critic.mean_value(returns), mask)),
-            # trained tokens (a dialogue's assistant turns); clip_ratio: cut off by max_new_tokens before the end
-            "response_length/mean": float(resp_len.mean()),
-            "response_length/max": float(resp_len.max()),
-            "response_length/min": float(resp_len.min()),
-            "response_length/clip_ratio": float(ro.response_clipped.float().mean()),
-            # prompt tokens after truncation; clip_ratio: prompts that lost their first tokens to the budget
-            "prompt_length/mean": float(prompt_len.mean()),
-            "prompt_length/max": float(prompt_len.max()),
-            "prompt_length/min": float(prompt_len.min()),
-            "prompt_length/clip_ratio": float(ro.prompt_clipped.float().mean()),
-            "perf/tokens_per_s": n_tokens / timing["step"],
-            **noise_metrics,
-            **{f"timing_s/{k}": v for k, v in timing.items()},
-        })
+        metrics.update(
+            {
+                "critic/score/mean": float(score.mean()),
+                "critic/score_clean/mean": float(clean.mean()),
+                "critic/advantages/mean": float(algos.masked_mean(adv, mask)),
+                "critic/advantages/max": float(adv[mask.bool()].max()) if n_tokens else 0.0,
+                "critic/advantages/min": float(adv[mask.bool()].min()) if n_tokens else 0.0,
+                "critic/returns/mean": float(algos.masked_mean(algos.Critic.mean_value(returns), mask)),
+                # trained tokens (a dialogue's assistant turns); clip_ratio: cut off by max_new_tokens before the end
+                "response_length/mean": float(resp_len.mean()),
+                "response_length/max": float(resp_len.max()),
+                "response_length/min": float(resp_len.min()),
+                "response_length/clip_ratio": float(ro.response_clipped.float().mean()),
+                # prompt tokens after truncation; clip_ratio: prompts that lost their first tokens to the budget
+                "prompt_length/mean": float(prompt_len.mean()),
+                "prompt_length/max": float(prompt_len.max()),
+                "prompt_length/min": float(prompt_len.min()),
+                "prompt_length/clip_ratio": float(ro.prompt_clipped.float().mean()),
+                "perf/tokens_per_s": n_tokens / timing["step"],
+                **noise_metrics,
+                **{f"timing_s/{k}": v for k, v in timing.items()},
+            }
+        )
         if values is not None:
             v_mean, r_mean = algos.Critic.mean_value(values), algos.Critic.mean_value(returns)
             metrics["critic/values/mean"] = float(algos.masked_mean(v_mean, mask))
@@ -219,8 +244,10 @@ class RLModule(L.LightningModule):
         loggers = [lg for lg in self.loggers if hasattr(lg, "log_table")]
         if not loggers:
             return
-        rows = [[self.rl_step, rep[i].prompt, ro.texts[i], rep[i].answer, float(clean[i]), float(score[i])]
-                for i in range(min(n, len(ro.texts)))]
+        rows = [
+            [self.rl_step, rep[i].prompt, ro.texts[i], rep[i].answer, float(clean[i]), float(score[i])]
+            for i in range(min(n, len(ro.texts)))
+        ]
         for lg in loggers:
             lg.log_table(key="samples", columns=SAMPLE_COLUMNS, data=rows, step=self.rl_step)
 
@@ -232,10 +259,14 @@ class RLModule(L.LightningModule):
         rows = []
         for i in range(n):
             pos = ro.response_mask[i].nonzero().squeeze(-1)  # trained tokens (a dialogue's assistant turns)
-            row = {"prompt": rep[i].prompt, "answer": rep[i].answer,
-                   "tokens": [self.tokenizer.decode([t]) for t in ro.response_ids[i, pos].tolist()],
-                   "advantages": [round(float(x), 5) for x in adv[i, pos]],
-                   "reward": float(score[i]), "reward_clean": float(clean[i])}
+            row = {
+                "prompt": rep[i].prompt,
+                "answer": rep[i].answer,
+                "tokens": [self.tokenizer.decode([t]) for t in ro.response_ids[i, pos].tolist()],
+                "advantages": [round(float(x), 5) for x in adv[i, pos]],
+                "reward": float(score[i]),
+                "reward_clean": float(clean[i]),
+            }
             if mean_v is not None:
                 row["values"] = [round(float(x), 5) for x in mean_v[i, pos]]
             rows.append(row)
@@ -246,9 +277,16 @@ class RLModule(L.LightningModule):
 
     def sample_initial(self, prompts: list[str], n: int, seed: int, temperature: float) -> list[str]:
         """`n` responses per prompt (prompt-major) from the frozen initial policy: the noise's `Sampler`."""
-        return sample(self.reference, self.tokenizer, [p for p in prompts for _ in range(n)],
-                      max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed,
-                      max_prompt_len=self.max_prompt_len, sampler=self.sampler).texts
+        return sample(
+            self.reference,
+            self.tokenizer,
+            [p for p in prompts for _ in range(n)],
+            max_new_tokens=self.max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            max_prompt_len=self.max_prompt_len,
+            sampler=self.sampler,
+        ).texts
 
     def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view) -> dict[str, float]:
         """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (the PPO update as veRL
@@ -269,30 +307,53 @@ class RLModule(L.LightningModule):
                 m = mask[rows]
                 out: dict[str, torch.Tensor] = {}
                 if train_actor:
-                    logp, ent = response_logprobs(self.policy, ro, self.rcfg.temperature,
-                                                  with_entropy=True, rows=rows)
+                    logp, ent = response_logprobs(self.policy, ro, self.rcfg.temperature, with_entropy=True, rows=rows)
                     pg_loss, pg_m = algos.compute_policy_loss(
-                        logp, old_logp[rows], adv[rows], m, a.clip_ratio_low, a.clip_ratio_high,
-                        a.clip_ratio_c, a.loss_agg_mode, budget)
+                        logp,
+                        old_logp[rows],
+                        adv[rows],
+                        m,
+                        a.clip_ratio_low,
+                        a.clip_ratio_high,
+                        a.clip_ratio_c,
+                        a.loss_agg_mode,
+                        budget,
+                    )
                     entropy = algos.agg_loss(ent, m, a.loss_agg_mode, budget)
                     loss = pg_loss - a.entropy_coeff * entropy
-                    out.update({"actor/pg_loss": pg_loss, "actor/entropy": entropy,
-                                "actor/pg_clipfrac": pg_m["pg_clipfrac"], "actor/ppo_kl": pg_m["ppo_kl"],
-                                "actor/pg_clipfrac_lower": pg_m["pg_clipfrac_lower"]})
+                    out.update(
+                        {
+                            "actor/pg_loss": pg_loss,
+                            "actor/entropy": entropy,
+                            "actor/pg_clipfrac": pg_m["pg_clipfrac"],
+                            "actor/ppo_kl": pg_m["ppo_kl"],
+                            "actor/pg_clipfrac_lower": pg_m["pg_clipfrac_lower"],
+                        }
+                    )
                     if a.use_kl_loss:
-                        kl_loss = algos.agg_loss(algos.kl_penalty(logp, ref_logp[rows], a.kl_loss_type), m,
-                                                 a.loss_agg_mode, budget)
+                        kl_loss = algos.agg_loss(
+                            algos.kl_penalty(logp, ref_logp[rows], a.kl_loss_type), m, a.loss_agg_mode, budget
+                        )
                         loss = loss + a.kl_loss_coef * kl_loss
                         out["actor/kl_loss"] = kl_loss
                     self.check_finite(out, ("actor/pg_loss", "actor/kl_loss", "actor/entropy"))
                     out["actor/grad_norm"] = self.optimizer_step(actor_opt, loss, self.policy)
                 if critic_opt is not None:
                     view = self.critic_spec.view(response_values(self.critic, ro, rows=rows))
-                    vf_loss, vf_m = self.spec.critic_loss(view, old_view[rows], returns[rows], m,
-                                                          critic=self.critic_spec, config=a, loss_scale_factor=budget)
+                    vf_loss, vf_m = self.spec.critic_loss(
+                        view,
+                        old_view[rows],
+                        returns[rows],
+                        m,
+                        critic=self.critic_spec,
+                        config=a,
+                        loss_scale_factor=budget,
+                    )
                     out.update({f"critic/{k}": v for k, v in vf_m.items()})
-                    self.check_finite({"critic/vf_loss": vf_loss, **out},
-                                      ("critic/vf_loss", *(k for k in out if k.startswith("critic/loss_"))))
+                    self.check_finite(
+                        {"critic/vf_loss": vf_loss, **out},
+                        ("critic/vf_loss", *(k for k in out if k.startswith("critic/loss_"))),
+                    )
                     out["critic/grad_norm"] = self.optimizer_step(critic_opt, vf_loss, self.critic)
                 for k, val in out.items():
                     sums[k] = sums.get(k, 0.0) + float(val.detach() if torch.is_tensor(val) else val)
@@ -311,14 +372,16 @@ class RLModule(L.LightningModule):
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(
                 f"non-finite gradient norm in {type(module).__name__} at RL step {self.rl_step}; "
-                "the last good checkpoint is kept under checkpoints/; lower the learning rate")
+                "the last good checkpoint is kept under checkpoints/; lower the learning rate"
+            )
         opt.step()
         params = [p for p in module.parameters() if p.requires_grad]
         if not torch.stack(torch._foreach_norm(params)).isfinite().all():
             raise FloatingPointError(
                 f"{type(module).__name__} parameters became non-finite after the optimizer step at RL step "
                 f"{self.rl_step} (learning rate too high?); training stopped before this step was checkpointed, "
-                "the last good checkpoint is kept under checkpoints/")
+                "the last good checkpoint is kept under checkpoints/"
+            )
         return grad_norm
 
     def all_reduce_grads(self, module: torch.nn.Module) -> None:
@@ -334,7 +397,8 @@ class RLModule(L.LightningModule):
                 raise FloatingPointError(
                     f"{name} is {float(terms[name])} at RL step {self.rl_step}: training stopped before the "
                     "optimizer step; the last good checkpoint is kept under checkpoints/ (resume with "
-                    "ckpt_path=last after lowering the learning rate)")
+                    "ckpt_path=last after lowering the learning rate)"
+                )
 
     def log_rl(self, metrics: dict[str, float]) -> None:
         """Log against the RL step (Lightning's global_step counts optimizer steps of both optimizers)."""
@@ -347,8 +411,16 @@ class RLModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
         problems = [self.eval_problems[i] for i in batch.tolist()]
-        scores, texts = greedy_scores(self.policy, self.tokenizer, self.task, problems, len(problems),
-                                      self.max_new_tokens, self.max_prompt_len, sampler=self.sampler)
+        scores, texts = greedy_scores(
+            self.policy,
+            self.tokenizer,
+            self.task,
+            problems,
+            len(problems),
+            self.max_new_tokens,
+            self.max_prompt_len,
+            sampler=self.sampler,
+        )
         self._val_scores.append(scores.to(self.device))
         self._val_metrics.append(self.task.metrics(texts, problems))  # e.g. dialogue TCR/ACR/GCR
 
@@ -378,9 +450,12 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["dvpo_lab"] = {"kl_ctrl": self.kl_ctrl.state_dict(), "history": self.history,
-                                  "torch_rng": torch.get_rng_state(),
-                                  "fingerprint": self.fingerprint}  # ckpt_path refuses another config's
+        checkpoint["dvpo_lab"] = {
+            "kl_ctrl": self.kl_ctrl.state_dict(),
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "fingerprint": self.fingerprint,
+        }  # ckpt_path refuses another config's
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("dvpo_lab", {})

@@ -48,8 +48,7 @@ class DialogueRollout(Rollout):
 @lru_cache(maxsize=8)
 def _turn_end_ids(tokenizer: PreTrainedTokenizerBase, turn_end: str) -> tuple[int, ...]:
     """Ids of every token whose text contains `turn_end`, plus EOS (one pass over the vocabulary, cached)."""
-    ids = {i for tok, i in tokenizer.get_vocab().items()
-           if turn_end in tokenizer.convert_tokens_to_string([tok])}
+    ids = {i for tok, i in tokenizer.get_vocab().items() if turn_end in tokenizer.convert_tokens_to_string([tok])}
     return tuple(sorted(ids | {tokenizer.eos_token_id}))
 
 
@@ -107,8 +106,9 @@ def sample_dialogues(
     stop_ids = _turn_end_ids(tokenizer, end)
     stop_set = set(stop_ids)
     prompts = [_encode(tokenizer, p.prompt) for p in problems]
-    prompt_clipped = torch.tensor([max_prompt_len is not None and len(ids) > max_prompt_len for ids in prompts],
-                                  dtype=torch.bool)
+    prompt_clipped = torch.tensor(
+        [max_prompt_len is not None and len(ids) > max_prompt_len for ids in prompts], dtype=torch.bool
+    )
     if max_prompt_len is not None:
         prompts = [ids[-max_prompt_len:] for ids in prompts]  # keep the end, as `encode_prompts` does
         warn_prompts_truncated(int(prompt_clipped.sum()), B, max_prompt_len)
@@ -118,8 +118,14 @@ def sample_dialogues(
     logps: list[list[float]] = [[] for _ in range(B)]
     texts, turns = [""] * B, [0] * B
     active = list(range(B))
-    gen_kwargs = dict(do_sample=do_sample, use_cache=True, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=list(stop_ids), output_logits=record_logprobs, return_dict_in_generate=True)
+    gen_kwargs = dict(
+        do_sample=do_sample,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=list(stop_ids),
+        output_logits=record_logprobs,
+        return_dict_in_generate=True,
+    )
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
     else:
@@ -139,14 +145,25 @@ def sample_dialogues(
             cap = min(task.max_turn_tokens, max(max_new_tokens - len(resp[i]) for i in active))
             ids, attn = _left_pad([prompts[i] + resp[i] for i in active], tokenizer.pad_token_id)
             if fast:
-                out = decode(_decoder_of(policy), ids.to(device), attn.to(device), max_new_tokens=cap,
-                             eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
-                             temperature=temperature, top_k=top_k, top_p=top_p, return_logprobs=record_logprobs)
+                out = decode(
+                    _decoder_of(policy),
+                    ids.to(device),
+                    attn.to(device),
+                    max_new_tokens=cap,
+                    eos_token_id=stop_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                    do_sample=do_sample,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    return_logprobs=record_logprobs,
+                )
                 new = out.tokens.tolist()
                 step_logp = out.logprobs.tolist() if record_logprobs else None
             else:
-                out = policy.generate(input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=cap,
-                                      **gen_kwargs)
+                out = policy.generate(
+                    input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=cap, **gen_kwargs
+                )
                 new = out.sequences[:, ids.shape[1] :].tolist()
                 if record_logprobs:  # [cap, b, V] raw logits -> log-probs of the drawn tokens
                     step_logits = torch.stack(out.logits, 0).float() / (temperature if do_sample else 1.0)

@@ -53,10 +53,18 @@ def resolve_ckpt_path(cfg: DictConfig, out_dir: Path, fingerprint: str | None = 
     else:
         fp = fingerprint or config_fingerprint(cfg)
         root = Path(cfg.paths.log_dir) / cfg.task_name
-        runs = [p for pattern in ("runs/*/checkpoints/last.ckpt", "multiruns/*/*/checkpoints/last.ckpt")
-                for p in root.glob(pattern) if p.exists()]
-        same = [p for p in runs if (p.parents[1] / "fingerprint.txt").exists()
-                and (p.parents[1] / "fingerprint.txt").read_text().strip() == fp]
+        runs = [
+            p
+            for pattern in ("runs/*/checkpoints/last.ckpt", "multiruns/*/*/checkpoints/last.ckpt")
+            for p in root.glob(pattern)
+            if p.exists()
+        ]
+        same = [
+            p
+            for p in runs
+            if (p.parents[1] / "fingerprint.txt").exists()
+            and (p.parents[1] / "fingerprint.txt").read_text().strip() == fp
+        ]
         if not same:
             log.warning("ckpt_path=last: no earlier run of this config under %s; starting fresh", root)
             return None
@@ -68,7 +76,8 @@ def resolve_ckpt_path(cfg: DictConfig, out_dir: Path, fingerprint: str | None = 
             raise ConfigError(
                 f"ckpt_path={cfg.ckpt_path} ({found}) was written by a run of another config (fingerprint {theirs}, "
                 f"this run's {fingerprint}); resuming it would continue the wrong model: run with that run's "
-                "config, or drop ckpt_path to start fresh")
+                "config, or drop ckpt_path to start fresh"
+            )
     return found
 
 
@@ -108,8 +117,9 @@ def merge_resumed_metrics(out_dir: Path, epoch: int) -> None:
 
     seen = {kind_step(r) for r in new}
     # training rows of steps 0..epoch and evaluations up to step epoch + 1 were final when the checkpoint was cut
-    before = [r for r in old if kind_step(r) not in seen
-              and kind_step(r)[1] <= (epoch if kind_step(r)[0] else epoch + 1)]
+    before = [
+        r for r in old if kind_step(r) not in seen and kind_step(r)[1] <= (epoch if kind_step(r)[0] else epoch + 1)
+    ]
     fields = list(dict.fromkeys(old_fields + new_fields))
     tmp = cur.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
@@ -148,12 +158,14 @@ def check_run_folder(cfg: DictConfig, out_dir: Path, fingerprint: str) -> None:
     if theirs != fingerprint:
         raise FolderTaken(
             f"hydra.run.dir={out_dir} holds a run of another config (fingerprint {theirs}, this run's {fingerprint}); "
-            "keep both: choose another hydra.run.dir (hydra.sweep.dir for a sweep), or delete that folder")
+            "keep both: choose another hydra.run.dir (hydra.sweep.dir for a sweep), or delete that folder"
+        )
     if cfg.mode == "train" and (cfg.resume or cfg.ckpt_path == "last"):
         return
     raise FolderTaken(
         f"hydra.run.dir={out_dir} already holds a run of this config (fingerprint {fingerprint}); continue it "
-        "with ckpt_path=last, or choose another hydra.run.dir")
+        "with ckpt_path=last, or choose another hydra.run.dir"
+    )
 
 
 def record_run(cfg: DictConfig, out_dir: Path, fingerprint: str) -> None:

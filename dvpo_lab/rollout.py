@@ -72,8 +72,10 @@ def prompt_budget(policy: PreTrainedModel, max_new_tokens: int) -> int:
 def check_prompt_budget(max_prompt_len: int | None) -> None:
     """Raise ValueError when the prompt budget (model context - rollout.max_new_tokens) leaves no prompt token."""
     if max_prompt_len is not None and max_prompt_len <= 0:
-        raise ValueError(f"prompt budget max_prompt_len={max_prompt_len} tokens (model context - "
-                         "rollout.max_new_tokens) leaves no room for the prompt; lower rollout.max_new_tokens")
+        raise ValueError(
+            f"prompt budget max_prompt_len={max_prompt_len} tokens (model context - "
+            "rollout.max_new_tokens) leaves no room for the prompt; lower rollout.max_new_tokens"
+        )
 
 
 def warn_prompts_truncated(n_clipped: int, n_prompts: int, max_prompt_len: int) -> None:
@@ -81,10 +83,14 @@ def warn_prompts_truncated(n_clipped: int, n_prompts: int, max_prompt_len: int) 
     if n_clipped == 0 or "prompt_truncation" in _warned:
         return
     _warned.add("prompt_truncation")
-    log.warning("%d of %d prompts are longer than the prompt budget of %d tokens (model context - "
-                "rollout.max_new_tokens) and lose their first tokens; raise the model's context length or lower "
-                "rollout.max_new_tokens (logged every RL step as prompt_length/clip_ratio; warned once)",
-                n_clipped, n_prompts, max_prompt_len)
+    log.warning(
+        "%d of %d prompts are longer than the prompt budget of %d tokens (model context - "
+        "rollout.max_new_tokens) and lose their first tokens; raise the model's context length or lower "
+        "rollout.max_new_tokens (logged every RL step as prompt_length/clip_ratio; warned once)",
+        n_clipped,
+        n_prompts,
+        max_prompt_len,
+    )
 
 
 def encode_prompts(
@@ -141,9 +147,20 @@ class Sampler:
         fast sampler's only when this is None."""
         return None
 
-    def generate(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, enc: dict[str, torch.Tensor], *,
-                 max_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
-                 min_new_tokens: int, return_logprobs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def generate(
+        self,
+        policy: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        enc: dict[str, torch.Tensor],
+        *,
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_new_tokens: int,
+        return_logprobs: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample.
 
         Args:
@@ -162,10 +179,23 @@ class HFSampler(Sampler):
     def fallback_reason(self, policy: PreTrainedModel) -> str | None:
         return "rollout.sampler=hf"
 
-    def generate(self, policy, tokenizer, enc, *, max_new_tokens, do_sample, temperature, top_k, top_p,
-                 min_new_tokens, return_logprobs):
-        return _hf_generate(policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p,
-                            min_new_tokens), None
+    def generate(
+        self,
+        policy,
+        tokenizer,
+        enc,
+        *,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_k,
+        top_p,
+        min_new_tokens,
+        return_logprobs,
+    ):
+        return _hf_generate(
+            policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p, min_new_tokens
+        ), None
 
 
 class FastSampler(Sampler):
@@ -178,20 +208,51 @@ class FastSampler(Sampler):
     def fallback_reason(self, policy: PreTrainedModel) -> str | None:
         return unsupported_reason(_decoder_of(policy))
 
-    def generate(self, policy, tokenizer, enc, *, max_new_tokens, do_sample, temperature, top_k, top_p,
-                 min_new_tokens, return_logprobs):
+    def generate(
+        self,
+        policy,
+        tokenizer,
+        enc,
+        *,
+        max_new_tokens,
+        do_sample,
+        temperature,
+        top_k,
+        top_p,
+        min_new_tokens,
+        return_logprobs,
+    ):
         reason = self.fallback_reason(policy)
         if reason is not None:
             if reason not in _fallbacks_logged:
                 _fallbacks_logged.add(reason)
                 log.warning("rollout.sampler=fast falls back to model.generate: %s", reason)
-            return HFSampler().generate(policy, tokenizer, enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                        temperature=temperature, top_k=top_k, top_p=top_p,
-                                        min_new_tokens=min_new_tokens, return_logprobs=False)
-        out = decode(_decoder_of(policy), enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens,
-                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
-                     temperature=temperature, top_k=top_k, top_p=top_p, min_new_tokens=min_new_tokens,
-                     return_logprobs=return_logprobs)
+            return HFSampler().generate(
+                policy,
+                tokenizer,
+                enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                min_new_tokens=min_new_tokens,
+                return_logprobs=False,
+            )
+        out = decode(
+            _decoder_of(policy),
+            enc["input_ids"],
+            enc["attention_mask"],
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_new_tokens=min_new_tokens,
+            return_logprobs=return_logprobs,
+        )
         return out.tokens, out.logprobs
 
 
@@ -260,9 +321,18 @@ def sample(
     with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
-        response, logprobs = engine.generate(policy, tokenizer, enc, max_new_tokens=max_new_tokens,
-                                             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                                             min_new_tokens=min_new_tokens, return_logprobs=return_logprobs)
+        response, logprobs = engine.generate(
+            policy,
+            tokenizer,
+            enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_new_tokens=min_new_tokens,
+            return_logprobs=return_logprobs,
+        )
     policy.train(was_training)
     T = response.shape[1]
     is_eos = response == tokenizer.eos_token_id
@@ -285,11 +355,17 @@ def sample(
     )
 
 
-def _hf_generate(policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p,
-                 min_new_tokens) -> torch.Tensor:
+def _hf_generate(
+    policy, tokenizer, enc, max_new_tokens, do_sample, temperature, top_k, top_p, min_new_tokens
+) -> torch.Tensor:
     """`model.generate` on the left-padded prompts; the response tokens `[B, T]`."""
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     if min_new_tokens:
         gen_kwargs["min_new_tokens"] = min_new_tokens
     if do_sample:
@@ -313,13 +389,17 @@ def response_logprobs(
     before them: only those `T + 1` positions' logits are computed (`logits_to_keep`).
     """
     T = rollout.response_len
-    logits = model(
-        input_ids=rollout.input_ids[rows],
-        attention_mask=rollout.attention_mask[rows],
-        position_ids=rollout.position_ids[rows],
-        use_cache=False,
-        logits_to_keep=T + 1,
-    ).logits[:, :-1].float()
+    logits = (
+        model(
+            input_ids=rollout.input_ids[rows],
+            attention_mask=rollout.attention_mask[rows],
+            position_ids=rollout.position_ids[rows],
+            use_cache=False,
+            logits_to_keep=T + 1,
+        )
+        .logits[:, :-1]
+        .float()
+    )
     if temperature != 1.0:
         logits = logits / temperature
     logp = torch.gather(F.log_softmax(logits, -1), 2, rollout.response_ids[rows].unsqueeze(-1)).squeeze(-1)
@@ -331,7 +411,5 @@ def response_values(critic, rollout: Rollout, rows: torch.Tensor | slice = slice
     """Critic outputs `[b, T, n_out]` aligned with the response tokens: V(s_t) is read at the position
     whose logits produce y_t (the last token of s_t), as veRL does."""
     T = rollout.response_len
-    v = critic(
-        rollout.input_ids[rows], rollout.attention_mask[rows], rollout.position_ids[rows], num_positions=T + 1
-    )
+    v = critic(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.position_ids[rows], num_positions=T + 1)
     return v[:, :-1]

@@ -68,8 +68,10 @@ def make_noise(cfg: DictConfig, task=None):
     spec = {k: v for k, v in OmegaConf.to_container(cfg.noise, resolve=True).items() if k != "name"}
     target = hydra.utils.get_object(spec["_target_"])
     if getattr(target, "needs_binary_scores", True) and cfg.task.get("reward", "tcr") == "gcr":
-        raise ConfigError(f"noise={cfg.noise.name} flips a binary reward but task.reward=gcr is a fraction; "
-                          "use task.reward=tcr or noise=none")
+        raise ConfigError(
+            f"noise={cfg.noise.name} flips a binary reward but task.reward=gcr is a fraction; "
+            "use task.reward=tcr or noise=none"
+        )
     if "task" in spec:
         raise ConfigError("noise.task is not a config key: the run passes its own task to the noise; drop it")
     extra = {"task": task} if "task" in inspect.signature(target).parameters else {}
@@ -245,9 +247,14 @@ def run(cfg: DictConfig) -> float | None:
     dm = RLDataModule(len(module.eval_problems), cfg.rollout.eval_batch_size)
     loggers = build_loggers(cfg, out_dir)  # csv/metrics.csv always; W&B: this job's own run, config, id
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                      max_epochs=cfg.total_steps, check_val_every_n_epoch=cfg.eval_every,
-                                      _convert_="partial")
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        max_epochs=cfg.total_steps,
+        check_val_every_n_epoch=cfg.eval_every,
+        _convert_="partial",
+    )
     if cfg.mode == "eval":
         ckpt = resolve_ckpt_path(cfg, out_dir)
         trainer.validate(module, dm, ckpt_path=ckpt, verbose=False)
@@ -272,21 +279,34 @@ def summarize(cfg: DictConfig, module: RLModule, out_dir: Path) -> float:
     hist = module.history
     initial = hist[0]["val/acc"] if hist and hist[0]["step"] == 0 else math.nan
     final = hist[-1]["val/acc"] if hist else math.nan
-    summary = {"algo": cfg.algo.name, "task": cfg.task.name, "noise": cfg.noise.name, "seed": cfg.seed,
-               "total_steps": cfg.total_steps, "initial/val_acc": initial, "final/val_acc": final,
-               "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan),
-               "best/step": best_step(hist), "history": hist}
+    summary = {
+        "algo": cfg.algo.name,
+        "task": cfg.task.name,
+        "noise": cfg.noise.name,
+        "seed": cfg.seed,
+        "total_steps": cfg.total_steps,
+        "initial/val_acc": initial,
+        "final/val_acc": final,
+        "best/val_acc": max((h["val/acc"] for h in hist), default=math.nan),
+        "best/step": best_step(hist),
+        "history": hist,
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log_summary(module.loggers, summary)
     if module.trainer.is_global_zero:
         w = 26
-        lines = ["", f"{'run':<{w}}{cfg.algo.name} | task={cfg.task.name} | noise={cfg.noise.name} | seed={cfg.seed}",
-                 f"{'clean greedy accuracy':<{w}}initial {initial:6.1%}  ->  final {final:6.1%}  "
-                 f"({100 * (final - initial):+.1f} points)",
-                 f"{'RL steps':<{w}}{cfg.total_steps}", f"{'run folder':<{w}}{out_dir}"]
+        lines = [
+            "",
+            f"{'run':<{w}}{cfg.algo.name} | task={cfg.task.name} | noise={cfg.noise.name} | seed={cfg.seed}",
+            f"{'clean greedy accuracy':<{w}}initial {initial:6.1%}  ->  final {final:6.1%}  "
+            f"({100 * (final - initial):+.1f} points)",
+            f"{'RL steps':<{w}}{cfg.total_steps}",
+            f"{'run folder':<{w}}{out_dir}",
+        ]
         if (out_dir / "hf" / "final").is_dir():
-            lines.append(f"{'Hugging Face folders':<{w}}hf/final" + (" hf/best" if (out_dir / "hf" / "best").is_dir()
-                                                                        else ""))
+            lines.append(
+                f"{'Hugging Face folders':<{w}}hf/final" + (" hf/best" if (out_dir / "hf" / "best").is_dir() else "")
+            )
         lines.append("")
         log.info("\n".join(lines))
     return summary_metric(cfg, summary)

@@ -62,8 +62,9 @@ def warm_start_key(cfg: DictConfig) -> str:
     return f"{cfg.task.name}-{cfg.model.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-def _encode_demos(tokenizer, task: Task, demos: list[Problem],
-                  context: int | None = None) -> list[tuple[list[int], list[int]]]:
+def _encode_demos(
+    tokenizer, task: Task, demos: list[Problem], context: int | None = None
+) -> list[tuple[list[int], list[int]]]:
     """(token ids, loss mask) per demonstration: the loss covers the response (a multi-turn task's
     assistant turns only, not the simulated user's).
 
@@ -79,12 +80,16 @@ def _encode_demos(tokenizer, task: Task, demos: list[Problem],
         if context is not None and len(prompt) + len(resp) > context:
             cut += 1
             resp = resp[:context]
-            prompt = prompt[len(prompt) - (context - len(resp)):] if context > len(resp) else []
+            prompt = prompt[len(prompt) - (context - len(resp)) :] if context > len(resp) else []
         out.append((prompt + resp, [0] * len(prompt) + [1] * len(resp)))
     if cut:
-        log.warning("warm-start: %d of %d demonstrations exceed the model's %d-token context and were cut "
-                    "(prompt start first); use a model with a longer context or shorter demonstrations",
-                    cut, len(demos), context)
+        log.warning(
+            "warm-start: %d of %d demonstrations exceed the model's %d-token context and were cut "
+            "(prompt start first); use a model with a longer context or shorter demonstrations",
+            cut,
+            len(demos),
+            context,
+        )
     return out
 
 
@@ -133,9 +138,15 @@ class SFTModule(L.LightningModule):
     def accuracy(self) -> float:
         # the RL run's budgets, so this accuracy and RL step-0 val/acc see the same (possibly truncated) prompts
         max_new_tokens = self.cfg.rollout.max_new_tokens or self.task.max_response_len
-        scores, _ = greedy_scores(self.policy, self.tokenizer, self.task, self.eval_problems, batch_size=256,
-                                  max_new_tokens=max_new_tokens,
-                                  max_prompt_len=prompt_budget(self.policy, max_new_tokens))
+        scores, _ = greedy_scores(
+            self.policy,
+            self.tokenizer,
+            self.task,
+            self.eval_problems,
+            batch_size=256,
+            max_new_tokens=max_new_tokens,
+            max_prompt_len=prompt_budget(self.policy, max_new_tokens),
+        )
         return float(scores.mean()) if len(scores) else float("nan")
 
     def configure_optimizers(self):
@@ -161,20 +172,31 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         policy = build_policy(cfg.model, tokenizer)
         demos = [p for p in task.sft_problems() if p.solution]
         if not demos:
-            raise ConfigError(f"task {cfg.task.name!r} has no demonstrations for the warm-start (no problem has a "
-                              "solution); set model.warm_start=false")
+            raise ConfigError(
+                f"task {cfg.task.name!r} has no demonstrations for the warm-start (no problem has a "
+                "solution); set model.warm_start=false"
+            )
         gen = torch.Generator().manual_seed(cfg.sft.seed)
         loader = DataLoader(
             _encode_demos(tokenizer, task, demos, getattr(policy.config, "max_position_embeddings", None)),
             batch_size=batch_size,
-            sampler=RandomSampler(range(len(demos)), replacement=True,
-                                  num_samples=max_steps * batch_size, generator=gen),
+            sampler=RandomSampler(
+                range(len(demos)), replacement=True, num_samples=max_steps * batch_size, generator=gen
+            ),
             collate_fn=_collate(tokenizer.pad_token_id),
         )
         module = SFTModule(policy, tokenizer, task, cfg, max_steps)
-        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu" if cfg.trainer.accelerator == "cpu" else "auto",
-                            devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                            gradient_clip_val=1.0, callbacks=[sft_progress(cfg)], num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            accelerator="cpu" if cfg.trainer.accelerator == "cpu" else "auto",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            gradient_clip_val=1.0,
+            callbacks=[sft_progress(cfg)],
+            num_sanity_val_steps=0,
+        )
         t0 = time.perf_counter()
         L.seed_everything(cfg.sft.seed, verbose=False)
         trainer.fit(module, train_dataloaders=loader)
@@ -183,10 +205,16 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         tmp = folder.with_name(folder.name + ".tmp")
         savable(policy).save_pretrained(tmp)  # LoRA adapters merged into a plain model
         tokenizer.save_pretrained(tmp)
-        info = {"acc": module.last_acc, "steps": trainer.global_step, "seconds": time.perf_counter() - t0,
-                "demos": len(demos), "curve": module.curve}
+        info = {
+            "acc": module.last_acc,
+            "steps": trainer.global_step,
+            "seconds": time.perf_counter() - t0,
+            "demos": len(demos),
+            "curve": module.curve,
+        }
         (tmp / "warmstart.json").write_text(json.dumps(info, indent=1))
         tmp.rename(folder)
-        log.info("warm-start: acc %.3f after %d steps, %.0f s -> %s", info["acc"], info["steps"],
-                 info["seconds"], folder)
+        log.info(
+            "warm-start: acc %.3f after %d steps, %.0f s -> %s", info["acc"], info["steps"], info["seconds"], folder
+        )
         return folder

@@ -41,8 +41,9 @@ def render(dumps: list[dict], labels: list[str], out: Path, max_tokens: int = 48
     """Write `out`.png (heatmaps side by side) and `out`.html; returns both paths."""
     n_rows = max(len(d["responses"]) for d in dumps)
     width = min(max_tokens, max(len(r["tokens"]) for d in dumps for r in d["responses"]))
-    fig, axes = plt.subplots(1, len(dumps), figsize=(0.32 * width * len(dumps) + 1.5, 0.45 * n_rows + 1.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(dumps), figsize=(0.32 * width * len(dumps) + 1.5, 0.45 * n_rows + 1.2), squeeze=False
+    )
     for ax, dump, label in zip(axes[0], dumps, labels, strict=True):
         grid = np.full((n_rows, width), np.nan)
         for i, r in enumerate(dump["responses"]):
@@ -53,8 +54,11 @@ def render(dumps: list[dict], labels: list[str], out: Path, max_tokens: int = 48
         for i, r in enumerate(dump["responses"]):
             for j, tok in enumerate(r["tokens"][:width]):
                 ax.text(j, i, tok.replace("\n", "⏎") or "·", ha="center", va="center", fontsize=7)
-        ax.set_yticks(range(len(dump["responses"])),
-                      [f"R={r['reward']:.0f} clean={r['reward_clean']:.0f}" for r in dump["responses"]], fontsize=7)
+        ax.set_yticks(
+            range(len(dump["responses"])),
+            [f"R={r['reward']:.0f} clean={r['reward_clean']:.0f}" for r in dump["responses"]],
+            fontsize=7,
+        )
         ax.set_xticks([])
         ax.set_title(f"{label}: {dump['algo']} step {dump['step']} (|A| max {lim:.2f})", fontsize=9)
     fig.tight_layout()
@@ -72,8 +76,10 @@ def render(dumps: list[dict], labels: list[str], out: Path, max_tokens: int = 48
                 x = max(-1.0, min(1.0, a / lim))
                 color = f"rgba(33,102,172,{x:.2f})" if x > 0 else f"rgba(178,24,43,{-x:.2f})"
                 cells.append(f"<span title='A={a:.3f}' style='background:{color}'>{html.escape(tok)}</span>")
-            parts.append(f"<div>{html.escape(r['prompt'])} | R={r['reward']:.0f} "
-                         f"(clean {r['reward_clean']:.0f}): {''.join(cells)}</div>")
+            parts.append(
+                f"<div>{html.escape(r['prompt'])} | R={r['reward']:.0f} "
+                f"(clean {r['reward_clean']:.0f}): {''.join(cells)}</div>"
+            )
     parts.append("</body></html>")
     page = out.with_suffix(".html")
     page.write_text("\n".join(parts))

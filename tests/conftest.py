@@ -26,8 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 register_configs()
 
 
-def compose_cfg(overrides: list[str] | None = None, out_dir: Path | None = None,
-                cache_dir: Path | None = None) -> DictConfig:
+def compose_cfg(
+    overrides: list[str] | None = None, out_dir: Path | None = None, cache_dir: Path | None = None
+) -> DictConfig:
     """`compose_config` with the run's log and cache folders under the test's own tmp_path."""
     cfg = compose_config(list(overrides or []), out_dir or ROOT / "outputs" / "unused")
     if out_dir is not None:
@@ -54,10 +55,17 @@ def smoke_cfg(tmp_path, cache_dir):
     return make
 
 
-def run_cli(args: list[str], tmp_path: Path, cache_dir: Path | None = None, timeout: float = 300,
-            **popen) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], tmp_path: Path, cache_dir: Path | None = None, timeout: float = 300, **popen
+) -> subprocess.CompletedProcess:
     """`python -m dvpo_lab ARGS` in a subprocess, outputs under tmp_path."""
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "dvpo_lab", f"paths.log_dir={tmp_path}",
-           f"paths.cache_dir={cache_dir or tmp_path / 'cache'}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvpo_lab",
+        f"paths.log_dir={tmp_path}",
+        f"paths.cache_dir={cache_dir or tmp_path / 'cache'}",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)

@@ -55,9 +55,12 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def _steps(run_dir: Path) -> dict[int, dict[str, str]]:
     with (run_dir / "csv" / "metrics.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r.get("training/step")]
-    return {int(float(r["training/step"])): {k: v for k, v in r.items()
-                                             if v != "" and not k.startswith(("timing_s/", "perf/"))}
-            for r in rows}
+    return {
+        int(float(r["training/step"])): {
+            k: v for k, v in r.items() if v != "" and not k.startswith(("timing_s/", "perf/"))
+        }
+        for r in rows
+    }
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
@@ -70,8 +73,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     run_dir = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "dvpo_lab", f"paths.log_dir={tmp_path}", f"paths.cache_dir={cache}", *args,
-           "task_name=killed", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvpo_lab",
+        f"paths.log_dir={tmp_path}",
+        f"paths.cache_dir={cache}",
+        *args,
+        "task_name=killed",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
@@ -105,8 +116,18 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     """trainer=ddp on CPU (gloo), 2 ranks: each samples its own rollouts; the run finishes and evaluates."""
-    proc = run_cli([*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "algo=ppo",
-                    f"hydra.run.dir={tmp_path}/ddp"], tmp_path, timeout=600)
+    proc = run_cli(
+        [
+            *SMOKE,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "algo=ppo",
+            f"hydra.run.dir={tmp_path}/ddp",
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["history"][-1]["step"] == summary["total_steps"]

@@ -37,8 +37,11 @@ def walk(combos: list[tuple[str, ...]]) -> None:
             with open_dict(cfg):
                 cfg.hydra.runtime.output_dir = "outputs/x"
             HydraConfig().set_config(cfg)
-            resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
-                        else cfg[k] for k in cfg if k != "hydra"}
+            resolved = {
+                k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in cfg
+                if k != "hydra"
+            }
             assert resolved["noise"]["name"] == combo[2], overrides
             choices, task_overrides = dict(cfg.hydra.runtime.choices), list(cfg.hydra.overrides.task)
             if combo[6].startswith(("ablation_", "quantiles_")) and combo[0] != "dvpo":
@@ -85,9 +88,18 @@ def test_default_is_dvpo_on_the_offline_testbed():
     assert (critic.kind, critic.n_heads, critic.n_quantiles) == ("quantile", 3, 200)
 
 
-@pytest.mark.parametrize(("algo", "critic"), [("dvpo", "quantile"), ("ppo", "scalar"), ("rbppo", "ensemble"),
-                                              ("grpo", "none"), ("dr_grpo", "none"), ("rloo", "none"),
-                                              ("reinforce_pp", "none")])
+@pytest.mark.parametrize(
+    ("algo", "critic"),
+    [
+        ("dvpo", "quantile"),
+        ("ppo", "scalar"),
+        ("rbppo", "ensemble"),
+        ("grpo", "none"),
+        ("dr_grpo", "none"),
+        ("rloo", "none"),
+        ("reinforce_pp", "none"),
+    ],
+)
 def test_each_algo_picks_its_critic(algo, critic):
     cfg = compose_cfg([f"algo={algo}"])
     assert algos.critic_from(cfg.critic).kind == critic == algos.get_algo(cfg.algo.adv_estimator).critic
@@ -116,7 +128,8 @@ def test_misspelt_key_in_yaml_file_is_caught(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
     (conf / "algo" / "typo.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - ppo\n  - _self_\nalgo:\n  name: typo\n  lamda: 0.9\n")
+        "# @package _global_\ndefaults:\n  - ppo\n  - _self_\nalgo:\n  name: typo\n  lamda: 0.9\n"
+    )
     GlobalHydra.instance().clear()
     with pytest.raises(ConfigCompositionException) as e, initialize_config_dir(str(conf), version_base="1.3"):
         compose("config", overrides=["algo=typo"])
@@ -137,12 +150,15 @@ def test_unknown_option_lists_choices():
     assert "ppoo" in msg and "ppo" in msg and "grpo" in msg
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["rollout.minibatch_size=5"], ["minibatch_size=5", "divide"]),
-    (["rollout.prompts_per_step=0"], ["prompts_per_step=0"]),
-    (["algo=grpo", "rollout.samples_per_prompt=1", "rollout.minibatch_size=1"], ["samples_per_prompt"]),
-    (["algo=rloo", "rollout.samples_per_prompt=1", "rollout.minibatch_size=1"], ["samples_per_prompt"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["rollout.minibatch_size=5"], ["minibatch_size=5", "divide"]),
+        (["rollout.prompts_per_step=0"], ["prompts_per_step=0"]),
+        (["algo=grpo", "rollout.samples_per_prompt=1", "rollout.minibatch_size=1"], ["samples_per_prompt"]),
+        (["algo=rloo", "rollout.samples_per_prompt=1", "rollout.minibatch_size=1"], ["samples_per_prompt"]),
+    ],
+)
 def test_impossible_batch_sizes(overrides, words):
     cfg = compose_cfg(overrides)
     with pytest.raises(ConfigError) as e:
@@ -151,21 +167,24 @@ def test_impossible_batch_sizes(overrides, words):
         assert w in str(e.value)
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["algo=dvpo", "critic=scalar"], ["algo=dvpo", "'quantile'", "critic=scalar"]),
-    (["algo=ppo", "critic=quantile"], ["algo=ppo", "'scalar'"]),
-    (["algo=grpo", "critic=scalar"], ["'none'"]),
-    (["critic.tau_grid=edges"], ["critic.tau_grid", "mid", "paper"]),
-    (["critic.monotone=isotonic"], ["critic.monotone", "cumsoftplus"]),
-    (["algo.dist.actor_advantage=median"], ["algo.dist.actor_advantage", "cvar", "wang"]),
-    (["algo.dist.kappa=-1"], ["algo.dist.kappa"]),
-    (["algo.dist.tail_alpha=0"], ["algo.dist.tail_alpha"]),
-    (["algo.dist.value_clip=both"], ["algo.dist.value_clip"]),
-    (["algo=rbppo", "critic.head_init_std=0"], ["critic.head_init_std=0", "stay equal"]),
-    (["algo=rbppo", "algo.robust.v_lo=min"], ["algo.robust.v_lo", "batch_min"]),
-    (["critic.n_quantiles=0"], ["critic.n_quantiles=0"]),
-    (["algo.adv_estimator=vtrace"], ["vtrace", "dist_gae"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["algo=dvpo", "critic=scalar"], ["algo=dvpo", "'quantile'", "critic=scalar"]),
+        (["algo=ppo", "critic=quantile"], ["algo=ppo", "'scalar'"]),
+        (["algo=grpo", "critic=scalar"], ["'none'"]),
+        (["critic.tau_grid=edges"], ["critic.tau_grid", "mid", "paper"]),
+        (["critic.monotone=isotonic"], ["critic.monotone", "cumsoftplus"]),
+        (["algo.dist.actor_advantage=median"], ["algo.dist.actor_advantage", "cvar", "wang"]),
+        (["algo.dist.kappa=-1"], ["algo.dist.kappa"]),
+        (["algo.dist.tail_alpha=0"], ["algo.dist.tail_alpha"]),
+        (["algo.dist.value_clip=both"], ["algo.dist.value_clip"]),
+        (["algo=rbppo", "critic.head_init_std=0"], ["critic.head_init_std=0", "stay equal"]),
+        (["algo=rbppo", "algo.robust.v_lo=min"], ["algo.robust.v_lo", "batch_min"]),
+        (["critic.n_quantiles=0"], ["critic.n_quantiles=0"]),
+        (["algo.adv_estimator=vtrace"], ["vtrace", "dist_gae"]),
+    ],
+)
 def test_algorithm_and_critic_mismatches_fail_with_the_fix(overrides, words):
     from hydra.errors import ConfigCompositionException
 
@@ -178,9 +197,14 @@ def test_algorithm_and_critic_mismatches_fail_with_the_fix(overrides, words):
         assert w in one_line(e.value), one_line(e.value)
 
 
-@pytest.mark.parametrize(("override", "hint"), [
-    ("noise.pp=0.3", "noise.p"), ("critic.n_quantile=3", "critic.n_quantiles"),
-    ("trainer.max_epoch=3", "trainer.max_epochs")])
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        ("noise.pp=0.3", "noise.p"),
+        ("critic.n_quantile=3", "critic.n_quantiles"),
+        ("trainer.max_epoch=3", "trainer.max_epochs"),
+    ],
+)
 def test_a_misspelt_argument_of_a_target_node_gets_the_closest_spelling(override, hint):
     import dvpo_lab
 

@@ -48,9 +48,16 @@ def tiny(tokenizer):
 
 
 def _random_model(kind: str, tokenizer):
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     if kind == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=4, **common)).eval()
@@ -128,8 +135,9 @@ def test_sampler_logprobs_equal_scoring_pass(tiny, tokenizer, temperature):
 
 
 def test_unsupported_models_fall_back_to_generate(tiny, tokenizer):
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2,
-                                      pad_token_id=tokenizer.pad_token_id)).eval()
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, pad_token_id=tokenizer.pad_token_id)
+    ).eval()
     assert "GPT2LMHeadModel" in unsupported_reason(gpt2)
     ro = sample(gpt2, tokenizer, PROMPTS[:2], max_new_tokens=4, seed=0, return_logprobs=True)
     assert ro.logprobs is None and ro.response_ids.shape == (2, 4)
@@ -167,8 +175,10 @@ def test_training_step_is_the_same_with_either_sampler(smoke_cfg, algo):
     from tests.test_train import read_metrics, training_rows
 
     steps = {}
-    for name, overrides in (("hf", ["rollout.sampler=hf", "rollout.reuse_sampler_logprobs=false"]),
-                            ("fast", ["rollout.sampler=fast", "rollout.reuse_sampler_logprobs=true"])):
+    for name, overrides in (
+        ("hf", ["rollout.sampler=hf", "rollout.reuse_sampler_logprobs=false"]),
+        ("fast", ["rollout.sampler=fast", "rollout.reuse_sampler_logprobs=true"]),
+    ):
         cfg = smoke_cfg(f"algo={algo}", "total_steps=1", "eval_every=1", *overrides, name=name)
         run(cfg)
         steps[name] = training_rows(read_metrics(Path(cfg.paths.output_dir)))[0]
@@ -197,7 +207,13 @@ def test_bf16_autocast_recomputes_old_logprobs(smoke_cfg, monkeypatch):
     monkeypatch.setattr(module_mod, "response_logprobs", spy)
     for precision in ("32-true", "bf16-mixed"):
         scored.clear()
-        cfg = smoke_cfg("algo=grpo", "algo.use_kl_loss=false", "total_steps=1", "eval_every=2",
-                        f"trainer.precision={precision}", name=precision)
+        cfg = smoke_cfg(
+            "algo=grpo",
+            "algo.use_kl_loss=false",
+            "total_steps=1",
+            "eval_every=2",
+            f"trainer.precision={precision}",
+            name=precision,
+        )
         run(cfg)
         assert scored == ([True] if precision == "bf16-mixed" else []), precision

@@ -32,8 +32,11 @@ def restated(node: DictConfig, path: str) -> list[str]:
             if isinstance(schema, DictConfig) and OmegaConf.get_type(schema) is not dict:  # a typed sub-node
                 out += restated(node[key], f"{full}.")
             continue
-        if OmegaConf.is_missing(SCHEMA, full) if OmegaConf.select(SCHEMA, full.rpartition(".")[0] or "",
-                                                                    default=None) is not None else False:
+        if (
+            OmegaConf.is_missing(SCHEMA, full)
+            if OmegaConf.select(SCHEMA, full.rpartition(".")[0] or "", default=None) is not None
+            else False
+        ):
             continue
         if schema is not None and not isinstance(schema, DictConfig) and value == schema:
             out.append(f"{full}={value}")
@@ -60,14 +63,20 @@ def test_no_option_restates_a_schema_default(path: Path, prefix: str):
 TARGET_GROUPS = ("critic",)
 
 
-@pytest.mark.parametrize("path", [f for g in TARGET_GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))],
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path",
+    [f for g in TARGET_GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
 def test_target_options_hold_every_argument(path: Path):
     """A `_target_` option lists every constructor argument, and the constructor gives none a default: the YAML
     value is the only one, and every argument can be overridden from the command line (`critic.n_quantiles=50`)."""
     node = OmegaConf.load(path)
-    params = {k: p for k, p in inspect.signature(get_object(node._target_)).parameters.items()
-              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    params = {
+        k: p
+        for k, p in inspect.signature(get_object(node._target_)).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
     assert set(params) == {k for k in node if not str(k).startswith("_")}, path.name
     assert all(p.default is inspect.Parameter.empty for p in params.values()), path.name
 

@@ -16,9 +16,16 @@ DOMAINS = ("life", "transport", "health", "social", "finance")
 
 @pytest.mark.parametrize("algo", ["dvpo", "ppo", "grpo"])
 def test_dialogue_smoke_run_logs_tcr_acr_gcr(smoke_cfg, algo):
-    cfg = smoke_cfg(f"algo={algo}", "task=dialogue", "noise=flip0.2", "task.n_test=10", "task.n_sft=32",
-                    *(["critic.n_quantiles=16"] if algo == "dvpo" else []),
-                    "rollout.eval_limit=10", "rollout.eval_batch_size=5")
+    cfg = smoke_cfg(
+        f"algo={algo}",
+        "task=dialogue",
+        "noise=flip0.2",
+        "task.n_test=10",
+        "task.n_sft=32",
+        *(["critic.n_quantiles=16"] if algo == "dvpo" else []),
+        "rollout.eval_limit=10",
+        "rollout.eval_batch_size=5",
+    )
     run(cfg)
     out = Path(cfg.paths.output_dir)
     summary = json.loads((out / "summary.json").read_text())

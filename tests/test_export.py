@@ -48,8 +48,11 @@ print(json.dumps({"texts": texts, "dvpo_lab": sorted(m for m in sys.modules if m
 
 def train_smoke(out: Path, cache_dir: Path, *overrides: str):
     """A smoke run (as the `smoke_cfg` fixture composes it) evaluated after every RL step, all checkpoints kept."""
-    cfg = compose_cfg(["debug=smoke", "logger=csv", "eval_every=1", "callbacks.model_checkpoint.save_top_k=-1",
-                       *overrides], out, cache_dir)
+    cfg = compose_cfg(
+        ["debug=smoke", "logger=csv", "eval_every=1", "callbacks.model_checkpoint.save_top_k=-1", *overrides],
+        out,
+        cache_dir,
+    )
     run(cfg)
     return cfg
 
@@ -69,7 +72,7 @@ def run_policy(cfg, ckpt: Path):
     tokenizer = build_tokenizer(cfg.model)
     policy = build_policy(cfg.model, tokenizer, warm_dir(cfg))
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    policy.load_state_dict({k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")})
+    policy.load_state_dict({k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")})
     return policy.eval(), tokenizer, state
 
 
@@ -77,7 +80,7 @@ def run_critic_values(cfg, policy, state, tokenizer):
     """(the run's critic at `state`, token ids, mask, its values `[B, L, ...]` read as the run reads them)."""
     spec = algos.critic_from(cfg.critic)
     critic = build_critic(policy, spec.n_out, spec.head_init_std)
-    critic.load_state_dict({k[len("critic."):]: v for k, v in state.items() if k.startswith("critic.")})
+    critic.load_state_dict({k[len("critic.") :]: v for k, v in state.items() if k.startswith("critic.")})
     enc = tokenizer(["12+34=", "905+17=1"], return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     with torch.no_grad():
@@ -97,8 +100,13 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 def hf_generate(folders: list[Path], prompts: list[str], max_new_tokens: int, cwd: Path) -> list[list[str]]:
     """Greedy texts of each export folder, from a fresh interpreter that loads them with transformers alone."""
-    r = subprocess.run([sys.executable, "-c", HF_GENERATE, json.dumps(prompts), str(max_new_tokens),
-                        *map(str, folders)], cwd=cwd, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, "-c", HF_GENERATE, json.dumps(prompts), str(max_new_tokens), *map(str, folders)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["dvpo_lab"] == [], f"loading the export imported {result['dvpo_lab']}"
@@ -133,8 +141,11 @@ def test_best_export_is_the_policy_of_the_best_evaluation(trained):
     info = json.loads((out / "hf" / "best" / "export.json").read_text())
     assert info["step"] == step and info["val/acc"] == summary["best/val_acc"]
     # the state after `step` RL steps: the warm-start, or the checkpoint of step index step - 1
-    expected = (state_of(Path(warm_dir(cfg))) if step == 0 else
-                run_policy(cfg, out / "checkpoints" / f"epoch_{step - 1}.ckpt")[0].state_dict())
+    expected = (
+        state_of(Path(warm_dir(cfg)))
+        if step == 0
+        else run_policy(cfg, out / "checkpoints" / f"epoch_{step - 1}.ckpt")[0].state_dict()
+    )
     assert_same_weights(state_of(out / "hf" / "best"), expected)
     if step != cfg.total_steps:  # later evaluations that did not beat it left it alone
         assert not all(torch.equal(v, expected[k]) for k, v in state_of(out / "hf" / "final").items())
@@ -143,8 +154,13 @@ def test_best_export_is_the_policy_of_the_best_evaluation(trained):
 def test_export_cli_on_last_ckpt_gives_the_final_weights_and_the_runs_critic(trained, tmp_path):
     cfg, out = trained
     dest = tmp_path / "exported"
-    r = subprocess.run([sys.executable, "-m", "dvpo_lab.export", str(out / "checkpoints" / "last.ckpt"), str(dest),
-                        "--critic"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [sys.executable, "-m", "dvpo_lab.export", str(out / "checkpoints" / "last.ckpt"), str(dest), "--critic"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_weights(state_of(dest), state_of(out / "hf" / "final"))
     assert json.loads((dest / "export.json").read_text())["step"] == cfg.total_steps
@@ -192,8 +208,13 @@ def test_export_settings_are_checked_at_start():
 
 
 def test_best_step_is_the_first_highest_finite_accuracy():
-    h = [{"step": 0, "val/acc": 0.25}, {"step": 2, "val/acc": float("nan")}, {"step": 4, "val/acc": 0.5},
-         {"step": 6, "val/acc": 0.5}, {"step": 8, "val/acc": 0.375}]
+    h = [
+        {"step": 0, "val/acc": 0.25},
+        {"step": 2, "val/acc": float("nan")},
+        {"step": 4, "val/acc": 0.5},
+        {"step": 6, "val/acc": 0.5},
+        {"step": 8, "val/acc": 0.375},
+    ]
     assert best_step(h) == 4  # a later equal accuracy does not replace it
     assert [best_step(h[: i + 1]) for i in range(len(h))] == [0, 0, 4, 4, 4]  # as training sees it, row by row
     assert best_step([{"step": 0, "val/acc": float("nan")}]) is None and best_step([]) is None

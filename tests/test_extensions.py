@@ -16,7 +16,7 @@ from dvpo_lab.extensions import import_extra_modules
 
 # The two files a user writes for a new algorithm (counted in the README): REINFORCE++ with a group baseline
 # (veRL's `reinforce_plus_plus_baseline`): subtract the group's mean score, then whiten over the batch.
-MY_ALGO = '''
+MY_ALGO = """
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +39,8 @@ def rpp_baseline(token_rewards, mask, *, values, group_index, config):
     if config.params.marker:
         open(config.params.marker, "a").write("called\\n")
     return adv, adv
-'''
-MY_YAML = '''# @package _global_
+"""
+MY_YAML = """# @package _global_
 # REINFORCE++-baseline: my_algo.py
 defaults:
   - override /critic: none
@@ -56,7 +56,7 @@ algo:
   params: # every key, so that each can be overridden (algo.params.whiten=false); types: RppBaselineConfig
     whiten: true
     marker: ""
-'''
+"""
 
 
 @pytest.fixture
@@ -69,8 +69,17 @@ def user_folder(tmp_path: Path) -> Path:
 
 
 def run(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "dvpo_lab", "debug=smoke", "logger=csv", "callbacks=none",
-           f"hydra.searchpath=[file://{folder / 'conf'}]", f"hydra.run.dir={folder / 'run'}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvpo_lab",
+        "debug=smoke",
+        "logger=csv",
+        "callbacks=none",
+        f"hydra.searchpath=[file://{folder / 'conf'}]",
+        f"hydra.run.dir={folder / 'run'}",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600)
 
 
@@ -101,9 +110,11 @@ def test_extra_modules_errors_name_the_entry_and_the_fix(tmp_path: Path, monkeyp
         import_extra_modules(["no_such_module_xyz"])
     with pytest.raises(ConfigError, match=r"not a \.py file"):
         import_extra_modules([str(tmp_path / "missing.py")])
-    (tmp_path / "user_mod_abc.py").write_text(textwrap.dedent("""
+    (tmp_path / "user_mod_abc.py").write_text(
+        textwrap.dedent("""
         VALUE = 41
-    """))
+    """)
+    )
     mod, again = import_extra_modules(["user_mod_abc.py"]) + import_extra_modules([str(tmp_path / "user_mod_abc.py")])
     assert mod is again and mod.VALUE == 41  # imported once, by path or again
     sys.modules.pop("user_mod_abc", None)

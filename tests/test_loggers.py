@@ -59,11 +59,11 @@ def _read_wandb_file(path: Path) -> dict:
     pos, buf, out = 7, b"", {"config": {}, "history": [], "summary": {}, "exit_code": None}
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
-        crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        crc, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if left < 7 or (n == 0 and kind == 0):  # block padding
             pos += left
             continue
-        piece = data[pos + 7:pos + 7 + n]
+        piece = data[pos + 7 : pos + 7 + n]
         if len(piece) < n or zlib.crc32(bytes([kind]) + piece) != crc:  # still being written
             break
         buf, pos = buf + piece, pos + 7 + n
@@ -135,8 +135,19 @@ def test_multirun_gives_each_job_its_own_wandb_run(tmp_path, offline, cache_dir)
 def test_joblib_multirun_every_logger_kind(tmp_path, offline, cache_dir):
     """The studies' joblib launcher (one process at n_jobs=1, as a reused worker): `many` and `wandb` each get
     their own run, `none` none; csv/metrics.csv in every job folder."""
-    res = run_cli(["debug=smoke", *ONE_STEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "seed=3",
-                   "logger=many,none,wandb", "-m"], tmp_path, cache_dir)
+    res = run_cli(
+        [
+            "debug=smoke",
+            *ONE_STEP,
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=1",
+            "seed=3",
+            "logger=many,none,wandb",
+            "-m",
+        ],
+        tmp_path,
+        cache_dir,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = job_dirs(tmp_path / "smoke")
     assert sorted(jobs) == ["logger=many seed=3", "logger=none seed=3", "logger=wandb seed=3"]
@@ -149,8 +160,9 @@ def test_joblib_multirun_every_logger_kind(tmp_path, offline, cache_dir):
 
 def test_wandb_alone_still_writes_csv_and_logs_the_config(smoke_cfg, offline):
     cfg = smoke_cfg("logger=wandb", *ONE_STEP, "seed=5")
-    assert run_job(cfg) == pytest.approx(json.loads((Path(cfg.paths.output_dir) / "summary.json")
-                                                    .read_text())["final/val_acc"])
+    assert run_job(cfg) == pytest.approx(
+        json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["final/val_acc"]
+    )
     assert wandb.run is None  # finished with the job
     check_own_wandb_run(Path(cfg.paths.output_dir), seed=5)
 
@@ -185,8 +197,12 @@ def test_failed_and_interrupted_jobs_finish_their_wandb_run(smoke_cfg, offline, 
             raise exc
         return 0.5
 
-    cases = [(1, "multirun", RuntimeError("boom")), (2, "run", RuntimeError("boom")),
-             (3, "run", KeyboardInterrupt()), (4, "multirun", None)]
+    cases = [
+        (1, "multirun", RuntimeError("boom")),
+        (2, "run", RuntimeError("boom")),
+        (3, "run", KeyboardInterrupt()),
+        (4, "multirun", None),
+    ]
     for seed, mode, exc in cases:
         cfg = smoke_cfg("logger=many", f"seed={seed}", name=f"s{seed}")
         with read_write(cfg.hydra):

@@ -163,7 +163,8 @@ def _metric_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def test_rl_step_logs_prompt_truncation_and_every_evaluation_sees_the_training_prompts(
-        tmp_path, monkeypatch, fresh_warnings):
+    tmp_path, monkeypatch, fresh_warnings
+):
     """Prompt truncation end to end: with a prompt budget of 6 tokens (context 24 - 18 response tokens) every
     8-character arith prompt loses 2 characters, in the rollout, in RL validation and in the warm-start's
     accuracy checks alike; the step logs prompt_length/* and the run warns once. Also the progress bar shows
@@ -173,8 +174,9 @@ def test_rl_step_logs_prompt_truncation_and_every_evaluation_sees_the_training_p
 
     def spy(tokenizer, prompts, max_prompt_len=None):
         enc, clipped = real_encode(tokenizer, prompts, max_prompt_len)
-        seen.extend((max_prompt_len, tuple(row[m.bool()].tolist()))
-                    for row, m in zip(enc["input_ids"], enc["attention_mask"]))
+        seen.extend(
+            (max_prompt_len, tuple(row[m.bool()].tolist())) for row, m in zip(enc["input_ids"], enc["attention_mask"])
+        )
         return enc, clipped
 
     monkeypatch.setattr(rollout_mod, "encode_prompts", spy)
@@ -187,8 +189,17 @@ def test_rl_step_logs_prompt_truncation_and_every_evaluation_sees_the_training_p
         return real_log(self, name, value, *args, prog_bar=prog_bar, **kwargs)
 
     monkeypatch.setattr(RLModule, "log", log)
-    overrides = ["debug=smoke", "logger=csv", "algo=grpo", "noise=flip0.3", "total_steps=1", "eval_every=1",
-                 "model.arch.max_position_embeddings=24", "rollout.max_new_tokens=18", "sft.eval_every=4"]
+    overrides = [
+        "debug=smoke",
+        "logger=csv",
+        "algo=grpo",
+        "noise=flip0.3",
+        "total_steps=1",
+        "eval_every=1",
+        "model.arch.max_position_embeddings=24",
+        "rollout.max_new_tokens=18",
+        "sft.eval_every=4",
+    ]
     cfg = compose_cfg(overrides, tmp_path / "run", tmp_path / "cache")
     with _Records("dvpo_lab.rollout") as rec:
         run(cfg)

@@ -86,8 +86,16 @@ def test_assistant_logprobs_equal_one_forward_pass(setup):
     the assembled rollout: PPO's ratio starts at exactly 1 on assistant tokens."""
     tok, policy, task = setup
     scripted = ScriptedUserTask(task)
-    ro = sample_dialogues(policy, tok, scripted, task.train_problems(range(8)), max_new_tokens=400,
-                          seed=2, temperature=0.7, record_logprobs=True)
+    ro = sample_dialogues(
+        policy,
+        tok,
+        scripted,
+        task.train_problems(range(8)),
+        max_new_tokens=400,
+        seed=2,
+        temperature=0.7,
+        record_logprobs=True,
+    )
     logp, _ = response_logprobs(policy, ro, temperature=0.7)
     m = ro.response_mask.bool()
     assert (ro.response_mask == 0).any() and m.sum() > 20
@@ -98,16 +106,18 @@ def test_assistant_logprobs_equal_one_forward_pass(setup):
 def test_seed_fixes_the_dialogue(setup):
     tok, policy, task = setup
     problems = task.train_problems(range(4))
-    a, b = (sample_for_task(policy, tok, task, problems, max_new_tokens=task.max_response_len, seed=5)
-            for _ in range(2))
+    a, b = (
+        sample_for_task(policy, tok, task, problems, max_new_tokens=task.max_response_len, seed=5) for _ in range(2)
+    )
     assert a.texts == b.texts and torch.equal(a.input_ids, b.input_ids)
 
 
 def test_gae_carries_values_across_user_turns_end_to_end(setup):
     """GAE on the interleaved rollout equals GAE on the assistant tokens alone; user tokens get 0."""
     tok, policy, task = setup
-    ro = sample_dialogues(policy, tok, ScriptedUserTask(task), task.train_problems(range(4)),
-                          max_new_tokens=400, seed=3)
+    ro = sample_dialogues(
+        policy, tok, ScriptedUserTask(task), task.train_problems(range(4)), max_new_tokens=400, seed=3
+    )
     critic = build_critic(policy, 1, init_std=0.5)
     with torch.no_grad():
         values = response_values(critic, ro)[..., 0]
@@ -178,15 +188,30 @@ def test_sft_loss_covers_assistant_turns_only(setup):
         assert "=" not in trained.split("book")[0], "no user reply (slot=value) is trained on"
 
 
-@pytest.mark.parametrize("kw", [dict(do_sample=True), dict(do_sample=True, temperature=0.8, top_k=7),
-                                dict(do_sample=False)], ids=["sample", "temp_top_k", "greedy"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(do_sample=True), dict(do_sample=True, temperature=0.8, top_k=7), dict(do_sample=False)],
+    ids=["sample", "temp_top_k", "greedy"],
+)
 def test_fast_sampler_plays_the_same_dialogues_as_generate(setup, kw):
     """Each assistant turn through `dvpo_lab.decode` (several stop ids: turn end and EOS) draws exactly the
     tokens `model.generate` draws from the same seed, across user turns, with the same sampler log-probs."""
     tok, policy, task = setup
     problems = task.train_problems(range(6))
-    runs = {s: sample_dialogues(policy, tok, ScriptedUserTask(task), problems, max_new_tokens=300, seed=5,
-                                record_logprobs=True, sampler=s, **kw) for s in ("fast", "hf")}
+    runs = {
+        s: sample_dialogues(
+            policy,
+            tok,
+            ScriptedUserTask(task),
+            problems,
+            max_new_tokens=300,
+            seed=5,
+            record_logprobs=True,
+            sampler=s,
+            **kw,
+        )
+        for s in ("fast", "hf")
+    }
     fast, hf = runs["fast"], runs["hf"]
     for name in ("input_ids", "attention_mask", "response_ids", "response_mask"):
         assert torch.equal(getattr(fast, name), getattr(hf, name)), name

@@ -46,13 +46,20 @@ def test_pyproject_lists_every_folder():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
 
     def folders(top: Path, name: str, suffix: str) -> set[str]:
-        return {".".join((name, *d.relative_to(top).parts)).rstrip(".") for d in [top, *top.rglob("*")]
-                if d.is_dir() and d.name != "__pycache__" and any(d.glob(f"*{suffix}"))}
+        return {
+            ".".join((name, *d.relative_to(top).parts)).rstrip(".")
+            for d in [top, *top.rglob("*")]
+            if d.is_dir() and d.name != "__pycache__" and any(d.glob(f"*{suffix}"))
+        }
 
-    wanted = (folders(ROOT / "dvpo_lab", "dvpo_lab", ".py") | folders(ROOT / "conf", "dvpo_lab.conf", ".yaml")
-              | folders(ROOT / "sweeps", "dvpo_lab.sweeps", ".yaml"))
-    assert listed == wanted, (f"pyproject [tool.setuptools] packages: add {sorted(wanted - listed)}, "
-                              f"drop {sorted(listed - wanted)}")
+    wanted = (
+        folders(ROOT / "dvpo_lab", "dvpo_lab", ".py")
+        | folders(ROOT / "conf", "dvpo_lab.conf", ".yaml")
+        | folders(ROOT / "sweeps", "dvpo_lab.sweeps", ".yaml")
+    )
+    assert listed == wanted, (
+        f"pyproject [tool.setuptools] packages: add {sorted(wanted - listed)}, drop {sorted(listed - wanted)}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,32 +74,74 @@ def installed(tmp_path_factory) -> SimpleNamespace:
         else:
             shutil.copy2(ROOT / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    _check(subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
-                           str(tmp / "dist"), str(src)], capture_output=True, text=True, timeout=300))
+    _check(
+        subprocess.run(
+            [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(tmp / "dist"), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
     (wheel,) = (tmp / "dist").glob("dvpo_lab-*.whl")
 
     venv = tmp / "venv"
-    _check(subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True,
-                          text=True, timeout=120))
+    _check(
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True, timeout=120
+        )
+    )
     python = venv / "bin" / "python"
-    site = Path(_check(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                                      capture_output=True, text=True)).strip())
+    site = Path(
+        _check(
+            subprocess.run(
+                [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                capture_output=True,
+                text=True,
+            )
+        ).strip()
+    )
     borrowed = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
     (site / "_dvpo_lab_test_deps.pth").write_text("".join(f"{p}\n" for p in borrowed))
-    _check(subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", "install", "--no-deps",
-                           "--no-index", "--ignore-installed", "-q", str(wheel)], capture_output=True, text=True,
-                          timeout=300))
+    _check(
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "--disable-pip-version-check",
+                "install",
+                "--no-deps",
+                "--no-index",
+                "--ignore-installed",
+                "-q",
+                str(wheel),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROJECT_ROOT", "DVPO_LAB_CACHE")}
     env.update(XDG_CACHE_HOME=str(tmp / "xdg"), WANDB_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     empty = tmp / "empty"
     empty.mkdir()
-    return SimpleNamespace(wheel=wheel, python=python, script=venv / "bin" / "dvpo-lab", site=site, env=env,
-                           cwd=empty, cache=tmp / "xdg" / "dvpo_lab")
+    return SimpleNamespace(
+        wheel=wheel,
+        python=python,
+        script=venv / "bin" / "dvpo-lab",
+        site=site,
+        env=env,
+        cwd=empty,
+        cache=tmp / "xdg" / "dvpo_lab",
+    )
 
 
 def _run(installed: SimpleNamespace, *cmd: str | Path, timeout: float = 300) -> str:
-    return _check(subprocess.run([str(c) for c in cmd], cwd=installed.cwd, env=installed.env, capture_output=True,
-                                 text=True, timeout=timeout))
+    return _check(
+        subprocess.run(
+            [str(c) for c in cmd], cwd=installed.cwd, env=installed.env, capture_output=True, text=True, timeout=timeout
+        )
+    )
 
 
 def test_wheel_ships_every_config(installed):
@@ -105,8 +154,12 @@ def test_wheel_ships_every_config(installed):
 def test_wheel_runs_from_an_empty_folder_and_reuses_the_warm_start(installed):
     """The installed script and `python -m dvpo_lab` run `debug=smoke` from a folder outside the checkout; the
     second run reuses the warm-start the first trained, from the user cache (here $XDG_CACHE_HOME/dvpo_lab)."""
-    where = _run(installed, installed.python, "-c",
-                 "import dvpo_lab, dvpo_lab.config as c; print(dvpo_lab.__file__); print(c.CONF_DIR)").split()
+    where = _run(
+        installed,
+        installed.python,
+        "-c",
+        "import dvpo_lab, dvpo_lab.config as c; print(dvpo_lab.__file__); print(c.CONF_DIR)",
+    ).split()
     assert all(Path(p).is_relative_to(installed.site) for p in where), where  # not the checkout, not editable
     assert not any(Path(p).is_relative_to(ROOT) for p in where)
 
@@ -181,13 +234,19 @@ def test_run_folders_are_never_shared(tmp_path):
     assert second == first.with_name(first.name + "_2") and first.is_dir() and second.is_dir()
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["algo=nope"], ["algo/nope", "dvpo"]),
-    (["+algo.gama=0.9"], ["algo.gama", "algo.gamma"]),
-    (["seed=1,2"], ["seed=1,2", "--multirun"]),
-    (["debug=smoke", "rollout.minibatch_size=3"], ["rollout.minibatch_size=3", "divide"]),
-    ([SEARCHPATH, "experiment=my_study", "algo=dvpo", "debug=smoke"], ["algo=dvpo contradicts experiment=my_study"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["algo=nope"], ["algo/nope", "dvpo"]),
+        (["+algo.gama=0.9"], ["algo.gama", "algo.gamma"]),
+        (["seed=1,2"], ["seed=1,2", "--multirun"]),
+        (["debug=smoke", "rollout.minibatch_size=3"], ["rollout.minibatch_size=3", "divide"]),
+        (
+            [SEARCHPATH, "experiment=my_study", "algo=dvpo", "debug=smoke"],
+            ["algo=dvpo contradicts experiment=my_study"],
+        ),
+    ],
+)
 def test_train_api_user_errors_raise_config_error(tmp_path, overrides, words):
     """A user error is a ConfigError with one line naming it, never SystemExit; nothing is trained."""
     with pytest.raises(ConfigError) as err:
@@ -209,5 +268,4 @@ def test_user_config_folder_on_searchpath():
     assert (task.name, task.digits, task.ops, task.n_test) == ("arith", 4, "+-", 300)
     assert task_arguments(task)["test_seed"] == 2  # the package's arith: its class's default
     study = compose([SEARCHPATH, "experiment=my_study"])
-    assert (study.algo.name, study.noise.name, study.task.digits, study.task_name) == ("ppo", "flip0.3", 4,
-                                                                                        "my_study")
+    assert (study.algo.name, study.noise.name, study.task.digits, study.task_name) == ("ppo", "flip0.3", 4, "my_study")

@@ -24,8 +24,11 @@ STAMP = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[dvpo_lab\.callbacks\]\[INFO\
 def test_piped_run_logs_warm_start_and_rl_progress(tmp_path):
     """`python -m dvpo_lab` with stdout piped (not a terminal), cache under tmp_path so the warm-start trains:
     timestamped lines for every warm-start step and accuracy check and for every RL step (every_s=0)."""
-    proc = run_cli(["debug=smoke", "logger=csv", "sft.max_steps=6", "sft.eval_every=3",
-                    "callbacks.progress_bar.every_s=0"], tmp_path, cache_dir=tmp_path / "cache")
+    proc = run_cli(
+        ["debug=smoke", "logger=csv", "sft.max_steps=6", "sft.eval_every=3", "callbacks.progress_bar.every_s=0"],
+        tmp_path,
+        cache_dir=tmp_path / "cache",
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "Epoch" not in out and "it/s" not in out, out  # no tqdm bar in a file
@@ -40,14 +43,17 @@ def test_piped_run_logs_warm_start_and_rl_progress(tmp_path):
     steps = [index(STAMP + rf"warm-start step {k}/6 \| sft/loss \d+\.\d{{4}} \| sft/acc ") for k in range(1, 7)]
     assert start < steps[0] and steps == sorted(steps)
     for k in (3, 6):  # accuracy checks: the accuracy measured at that step, with elapsed time and s/step
-        assert re.search(r"sft/acc \d\.\d{3} \| \d+ s elapsed, \d+\.\d\d s/step$", lines[steps[k - 1]]), \
-            lines[steps[k - 1]]
+        assert re.search(r"sft/acc \d\.\d{3} \| \d+ s elapsed, \d+\.\d\d s/step$", lines[steps[k - 1]]), lines[
+            steps[k - 1]
+        ]
     assert "sft/acc -" in lines[steps[0]]  # step 1: not checked yet
     assert re.search(r"sft/acc \d\.\d{3} \(step 3\)", lines[steps[3]])  # step 4: the last check, with its step
 
     initial = index(STAMP + r"RL step 0/3 \| val/acc \d\.\d{4} \| evaluated in")
-    rl = [index(STAMP + rf"RL step {k}/3 \| reward \d\.\d{{4}} \| reward_clean \d\.\d{{4}} \| .*s/step \| ETA ")
-          for k in (1, 2, 3)]
+    rl = [
+        index(STAMP + rf"RL step {k}/3 \| reward \d\.\d{{4}} \| reward_clean \d\.\d{{4}} \| .*s/step \| ETA ")
+        for k in (1, 2, 3)
+    ]
     assert steps[-1] < initial < rl[0] and rl == sorted(rl)
     assert "val/acc" not in lines[rl[0]] and re.search(r"val/acc \d\.\d{4}", lines[rl[2]])  # evaluated at step 3
 
@@ -77,9 +83,15 @@ def test_log_lines_throttled_by_wall_time(monkeypatch, caplog):
 
     caplog.clear()
     rl = cb.RLProgressLog(every_s=30)
-    trainer = SimpleNamespace(current_epoch=0, max_epochs=10, check_val_every_n_epoch=5, loggers=[],
-                              sanity_checking=False, state=SimpleNamespace(fn="fit"),
-                              progress_bar_metrics={"reward": 0.25, "reward_clean": 0.5})
+    trainer = SimpleNamespace(
+        current_epoch=0,
+        max_epochs=10,
+        check_val_every_n_epoch=5,
+        loggers=[],
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit"),
+        progress_bar_metrics={"reward": 0.25, "reward_clean": 0.5},
+    )
     clock[0] = 0.0
     rl.on_train_start(trainer, None)
     logged = []
@@ -96,8 +108,10 @@ def test_log_lines_throttled_by_wall_time(monkeypatch, caplog):
             assert "reward 0.2500 | reward_clean 0.5000" in caplog.records[-1].getMessage()
             assert ("val/acc" in caplog.records[-1].getMessage()) == (step % 5 == 0)
     assert logged == [1, 5, 10]  # 7 s/step: 30 s never pass between those
-    assert "RL step 1/10 | reward 0.2500 | reward_clean 0.5000 | 7.00 s/step | ETA 1 min 03 s" in \
-        caplog.records[1].getMessage()
+    assert (
+        "RL step 1/10 | reward 0.2500 | reward_clean 0.5000 | 7.00 s/step | ETA 1 min 03 s"
+        in caplog.records[1].getMessage()
+    )
 
 
 def test_heartbeat_during_a_long_step(caplog):
@@ -136,8 +150,14 @@ class _Tiny(L.LightningModule):
 def test_warm_start_bar_counts_sft_steps(n_batches, capsys):
     """Lightning's default bar reads 'Epoch 0/-2' under max_steps; the warm-start bar is 'warm-start n/max_steps'."""
     bar = cb.SFTProgressBar()
-    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, callbacks=[bar])
+    trainer = L.Trainer(
+        max_steps=5,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[bar],
+    )
     trainer.fit(_Tiny(), DataLoader(torch.randn(n_batches, 2), batch_size=1))
     assert bar.train_progress_bar.total == 5
     assert bar.train_progress_bar.desc.startswith("warm-start")
@@ -148,6 +168,7 @@ def test_warm_start_bar_counts_sft_steps(n_batches, capsys):
 
 def test_progress_mode(monkeypatch):
     """auto follows the terminal; DVPO_LAB_PROGRESS overrides the config; bad values name their key."""
+
     class Stream(io.StringIO):
         def __init__(self, tty):
             super().__init__()
@@ -176,8 +197,9 @@ def test_progress_mode(monkeypatch):
 def test_warm_start_follows_the_config(tmp_path, monkeypatch):
     """The warm-start reads the RL loop's `callbacks.progress_bar` settings (defaults where callbacks=none)."""
     monkeypatch.delenv(cb.PROGRESS_ENV, raising=False)
-    cfg = compose_cfg(["debug=smoke", "callbacks.progress_bar.mode=log", "callbacks.progress_bar.every_s=5"],
-                      tmp_path / "run")
+    cfg = compose_cfg(
+        ["debug=smoke", "callbacks.progress_bar.mode=log", "callbacks.progress_bar.every_s=5"], tmp_path / "run"
+    )
     made = cb.sft_progress(cfg)
     assert isinstance(made, cb.SFTProgressLog) and made.every_s == 5 and made.check_every == 2
     cfg = compose_cfg(["debug=smoke", "callbacks=none"], tmp_path / "run2")

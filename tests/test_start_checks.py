@@ -38,21 +38,64 @@ def check(overrides: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- values that cannot work
-@pytest.mark.parametrize("override", [
-    "rollout.temperature=0", "rollout.temperature=-1", "rollout.temperature=nan", "rollout.temperature=inf",
-    "rollout.top_k=-1", "rollout.top_p=0", "rollout.top_p=1.5", "rollout.max_new_tokens=0",
-    "rollout.min_new_tokens=-1", "rollout.eval_batch_size=0", "rollout.eval_limit=0", "rollout.sampler=beam",
-    "algo.loss_agg_mode=seq-mean", "algo.kl_penalty=k4", "algo.kl_loss_type=kl2", "algo.kl_ctrl=pid",
-    "algo.kl_coef=-0.1", "algo.kl_target=0", "algo.clip_ratio_low=1.0", "algo.clip_ratio_high=-0.1",
-    "algo.clip_ratio_c=0.5", "algo.cliprange_value=0", "algo.gamma=1.5", "algo.lam=-0.1", "algo.ppo_epochs=0",
-    "algo.actor_lr=-0.5", "algo.grad_clip=0", "algo.critic_warmup=-1", "algo.dist.risk_alpha=0",
-    "algo.robust.rho=2", "algo.dist.weights.shape=-1", "algo.dist.margin_low=1",
-    "noise.p=1.5", "noise.granularity=batch", "model.dtype=fp8", "model.tokenizer=bpe", "model.lora.r=0",
-    "model.arch.num_heads=3", "sft.lr=0", "sft.batch_size=0", "sft.target_acc=1.5", "sft.eval_every=0",
-    "mode=serve", "seed=-1", "threads=0", "task.digits=0", "task.sft_label_noise=2", "total_steps=0", "ckpt_every=0",
-    "algo.dist.qr_on=mean", "algo.robust.v_lo=min",
-    "callbacks.progress_bar.mode=fancy", "callbacks.progress_bar.every_s=-1",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "rollout.temperature=0",
+        "rollout.temperature=-1",
+        "rollout.temperature=nan",
+        "rollout.temperature=inf",
+        "rollout.top_k=-1",
+        "rollout.top_p=0",
+        "rollout.top_p=1.5",
+        "rollout.max_new_tokens=0",
+        "rollout.min_new_tokens=-1",
+        "rollout.eval_batch_size=0",
+        "rollout.eval_limit=0",
+        "rollout.sampler=beam",
+        "algo.loss_agg_mode=seq-mean",
+        "algo.kl_penalty=k4",
+        "algo.kl_loss_type=kl2",
+        "algo.kl_ctrl=pid",
+        "algo.kl_coef=-0.1",
+        "algo.kl_target=0",
+        "algo.clip_ratio_low=1.0",
+        "algo.clip_ratio_high=-0.1",
+        "algo.clip_ratio_c=0.5",
+        "algo.cliprange_value=0",
+        "algo.gamma=1.5",
+        "algo.lam=-0.1",
+        "algo.ppo_epochs=0",
+        "algo.actor_lr=-0.5",
+        "algo.grad_clip=0",
+        "algo.critic_warmup=-1",
+        "algo.dist.risk_alpha=0",
+        "algo.robust.rho=2",
+        "algo.dist.weights.shape=-1",
+        "algo.dist.margin_low=1",
+        "noise.p=1.5",
+        "noise.granularity=batch",
+        "model.dtype=fp8",
+        "model.tokenizer=bpe",
+        "model.lora.r=0",
+        "model.arch.num_heads=3",
+        "sft.lr=0",
+        "sft.batch_size=0",
+        "sft.target_acc=1.5",
+        "sft.eval_every=0",
+        "mode=serve",
+        "seed=-1",
+        "threads=0",
+        "task.digits=0",
+        "task.sft_label_noise=2",
+        "total_steps=0",
+        "ckpt_every=0",
+        "algo.dist.qr_on=mean",
+        "algo.robust.v_lo=min",
+        "callbacks.progress_bar.mode=fancy",
+        "callbacks.progress_bar.every_s=-1",
+    ],
+)
 def test_every_value_that_cannot_work_fails_at_start_naming_key_and_value(override):
     key, value = override.split("=")
     with pytest.raises(ConfigError) as e:
@@ -63,14 +106,22 @@ def test_every_value_that_cannot_work_fails_at_start_naming_key_and_value(overri
         assert value.lstrip("-").split(".")[0] in msg, msg
 
 
-@pytest.mark.parametrize("overrides", [
-    ["noise=asym_fp0.1_fn0.3", "noise.fn=-0.2"], ["noise=rm0.72", "noise.acc=1.2"],
-    ["noise=gauss0.3", "noise.sigma=-1"], ["noise=majority_vote", "noise.k=0"],
-    ["noise=majority_vote", "noise.temperature=0"], ["task=gsm8k", "task.template=jinja"],
-    ["task=sciqa", "task.n_choices=7"], ["task=dialogue", "task.max_turns=0"],
-    ["rollout.max_new_tokens=4", "rollout.min_new_tokens=5"], ["task=arith_teacher", "task.teacher=random"],
-    ["task=arith_teacher", "task.teacher_error_rate=1.5"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["noise=asym_fp0.1_fn0.3", "noise.fn=-0.2"],
+        ["noise=rm0.72", "noise.acc=1.2"],
+        ["noise=gauss0.3", "noise.sigma=-1"],
+        ["noise=majority_vote", "noise.k=0"],
+        ["noise=majority_vote", "noise.temperature=0"],
+        ["task=gsm8k", "task.template=jinja"],
+        ["task=sciqa", "task.n_choices=7"],
+        ["task=dialogue", "task.max_turns=0"],
+        ["rollout.max_new_tokens=4", "rollout.min_new_tokens=5"],
+        ["task=arith_teacher", "task.teacher=random"],
+        ["task=arith_teacher", "task.teacher_error_rate=1.5"],
+    ],
+)
 def test_every_group_option_checks_its_own_knobs(overrides):
     with pytest.raises(ConfigError) as e:
         check(overrides)
@@ -99,14 +150,24 @@ def test_prompt_budget_is_refused_where_no_prompt_fits():
 
 
 # ----------------------------------------------------------------------------- unknown keys, any prefix
-@pytest.mark.parametrize("override, near", [
-    ("+algo.gama=0.9", "algo.gamma"), ("++algo.gama=0.9", "algo.gamma"), ("+algo.dist.kapa=0.1", "algo.dist.kappa"),
-    ("+algo.dist.use.shap=false", "algo.dist.use.shape"), ("+rollout.temprature=0.5", "rollout.temperature"),
-    ("+task.digitz=4", "task.digits"), ("+model.arch.hiden_size=64", "model.arch.hidden_size"),
-    ("+noise.pp=0.1", "noise.p"), ("+sft.max_step=3", "sft.max_steps"), ("+seeds=3", "seed"),
-    ("+trainer.max_epoch=3", "trainer.max_epochs"), ("+logger.csv.flush_every=1", None),
-    ("+callbacks.model_checkpoint.every_n_epoch=2", "callbacks.model_checkpoint.every_n_epochs"),
-])
+@pytest.mark.parametrize(
+    "override, near",
+    [
+        ("+algo.gama=0.9", "algo.gamma"),
+        ("++algo.gama=0.9", "algo.gamma"),
+        ("+algo.dist.kapa=0.1", "algo.dist.kappa"),
+        ("+algo.dist.use.shap=false", "algo.dist.use.shape"),
+        ("+rollout.temprature=0.5", "rollout.temperature"),
+        ("+task.digitz=4", "task.digits"),
+        ("+model.arch.hiden_size=64", "model.arch.hidden_size"),
+        ("+noise.pp=0.1", "noise.p"),
+        ("+sft.max_step=3", "sft.max_steps"),
+        ("+seeds=3", "seed"),
+        ("+trainer.max_epoch=3", "trainer.max_epochs"),
+        ("+logger.csv.flush_every=1", None),
+        ("+callbacks.model_checkpoint.every_n_epoch=2", "callbacks.model_checkpoint.every_n_epochs"),
+    ],
+)
 def test_unknown_keys_are_refused_whatever_their_prefix(override, near):
     with pytest.raises(ConfigError) as e:
         check([override])
@@ -121,10 +182,15 @@ def test_extras_is_the_free_form_node():
 
 
 # ----------------------------------------------------------------------------- presets must not mislabel runs
-@pytest.mark.parametrize("overrides", [
-    ["experiment=ablation_1_qr", "algo=ppo"], ["experiment=ablation_5_full", "algo=grpo"],
-    ["experiment=quantiles_50", "algo=rbppo"], ["algo=grpo", "algo.adv_estimator=rloo"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=ablation_1_qr", "algo=ppo"],
+        ["experiment=ablation_5_full", "algo=grpo"],
+        ["experiment=quantiles_50", "algo=rbppo"],
+        ["algo=grpo", "algo.adv_estimator=rloo"],
+    ],
+)
 def test_a_run_named_after_something_else_is_refused(overrides):
     with pytest.raises(ConfigError) as e:
         check(overrides)
@@ -243,16 +309,19 @@ def test_ckpt_path_refuses_another_configs_checkpoint(tmp_path, smoke_cfg):
 
 
 # ----------------------------------------------------------------------------- one-line errors, exit status
-@pytest.mark.parametrize("args, words", [
-    (["rollout.minibatch_size=7"], ["rollout.minibatch_size=7", "divide"]),
-    (["rollout.temperature=0"], ["rollout.temperature=0"]),
-    (["algo.loss_agg_mode=seq-mean"], ["algo.loss_agg_mode=seq-mean", "seq-mean-token-mean"]),
-    (["+algo.gama=0.9"], ["algo.gama=0.9", "algo.gamma"]),
-    (["algo.gama=0.9"], ["algo.gama", "did you mean algo.gamma?"]),
-    (["algo.dist.kapa=0.1"], ["algo.dist.kapa", "did you mean algo.dist.kappa?"]),
-    (["noise=flip0.25"], ["flip0.25", "flip0.2 | flip0.3"]),
-    (["experiment=ablation_1_qr", "algo=ppo"], ["algo=ppo", "experiment=ablation_1_qr"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["rollout.minibatch_size=7"], ["rollout.minibatch_size=7", "divide"]),
+        (["rollout.temperature=0"], ["rollout.temperature=0"]),
+        (["algo.loss_agg_mode=seq-mean"], ["algo.loss_agg_mode=seq-mean", "seq-mean-token-mean"]),
+        (["+algo.gama=0.9"], ["algo.gama=0.9", "algo.gamma"]),
+        (["algo.gama=0.9"], ["algo.gama", "did you mean algo.gamma?"]),
+        (["algo.dist.kapa=0.1"], ["algo.dist.kapa", "did you mean algo.dist.kappa?"]),
+        (["noise=flip0.25"], ["flip0.25", "flip0.2 | flip0.3"]),
+        (["experiment=ablation_1_qr", "algo=ppo"], ["algo=ppo", "experiment=ablation_1_qr"]),
+    ],
+)
 def test_user_errors_are_one_line_and_load_nothing(tmp_path, args, words):
     cache = tmp_path / "cache"
     failed_with(run_cli([*SMOKE, *args], tmp_path, cache), *words)
@@ -280,9 +349,14 @@ def test_a_sweep_with_failed_jobs_exits_non_zero_naming_them(tmp_path):
 
 @pytest.mark.parametrize("what", ["job", "all"])
 def test_printing_the_resolved_config_works(tmp_path, what):
-    proc = subprocess.run([sys.executable, "-m", "dvpo_lab", "--cfg", what, "--resolve"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvpo_lab", "--cfg", what, "--resolve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = yaml.safe_load(proc.stdout)
     paths = printed["paths"] if what == "job" else printed["paths"]
@@ -291,11 +365,14 @@ def test_printing_the_resolved_config_works(tmp_path, what):
 
 
 # ----------------------------------------------------------------------------- the machine and the model
-@pytest.mark.parametrize("overrides, words", [
-    (["trainer.precision=bf17"], ["precision=bf17", "bf16-mixed"]),
-    (["trainer.accelerator=tpu"], ["accelerator=tpu"]),
-    (["+trainer.strategy=zero9"], ["strategy=zero9"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["trainer.precision=bf17"], ["precision=bf17", "bf16-mixed"]),
+        (["trainer.accelerator=tpu"], ["accelerator=tpu"]),
+        (["+trainer.strategy=zero9"], ["strategy=zero9"]),
+    ],
+)
 def test_a_trainer_this_machine_cannot_run_fails_at_start(overrides, words):
     from dvpo_lab.checks import check_trainer
 

@@ -55,8 +55,15 @@ def _job(root: Path, mb: int) -> Path:
 
 
 def test_sweep_survives_a_failing_job_then_skips_and_resumes(tmp_path):
-    args = ["sweep=noise_robustness", "debug=smoke", "algo=ppo", "noise=none", "seed=1",
-            "rollout.minibatch_size=2,3", "-m"]  # 3 does not divide the 4 responses of a smoke step
+    args = [
+        "sweep=noise_robustness",
+        "debug=smoke",
+        "algo=ppo",
+        "noise=none",
+        "seed=1",
+        "rollout.minibatch_size=2,3",
+        "-m",
+    ]  # 3 does not divide the 4 responses of a smoke step
     first = run_cli(args, tmp_path)
     assert first.returncode == 1 and "1 job(s)" in first.stderr, first.stderr[-3000:]  # every job ran, then rc 1
     root = tmp_path / "smoke" / "sweeps" / "noise_robustness"
@@ -116,11 +123,26 @@ def test_report_on_hand_made_runs(tmp_path):
                 d = tmp_path / f"{algo}_{noise}_{seed}"
                 d.mkdir()
                 final = base - drop + 0.01 * seed
-                hist = [{"step": 0, "val/acc": 0.5}, {"step": 10, "val/acc": final - 0.02},
-                        {"step": 20, "val/acc": final}]
-                (d / "summary.json").write_text(json.dumps({
-                    "algo": algo, "task": "arith", "noise": noise, "seed": seed, "total_steps": 20,
-                    "initial/val_acc": 0.5, "final/val_acc": final, "best/val_acc": final, "history": hist}))
+                hist = [
+                    {"step": 0, "val/acc": 0.5},
+                    {"step": 10, "val/acc": final - 0.02},
+                    {"step": 20, "val/acc": final},
+                ]
+                (d / "summary.json").write_text(
+                    json.dumps(
+                        {
+                            "algo": algo,
+                            "task": "arith",
+                            "noise": noise,
+                            "seed": seed,
+                            "total_steps": 20,
+                            "initial/val_acc": 0.5,
+                            "final/val_acc": final,
+                            "best/val_acc": final,
+                            "history": hist,
+                        }
+                    )
+                )
     (tmp_path / "ppo_flip0.3_1").mkdir()
     (tmp_path / "ppo_flip0.3_1" / "fingerprint.txt").write_text("x\n")  # started, never finished
     text = report.write_report([tmp_path], tmp_path / "out").read_text()
@@ -188,10 +210,21 @@ def test_report_names_methods_without_shared_overrides_in_study_order(tmp_path):
             d = tmp_path / f"{preset}_{seed}"
             (d / ".hydra").mkdir(parents=True)
             (d / ".hydra" / "overrides.yaml").write_text(
-                yaml.safe_dump([f"experiment={preset}", f"seed={seed}", "noise=flip0.2", "trainer=gpu"]))
+                yaml.safe_dump([f"experiment={preset}", f"seed={seed}", "noise=flip0.2", "trainer=gpu"])
+            )
             hist = [{"step": 0, "val/acc": 0.5}, {"step": 10, "val/acc": acc + 0.01 * seed}]
-            (d / "summary.json").write_text(json.dumps({
-                "algo": algo, "task": "arith", "noise": "flip0.2", "seed": seed, "total_steps": 10, "history": hist}))
+            (d / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "algo": algo,
+                        "task": "arith",
+                        "noise": "flip0.2",
+                        "seed": seed,
+                        "total_steps": 10,
+                        "history": hist,
+                    }
+                )
+            )
     text = report.write_report([tmp_path], tmp_path / "out", baseline="dvpo_qr").read_text()
     assert "left out of the method names): `trainer=gpu`" in text
     assert "| arith | flip0.2 | dvpo_cons | 2 | +2.0 |" in text

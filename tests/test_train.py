@@ -39,17 +39,34 @@ ALGOS = ["dvpo", "ppo", "rbppo", "grpo", "dr_grpo", "rloo", "reinforce_pp"]
 CRITIC_KEYS = {
     "ppo": ("critic/vf_loss", "critic/vf_explained_var", "critic/vf_clipfrac"),
     "rbppo": ("critic/vf_loss", "critic/head_disagreement", "critic/vf_explained_var"),
-    "dvpo": ("critic/vf_loss", "critic/loss_qr", "critic/loss_cons", "critic/loss_cvar", "critic/loss_gain",
-             "critic/loss_shift", "critic/loss_shape", "critic/loss_curv", "critic/quantile_spread_low",
-             "critic/quantile_spread_up", "critic/head_disagreement", "critic/crossed_frac",
-             "critic/vf_explained_var"),
+    "dvpo": (
+        "critic/vf_loss",
+        "critic/loss_qr",
+        "critic/loss_cons",
+        "critic/loss_cvar",
+        "critic/loss_gain",
+        "critic/loss_shift",
+        "critic/loss_shape",
+        "critic/loss_curv",
+        "critic/quantile_spread_low",
+        "critic/quantile_spread_up",
+        "critic/head_disagreement",
+        "critic/crossed_frac",
+        "critic/vf_explained_var",
+    ),
 }
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_every_algorithm_trains_20_steps_with_finite_metrics(smoke_cfg, algo):
-    cfg = smoke_cfg(f"algo={algo}", "noise=flip0.2", "total_steps=20", "eval_every=10", "ckpt_every=10",
-                    *(["critic.n_quantiles=16"] if algo == "dvpo" else []))  # a key of the quantile critic only
+    cfg = smoke_cfg(
+        f"algo={algo}",
+        "noise=flip0.2",
+        "total_steps=20",
+        "eval_every=10",
+        "ckpt_every=10",
+        *(["critic.n_quantiles=16"] if algo == "dvpo" else []),
+    )  # a key of the quantile critic only
     out = Path(cfg.paths.output_dir)
     run(cfg)
     summary = json.loads((out / "summary.json").read_text())
@@ -60,8 +77,14 @@ def test_every_algorithm_trains_20_steps_with_finite_metrics(smoke_cfg, algo):
     assert sorted(steps) == list(range(cfg.total_steps))
     for row in steps.values():
         assert all(math.isfinite(v) for v in row.values()), row
-        for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "critic/score_clean/mean",
-                    "noise/flip_rate", "response_length/mean"):
+        for key in (
+            "actor/pg_loss",
+            "actor/grad_norm",
+            "critic/score/mean",
+            "critic/score_clean/mean",
+            "noise/flip_rate",
+            "response_length/mean",
+        ):
             assert key in row, f"{key} missing from {sorted(row)}"
         for key in CRITIC_KEYS.get(algo, ()):
             assert key in row, f"{key} missing from {sorted(row)}"
@@ -103,13 +126,14 @@ def test_same_seed_same_metrics(smoke_cfg, capsys):
 
 def test_nan_loss_stops_and_keeps_checkpoint(smoke_cfg):
     """A diverging run stops with an error naming the term; the last good checkpoint stays on disk."""
-    cfg = smoke_cfg("algo=grpo", "algo.actor_lr=1e12", "algo.grad_clip=1e30", "total_steps=6",
-                    "ckpt_every=1")
+    cfg = smoke_cfg("algo=grpo", "algo.actor_lr=1e12", "algo.grad_clip=1e30", "total_steps=6", "ckpt_every=1")
     with pytest.raises(FloatingPointError) as e:
         run(cfg)
     msg = str(e.value)
-    assert any(term in msg for term in ("actor/pg_loss", "actor/kl_loss", "actor/entropy", "gradient norm",
-                                    "parameters became non-finite"))
+    assert any(
+        term in msg
+        for term in ("actor/pg_loss", "actor/kl_loss", "actor/entropy", "gradient norm", "parameters became non-finite")
+    )
     assert "checkpoint" in msg
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
@@ -119,8 +143,15 @@ def test_nan_loss_stops_and_keeps_checkpoint(smoke_cfg):
 
 @pytest.mark.skipif(not SHARED_GSM8K.exists(), reason=f"{SHARED_GSM8K} absent (only on the project's machines)")
 def test_gsm8k_path_runs_on_the_tiny_model(smoke_cfg):
-    cfg = smoke_cfg("task=gsm8k", f"task.data_dir={SHARED_GSM8K}", "task.max_train=64", "task.max_test=4",
-                    "task.max_response_len=24", "total_steps=2", "eval_every=2")
+    cfg = smoke_cfg(
+        "task=gsm8k",
+        f"task.data_dir={SHARED_GSM8K}",
+        "task.max_train=64",
+        "task.max_test=4",
+        "task.max_response_len=24",
+        "total_steps=2",
+        "eval_every=2",
+    )
     run(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     assert summary["task"] == "gsm8k" and 0.0 <= summary["final/val_acc"] <= 1.0
@@ -148,8 +179,14 @@ def test_advantage_dumps_render_side_by_side_on_identical_responses(smoke_cfg, t
 
     dirs = []
     for algo in ("dvpo", "ppo"):
-        cfg = smoke_cfg(f"algo={algo}", "total_steps=2", "algo.viz_every=1", "algo.viz_samples=3",
-                        *(["critic.n_quantiles=8"] if algo == "dvpo" else []), name=algo)
+        cfg = smoke_cfg(
+            f"algo={algo}",
+            "total_steps=2",
+            "algo.viz_every=1",
+            "algo.viz_samples=3",
+            *(["critic.n_quantiles=8"] if algo == "dvpo" else []),
+            name=algo,
+        )
         run(cfg)
         dirs.append(Path(cfg.paths.output_dir))
     dumps = [viz.load_dump(d, 0) for d in dirs]

@@ -100,9 +100,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return sq / denom.clamp(min=1.0)
 
 
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Standardise `x` with the masked batch statistics (veRL/TRL `masked_whiten`): (x - mu) / sqrt(var + eps).
 
     With shift_mean=False the mean is added back (TRL `whiten_rewards`). Padded positions are 0 in the output.
@@ -159,8 +157,10 @@ def agg_loss(
         return masked_sum(loss_mat, mask, dim=-1).mean()
     if mode in ("seq-mean-token-sum-norm", "dr-grpo"):
         if loss_scale_factor is None:
-            raise ValueError(f"loss_agg_mode {mode!r} needs loss_scale_factor (the generation budget, "
-                             "rollout.max_new_tokens): it divides by a constant, not by the padded width")
+            raise ValueError(
+                f"loss_agg_mode {mode!r} needs loss_scale_factor (the generation budget, "
+                "rollout.max_new_tokens): it divides by a constant, not by the padded width"
+            )
         if loss_scale_factor < width:
             # a response longer than the budget means the caller passed the wrong budget
             raise ValueError(f"loss_scale_factor={loss_scale_factor} is below the padded response width {width}")
@@ -332,9 +332,7 @@ def build_token_rewards(
         [B, T], 0 at padded positions.
     """
     if scores.dim() != 1 or mask.dim() != 2 or scores.shape[0] != mask.shape[0]:
-        raise ValueError(
-            f"expected scores [B] and mask [B, T], got {tuple(scores.shape)}, {tuple(mask.shape)}"
-        )
+        raise ValueError(f"expected scores [B] and mask [B, T], got {tuple(scores.shape)}, {tuple(mask.shape)}")
     valid = mask.bool()
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     # [B] index of the last valid token, -1 for an empty row (which then matches no position).
@@ -378,8 +376,10 @@ def gae_recursion(
         ValueError: when values' first two dims or the mask differ from token_rewards' shape.
     """
     if values.shape[:2] != token_rewards.shape or mask.shape != token_rewards.shape:
-        raise ValueError(f"expected token_rewards [B, T], values [B, T, ...], mask [B, T]; got "
-                         f"{tuple(token_rewards.shape)}, {tuple(values.shape)}, {tuple(mask.shape)}")
+        raise ValueError(
+            f"expected token_rewards [B, T], values [B, T, ...], mask [B, T]; got "
+            f"{tuple(token_rewards.shape)}, {tuple(values.shape)}, {tuple(mask.shape)}"
+        )
     extra = (1,) * (values.dim() - 2)
     valid = mask.bool().reshape(*mask.shape, *extra)
     rewards = token_rewards.reshape(*token_rewards.shape, *extra)
@@ -436,9 +436,7 @@ def group_advantages(
         [B] advantages.
     """
     if scores.dim() != 1 or group_index.shape != scores.shape:
-        raise ValueError(
-            f"expected scores [B], group_index [B]; got {tuple(scores.shape)}, {tuple(group_index.shape)}"
-        )
+        raise ValueError(f"expected scores [B], group_index [B]; got {tuple(scores.shape)}, {tuple(group_index.shape)}")
     if not scores.is_floating_point():
         scores = scores.to(torch.get_default_dtype())
     group_ids, inverse = torch.unique(group_index, return_inverse=True)  # inverse: [B] dense ids 0..G-1

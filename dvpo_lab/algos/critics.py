@@ -121,8 +121,13 @@ class QuantileCritic(Critic):
         return self.n_heads * self.n_quantiles
 
     def config(self) -> dict:
-        return {"n_heads": self.n_heads, "n_quantiles": self.n_quantiles, "tau_grid": self.tau_grid,
-                "monotone": self.monotone, "head_init_std": self.head_init_std}
+        return {
+            "n_heads": self.n_heads,
+            "n_quantiles": self.n_quantiles,
+            "tau_grid": self.tau_grid,
+            "monotone": self.monotone,
+            "head_init_std": self.head_init_std,
+        }
 
     def view(self, raw: torch.Tensor) -> torch.Tensor:
         q = raw.reshape(*raw.shape[:-1], self.n_heads, self.n_quantiles)

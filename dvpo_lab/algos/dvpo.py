@@ -111,8 +111,9 @@ class DVPOConfig:
 # Distributional GAE (DVPO paper Eq. 2) ----------------------------------------------------------------------
 
 
-def quantile_gae(token_rewards: torch.Tensor, quantiles: torch.Tensor, mask: torch.Tensor, gamma: float,
-                 lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def quantile_gae(
+    token_rewards: torch.Tensor, quantiles: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-quantile GAE: delta^j_t = r_t + gamma theta_j(s_{t+1}) - theta_j(s_t), A^j_t = delta^j_t + gamma lam
     A^j_{t+1}; targets Z^_{j,t} = theta_j(s_t) + A^j_t, the per-quantile lambda-return (never one scalar return
     broadcast to all quantiles): `core.gae_recursion` on the N quantiles at once.
@@ -151,8 +152,15 @@ def qr_per_quantile(p: torch.Tensor, z: torch.Tensor, taus: torch.Tensor, kappa:
     return quantile_huber_sorted(pred, z.unsqueeze(1).expand(n, H, z.shape[-1]), taus, kappa)
 
 
-def qr_term(qr: torch.Tensor, p: torch.Tensor, old: torch.Tensor, z: torch.Tensor, taus: torch.Tensor,
-            config: DictConfig, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def qr_term(
+    qr: torch.Tensor,
+    p: torch.Tensor,
+    old: torch.Tensor,
+    z: torch.Tensor,
+    taus: torch.Tensor,
+    config: DictConfig,
+    clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 3 with the distributional value clip: per token the larger of the unclipped QR loss `qr` `[n]` and the
     loss of the clipped prediction, as PPO's value clip does. "mean" translates each head's distribution so its
     mean moves at most `clip` from the rollout-time one (`old` `[n, H, N]`); "quantile" clips each quantile.
@@ -205,8 +213,9 @@ def shift_term(ens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 def shape_term(lo_p, up_p, lo_z, up_z, margin_low: float, margin_up: float) -> torch.Tensor:
     """Eq. 8 with margins: contract the lower tail's variance, expand the upper tail's -> `[n]`."""
-    return (F.relu(tail_var(lo_p) - (1 - margin_low) * tail_var(lo_z))
-            + F.relu((1 + margin_up) * tail_var(up_z) - tail_var(up_p)))
+    return F.relu(tail_var(lo_p) - (1 - margin_low) * tail_var(lo_z)) + F.relu(
+        (1 + margin_up) * tail_var(up_z) - tail_var(up_p)
+    )
 
 
 def curv_term(ens_sorted: torch.Tensor, kl: int, ku: int) -> torch.Tensor:
@@ -215,7 +224,7 @@ def curv_term(ens_sorted: torch.Tensor, kl: int, ku: int) -> torch.Tensor:
     if N < 3:
         return ens_sorted.new_zeros(ens_sorted.shape[0])
     d2 = ens_sorted[:, 2:] - 2 * ens_sorted[:, 1:-1] + ens_sorted[:, :-2]  # [n, N - 2]
-    return F.relu(d2[:, :kl].mean(-1)) + F.relu(-d2[:, N - 2 - ku:].mean(-1))
+    return F.relu(d2[:, :kl].mean(-1)) + F.relu(-d2[:, N - 2 - ku :].mean(-1))
 
 
 def cons_term(p: torch.Tensor) -> torch.Tensor:
@@ -242,8 +251,9 @@ class Tails:
         return cls(tail_size(n, a), tail_size(n, b), kl, ku)
 
 
-def regularisers_torch(p: torch.Tensor, z: torch.Tensor, active, t: Tails, margin_low: float = 0.0,
-                       margin_up: float = 0.0) -> dict[str, torch.Tensor]:
+def regularisers_torch(
+    p: torch.Tensor, z: torch.Tensor, active, t: Tails, margin_low: float = 0.0, margin_up: float = 0.0
+) -> dict[str, torch.Tensor]:
     """The active ones of cvar, gain, shift, shape, curv, cons per token `[n]` (the reference and the GPU path).
 
     Args:
@@ -252,17 +262,22 @@ def regularisers_torch(p: torch.Tensor, z: torch.Tensor, active, t: Tails, margi
     N = p.shape[-1]
     ens = p.mean(-2)
     ens_sorted = sort_last(ens)
-    lo_p, up_p, lo_z, up_z = ens_sorted[:, :t.ka], ens_sorted[:, N - t.kb:], z[:, :t.ka], z[:, N - t.kb:]
-    terms = {"cvar": lambda: cvar_term(lo_p, lo_z), "gain": lambda: gain_term(up_p, up_z),
-             "shift": lambda: shift_term(ens, z), "shape": lambda: shape_term(lo_p, up_p, lo_z, up_z, margin_low,
-                                                                               margin_up),
-             "curv": lambda: curv_term(ens_sorted, t.kl, t.ku), "cons": lambda: cons_term(p)}
+    lo_p, up_p, lo_z, up_z = ens_sorted[:, : t.ka], ens_sorted[:, N - t.kb :], z[:, : t.ka], z[:, N - t.kb :]
+    terms = {
+        "cvar": lambda: cvar_term(lo_p, lo_z),
+        "gain": lambda: gain_term(up_p, up_z),
+        "shift": lambda: shift_term(ens, z),
+        "shape": lambda: shape_term(lo_p, up_p, lo_z, up_z, margin_low, margin_up),
+        "curv": lambda: curv_term(ens_sorted, t.kl, t.ku),
+        "cons": lambda: cons_term(p),
+    }
     return {k: fn() for k, fn in terms.items() if k in active}
 
 
 @torch.no_grad()
-def diagnostics(p: torch.Tensor, z: torch.Tensor, t: Tails, stats: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+def diagnostics(
+    p: torch.Tensor, z: torch.Tensor, t: Tails, stats: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Detached critic diagnostics (`critic/quantile_spread_low`, ...), from the compiled path's `stats` `[n, 7]`
     when it ran, else computed here."""
     n, H, N = p.shape
@@ -273,8 +288,8 @@ def diagnostics(p: torch.Tensor, z: torch.Tensor, t: Tails, stats: torch.Tensor 
     else:
         ens = p.mean(-2)
         ens_sorted = sort_last(ens)
-        var_lo_p, var_up_p = tail_var(ens_sorted[:, :t.ka]), tail_var(ens_sorted[:, N - t.kb:])
-        var_lo_z, var_up_z = tail_var(z[:, :t.ka]), tail_var(z[:, N - t.kb:])
+        var_lo_p, var_up_p = tail_var(ens_sorted[:, : t.ka]), tail_var(ens_sorted[:, N - t.kb :])
+        var_lo_z, var_up_z = tail_var(z[:, : t.ka]), tail_var(z[:, N - t.kb :])
         mean_p, mean_z = ens.mean(-1), z.mean(-1)
         crossed_frac = (ens[:, 1:] < ens[:, :-1]).float().mean() if n and N > 1 else zero
     return {
@@ -289,24 +304,64 @@ def diagnostics(p: torch.Tensor, z: torch.Tensor, t: Tails, stats: torch.Tensor 
     }
 
 
-def aggregate(per_tok: dict[str, torch.Tensor], mask: torch.Tensor, mode: str, scale: int | None
-              ) -> dict[str, torch.Tensor]:
+def aggregate(
+    per_tok: dict[str, torch.Tensor], mask: torch.Tensor, mode: str, scale: int | None
+) -> dict[str, torch.Tensor]:
     """Each term's per-token values `[n]` (valid tokens of `mask` `[B, T]`, in order) reduced by `agg_loss`."""
     names, valid = list(per_tok), mask.bool()
     stacked = torch.stack([per_tok[k] for k in names])  # [K, n]: every term at once
     if mode == "token-mean":  # the packed tokens are exactly the valid ones
         agg = stacked.mean(-1) if stacked.shape[-1] else stacked.new_zeros(len(names))
     else:
-        mats = stacked.new_zeros(len(names), *mask.shape).masked_scatter(valid.expand(len(names), *mask.shape),
-                                                                         stacked)
+        mats = stacked.new_zeros(len(names), *mask.shape).masked_scatter(valid.expand(len(names), *mask.shape), stacked)
         agg = torch.stack([agg_loss(m, mask.to(m.dtype), mode, scale) for m in mats])
     return dict(zip(names, agg.unbind(0), strict=True))
 
 
-def dvpo_critic_loss(pred: torch.Tensor, old_pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                     taus: torch.Tensor, config: DictConfig, *, cliprange_value: float | None = 0.5,
-                     loss_agg_mode: str = "token-mean", loss_scale_factor: int | None = None,
-                     fused: bool | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def pack_valid(
+    pred: torch.Tensor, old_pred: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The valid tokens of a minibatch: predictions `[n, H, N]`, ascending targets `[n, N]` and their flat indices
+    `[n]` into `B * T`.
+
+    Raises:
+        ValueError: pred/old_pred are not `[B, T, H, N]` or targets not `[B, T, N]`.
+    """
+    B, T, H, N = pred.shape if pred.dim() == 4 else (0, 0, 0, 0)
+    if not B or old_pred.shape != pred.shape or targets.shape != (B, T, N):
+        raise ValueError(
+            f"expected pred/old_pred [B, T, H, N] and targets [B, T, N]; got {tuple(pred.shape)}, "
+            f"{tuple(old_pred.shape)}, {tuple(targets.shape)}"
+        )
+    idx = mask.bool().flatten().nonzero().squeeze(-1)
+    p = pred.reshape(B * T, H, N).index_select(0, idx)
+    return p, sort_last(targets.detach().reshape(B * T, N).index_select(0, idx)), idx
+
+
+def regulariser_terms(
+    p: torch.Tensor, z: torch.Tensor, active, t: Tails, config: DictConfig, fused: bool | None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The active regularisers per token `[n]` (Eqs. 5-10), compiled where `fused` (None: where available), with
+    the compiled path's diagnostics `[n, 7]` (None on the torch path)."""
+    if fused if fused is not None else kernels.available(p):
+        reg, stats = kernels.regularisers(p, z, t.ka, t.kb, t.kl, t.ku, config.margin_low, config.margin_up)
+        return {k: reg[j] for j, k in enumerate(kernels.REG_TERMS) if k in active}, stats
+    return regularisers_torch(p, z, active, t, config.margin_low, config.margin_up), None
+
+
+def dvpo_critic_loss(
+    pred: torch.Tensor,
+    old_pred: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    taus: torch.Tensor,
+    config: DictConfig,
+    *,
+    cliprange_value: float | None = 0.5,
+    loss_agg_mode: str = "token-mean",
+    loss_scale_factor: int | None = None,
+    fused: bool | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_QR + sum_k w_k L_k over the terms in the module docstring (DVPO paper Eqs. 3-11).
 
     Args:
@@ -319,47 +374,59 @@ def dvpo_critic_loss(pred: torch.Tensor, old_pred: torch.Tensor, targets: torch.
     Raises:
         ValueError: shapes that do not match.
     """
-    B, T, H, N = pred.shape if pred.dim() == 4 else (0, 0, 0, 0)
-    if not B or old_pred.shape != pred.shape or targets.shape != (B, T, N):
-        raise ValueError(f"expected pred/old_pred [B, T, H, N] and targets [B, T, N]; got {tuple(pred.shape)}, "
-                         f"{tuple(old_pred.shape)}, {tuple(targets.shape)}")
     w = {k: float(config.weights[k]) for k in DVPO_TERMS if config.use[k] and config.weights[k]}
-    idx = mask.bool().flatten().nonzero().squeeze(-1)
-    p = pred.reshape(B * T, H, N).index_select(0, idx)  # [n, H, N]: valid tokens only
-    z = sort_last(targets.detach().reshape(B * T, N).index_select(0, idx))  # [n, N] ascending
-    t = Tails.of(N, config)
+    p, z, idx = pack_valid(pred, old_pred, targets, mask)  # [n, H, N], [n, N] ascending, [n]
+    t = Tails.of(p.shape[-1], config)
     qr_q = qr_per_quantile(p, z, taus, config.kappa, config.qr_on)  # [n, H', N]
     per_tok, clipfrac = {"qr": qr_q.mean((-1, -2))}, p.new_zeros(())
     if config.value_clip != "none" and cliprange_value is not None:
-        old = old_pred.detach().reshape(B * T, H, N).index_select(0, idx)
+        old = old_pred.detach().flatten(0, 1).index_select(0, idx)
         per_tok["qr"], clipfrac = qr_term(per_tok["qr"], p, old, z, taus, config, cliprange_value)
     if "risk" in w:
         per_tok["risk"] = risk_term(qr_q, taus, config.risk_eta)
-    stats = None
-    if fused if fused is not None else kernels.available(p):
-        reg, stats = kernels.regularisers(p, z, t.ka, t.kb, t.kl, t.ku, config.margin_low, config.margin_up)
-        per_tok.update({k: reg[j] for j, k in enumerate(kernels.REG_TERMS) if k in w})
-    else:
-        per_tok.update(regularisers_torch(p, z, w, t, config.margin_low, config.margin_up))
+    regs, stats = regulariser_terms(p, z, w, t, config, fused)
+    per_tok.update(regs)
     terms = aggregate({k: v.to(pred.dtype) for k, v in per_tok.items()}, mask, loss_agg_mode, loss_scale_factor)
     loss = terms["qr"] + sum(w[k] * terms[k] for k in terms if k != "qr")
     metrics = {f"loss_{k}": v.detach() for k, v in terms.items()}
     return loss, {**metrics, **diagnostics(p, z, t, stats), "vf_clipfrac": clipfrac}
 
 
-def dvpo_value_loss(view: torch.Tensor, old_view: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
-                    critic, config: DictConfig, loss_scale_factor: int | None = None
-                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def dvpo_value_loss(
+    view: torch.Tensor,
+    old_view: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    critic,
+    config: DictConfig,
+    loss_scale_factor: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The registered critic loss: `dvpo_critic_loss` with the critic's levels and the run's `algo` node."""
     taus = critic.taus.to(view.device, view.dtype)
-    loss, m = dvpo_critic_loss(view, old_view, targets, mask, taus, config.dist, cliprange_value=config.cliprange_value,
-                               loss_agg_mode=config.loss_agg_mode, loss_scale_factor=loss_scale_factor)
+    loss, m = dvpo_critic_loss(
+        view,
+        old_view,
+        targets,
+        mask,
+        taus,
+        config.dist,
+        cliprange_value=config.cliprange_value,
+        loss_agg_mode=config.loss_agg_mode,
+        loss_scale_factor=loss_scale_factor,
+    )
     return loss, {"vf_loss": loss.detach(), **m}
 
 
 @register_algo("dist_gae", critic="quantile", critic_loss=dvpo_value_loss, node="dist")
-def dist_gae_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
-                       group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def dist_gae_advantage(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    values: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    config: DictConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DVPO advantages: distributional GAE (Eq. 2), collapsed to one advantage per token for the actor.
 
     `dist.actor_advantage=mean` (the paper's reconstruction): A_t = mean_j A^j_t, which equals GAE on the mean

@@ -24,8 +24,9 @@ __all__ = ["dr_grpo_advantage", "grpo_advantage", "rloo_advantage"]
 GROUP_EPS = 1e-6  # veRL's epsilon in the std division
 
 
-def _group_outcome(token_rewards: torch.Tensor, mask: torch.Tensor, group_index: torch.Tensor | None, name: str,
-                   **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_outcome(
+    token_rewards: torch.Tensor, mask: torch.Tensor, group_index: torch.Tensor | None, name: str, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
     if group_index is None:
         raise ValueError(f"adv_estimator {name!r} needs group_index=[B] (one id per prompt)")
     seq_adv = group_advantages(outcome_scores(token_rewards, mask), group_index, eps=GROUP_EPS, **kwargs)
@@ -34,8 +35,14 @@ def _group_outcome(token_rewards: torch.Tensor, mask: torch.Tensor, group_index:
 
 
 @register_algo("grpo", critic="none", grouped=True)
-def grpo_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
-                   group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def grpo_advantage(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    values: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    config: DictConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO: group-normalised outcome advantage, divided by the group std when `algo.norm_adv_by_std`.
 
     Args:
@@ -50,15 +57,27 @@ def grpo_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: t
 
 
 @register_algo("dr_grpo", critic="none", grouped=True)
-def dr_grpo_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
-                      group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def dr_grpo_advantage(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    values: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    config: DictConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dr. GRPO: A_i = r_i - mean(group), never divided by the std. Shapes as `grpo_advantage`."""
     return _group_outcome(token_rewards, mask, group_index, "dr_grpo", norm_by_std=False)
 
 
 @register_algo("rloo", critic="none", grouped=True)
-def rloo_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
-                   group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def rloo_advantage(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    values: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    config: DictConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RLOO: A_i = r_i - mean of the other G - 1 rewards of its group = G/(G-1) (r_i - mean). Shapes as
     `grpo_advantage`."""
     return _group_outcome(token_rewards, mask, group_index, "rloo", norm_by_std=False, leave_one_out=True)

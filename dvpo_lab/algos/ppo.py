@@ -16,22 +16,36 @@ from dvpo_lab.algos.registry import register_algo
 __all__ = ["gae_advantage", "scalar_value_loss"]
 
 
-def scalar_value_loss(view: torch.Tensor, old_view: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
-                      critic, config: DictConfig, loss_scale_factor: int | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def scalar_value_loss(
+    view: torch.Tensor,
+    old_view: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    critic,
+    config: DictConfig,
+    loss_scale_factor: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """veRL's clipped value loss on values `[B, T]` (`algo.cliprange_value`, `algo.loss_agg_mode`).
 
     Returns:
         (loss, {"vf_loss", "vf_clipfrac"}) with detached metrics.
     """
-    loss, m = compute_value_loss(view, old_view, targets, mask, config.cliprange_value, config.loss_agg_mode,
-                                 loss_scale_factor)
+    loss, m = compute_value_loss(
+        view, old_view, targets, mask, config.cliprange_value, config.loss_agg_mode, loss_scale_factor
+    )
     return loss, {"vf_loss": loss.detach(), **m}
 
 
 @register_algo("gae", critic="scalar", critic_loss=scalar_value_loss)
-def gae_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
-                  group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_advantage(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    values: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    config: DictConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE advantages, whitened over the batch's valid tokens when `algo.norm_adv` (veRL does); returns are not.
 
     Args:

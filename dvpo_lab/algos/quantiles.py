@@ -166,8 +166,9 @@ def quantile_huber_sorted(pred: torch.Tensor, target: torch.Tensor, taus: torch.
     n4, s1_4, _ = band(c, torch.full_like(c, M))
     quad2 = s2_2 - 2 * theta * s1_2 + theta.square() * n2  # sum (z - theta)^2 over the band
     quad3 = s2_3 - 2 * theta * s1_3 + theta.square() * n3
-    loss = ((1 - tau) * ((theta - 0.5 * kappa) * n1 - s1_1 + quad2 / (2 * kappa))
-            + tau * (quad3 / (2 * kappa) + s1_4 - (theta + 0.5 * kappa) * n4))
+    loss = (1 - tau) * ((theta - 0.5 * kappa) * n1 - s1_1 + quad2 / (2 * kappa)) + tau * (
+        quad3 / (2 * kappa) + s1_4 - (theta + 0.5 * kappa) * n4
+    )
     return (loss / M).to(out_dtype)
 
 

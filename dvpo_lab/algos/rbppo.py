@@ -21,8 +21,14 @@ from dvpo_lab.algos.core import _check_same_shape, compute_value_loss, gae_recur
 from dvpo_lab.algos.registry import register_algo
 from dvpo_lab.choices import choice_enum
 
-__all__ = ["V_LO_MODES", "RobustConfig", "ensemble_value_loss", "pessimistic_value", "robust_gae",
-           "robust_gae_advantage"]
+__all__ = [
+    "V_LO_MODES",
+    "RobustConfig",
+    "ensemble_value_loss",
+    "pessimistic_value",
+    "robust_gae",
+    "robust_gae_advantage",
+]
 
 V_LO_MODES = ("zero", "batch_min")
 VLo = choice_enum("VLo", V_LO_MODES, __name__)
@@ -55,8 +61,13 @@ def pessimistic_value(values: torch.Tensor, c: float) -> torch.Tensor:
 
 @torch.no_grad()
 def robust_gae(
-    token_rewards: torch.Tensor, vt: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float,
-    rho: float, v_lo: float | torch.Tensor = 0.0,
+    token_rewards: torch.Tensor,
+    vt: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    rho: float,
+    v_lo: float | torch.Tensor = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounded robust lambda-return with carry-through masking (docs/algorithms.md "RB-PPO").
 
@@ -79,8 +90,13 @@ def robust_gae(
 
 
 def ensemble_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-    cliprange_value: float | None = 0.5, loss_agg_mode: str = "token-mean", loss_scale_factor: int | None = None,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float | None = 0.5,
+    loss_agg_mode: str = "token-mean",
+    loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over heads of the clipped value loss (verl `compute_value_loss`): every head regresses the same target y_t,
     each clipped around its own rollout-time value (TD3 convention).
@@ -96,26 +112,41 @@ def ensemble_value_loss(
     total, clipfrac = values.new_zeros(()), values.new_zeros(())
     K = values.shape[-1]
     for k in range(K):
-        loss_k, m = compute_value_loss(values[..., k], old_values[..., k], targets, mask, cliprange_value,
-                                       loss_agg_mode, loss_scale_factor)
+        loss_k, m = compute_value_loss(
+            values[..., k], old_values[..., k], targets, mask, cliprange_value, loss_agg_mode, loss_scale_factor
+        )
         total = total + loss_k
         clipfrac = clipfrac + m["vf_clipfrac"] / K
     spread = values.detach().std(-1, unbiased=False) if K > 1 else values.new_zeros(values.shape[:2])
     return total, {"vf_clipfrac": clipfrac, "head_disagreement": masked_mean(spread, mask)}
 
 
-def rbppo_critic_loss(view: torch.Tensor, old_view: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, *,
-                      critic, config: DictConfig, loss_scale_factor: int | None = None
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def rbppo_critic_loss(
+    view: torch.Tensor,
+    old_view: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    critic,
+    config: DictConfig,
+    loss_scale_factor: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`ensemble_value_loss` with the run's `algo.cliprange_value` and `algo.loss_agg_mode`; adds `vf_loss`."""
-    loss, m = ensemble_value_loss(view, old_view, targets, mask, config.cliprange_value, config.loss_agg_mode,
-                                  loss_scale_factor)
+    loss, m = ensemble_value_loss(
+        view, old_view, targets, mask, config.cliprange_value, config.loss_agg_mode, loss_scale_factor
+    )
     return loss, {"vf_loss": loss.detach(), **m}
 
 
 @register_algo("robust_gae", critic="ensemble", critic_loss=rbppo_critic_loss, node="robust")
-def robust_gae_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
-                         group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def robust_gae_advantage(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    values: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    config: DictConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RB-PPO advantages and critic targets from K-head rollout values `[B, T, K]`, with `algo.robust`'s c, rho
     and v_lo: "zero" (the known minimum of a {0, 1} reward without KL in reward) or "batch_min" (the batch minimum
     of vt over valid tokens; then vt >= v_lo holds and targets are non-increasing in rho).

@@ -73,9 +73,15 @@ class AlgoSpec:
 ALGORITHMS: dict[str, AlgoSpec] = {}
 
 
-def register_algo(name: str, *, critic: str, grouped: bool = False, critic_loss: CriticLossFn | None = None,
-                  node: str | None = None, node_schema: type | None = None) -> Callable[[AdvEstimatorFn],
-                                                                                         AdvEstimatorFn]:
+def register_algo(
+    name: str,
+    *,
+    critic: str,
+    grouped: bool = False,
+    critic_loss: CriticLossFn | None = None,
+    node: str | None = None,
+    node_schema: type | None = None,
+) -> Callable[[AdvEstimatorFn], AdvEstimatorFn]:
     """Decorator registering the estimator it wraps as algorithm `name`.
 
     Raises:
@@ -129,8 +135,6 @@ def broadcast_seq_advantage(seq_adv: torch.Tensor, mask: torch.Tensor) -> torch.
         [B, T].
     """
     if seq_adv.dim() != 1 or mask.dim() != 2 or seq_adv.shape[0] != mask.shape[0]:
-        raise ValueError(
-            f"expected seq_adv [B] and mask [B, T], got {tuple(seq_adv.shape)}, {tuple(mask.shape)}"
-        )
+        raise ValueError(f"expected seq_adv [B] and mask [B, T], got {tuple(seq_adv.shape)}, {tuple(mask.shape)}")
     expanded = seq_adv.unsqueeze(-1).expand(-1, mask.shape[1])
     return torch.where(mask.bool(), expanded, torch.zeros_like(expanded))

@@ -15,8 +15,14 @@ __all__ = ["reinforce_pp_advantage"]
 
 
 @register_algo("reinforce_pp", critic="none")
-def reinforce_pp_advantage(token_rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor | None,
-                           group_index: torch.Tensor | None, config: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def reinforce_pp_advantage(
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    values: torch.Tensor | None,
+    group_index: torch.Tensor | None,
+    config: DictConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return-to-go with discount `algo.gamma` (GAE with zero values and lambda = 1), whitened when `algo.norm_adv`.
 
     Args:

@@ -51,9 +51,7 @@ def _arch_config(arch: ArchConfig, tokenizer: PreTrainedTokenizerBase):
     )
 
 
-def build_policy(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, path: str | None = None
-) -> PreTrainedModel:
+def build_policy(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, path: str | None = None) -> PreTrainedModel:
     """Load `path` (or `cfg.name_or_path`) with `from_pretrained`; with neither, build `cfg.arch` at random."""
     src = path or cfg.name_or_path
     dtype = torch_dtype(cfg.dtype)

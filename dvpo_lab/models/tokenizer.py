@@ -1,4 +1,5 @@
 """Tokenizers the project builds itself, so the embedded default needs no download."""
+
 from __future__ import annotations
 
 import string

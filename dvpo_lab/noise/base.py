@@ -40,8 +40,10 @@ def as_binary_numpy(clean: torch.Tensor) -> np.ndarray:
     c = clean.detach().to("cpu", torch.float32).numpy()
     if not np.isin(c, (0.0, 1.0)).all():
         bad = float(c[~np.isin(c, (0.0, 1.0))][0])
-        raise ConfigError(f"this noise flips binary rewards but the task's reward (task.reward) gave {bad:g}, not 0 or "
-                          "1; use noise=none or noise=gauss0.3, or a reward whose scores are 0 or 1")
+        raise ConfigError(
+            f"this noise flips binary rewards but the task's reward (task.reward) gave {bad:g}, not 0 or "
+            "1; use noise=none or noise=gauss0.3, or a reward whose scores are 0 or 1"
+        )
     return c
 
 

@@ -4,5 +4,13 @@
 from dvpo_lab.tasks.base import RUN_KEYS, MultiTurnTask, Problem, Task, instantiate_task, task_arguments
 from dvpo_lab.tasks.reward import RewardFn, per_sample
 
-__all__ = ["RUN_KEYS", "MultiTurnTask", "Problem", "RewardFn", "Task", "instantiate_task", "per_sample",
-           "task_arguments"]
+__all__ = [
+    "RUN_KEYS",
+    "MultiTurnTask",
+    "Problem",
+    "RewardFn",
+    "Task",
+    "instantiate_task",
+    "per_sample",
+    "task_arguments",
+]

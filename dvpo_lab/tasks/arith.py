@@ -97,8 +97,10 @@ class ArithTask(Task):
         if teacher not in TEACHERS:
             raise ConfigError(f"task.teacher={teacher} is not a teacher; choose one of {' | '.join(TEACHERS)}")
         if teacher != "exact" and not 1 <= teacher_column <= digits - 1:
-            raise ConfigError(f"task.teacher_column={teacher_column} must be between 1 and digits-1={digits - 1} "
-                             f"(the columns that can receive a carry); lower it or raise task.digits")
+            raise ConfigError(
+                f"task.teacher_column={teacher_column} must be between 1 and digits-1={digits - 1} "
+                f"(the columns that can receive a carry); lower it or raise task.digits"
+            )
         if not 0.0 <= teacher_error_rate <= 1.0:
             raise ConfigError(f"task.teacher_error_rate={teacher_error_rate} must be in [0, 1]; e.g. 0.8")
         self.digits = digits
@@ -233,9 +235,7 @@ class ArithTask(Task):
 
     def train_problems(self, indices: Sequence[int]) -> list[Problem]:
         """Training problems for any non-negative indices (the stream is unbounded)."""
-        return [
-            self._problem(self._draw_outside_test(_STREAM_TRAIN, self.train_seed, int(i))) for i in indices
-        ]
+        return [self._problem(self._draw_outside_test(_STREAM_TRAIN, self.train_seed, int(i))) for i in indices]
 
     def num_train(self) -> int | None:
         return None

@@ -98,7 +98,6 @@ class Task(abc.ABC):
         """
         return {}
 
-
     def extract_answer(self, text: str) -> str | None:
         """The final answer a response commits to, normalised like :attr:`Problem.answer` (``None``: none).
 
@@ -172,13 +171,17 @@ def _target_of(node: Mapping[str, Any]) -> Any:
 
     target = node.get("_target_")
     if not target:
-        raise ConfigError("task has no _target_ (the task class, e.g. dvpo_lab.tasks.arith.ArithTask); add one "
-                          "to the task's YAML or pick a shipped option (task=arith)")
+        raise ConfigError(
+            "task has no _target_ (the task class, e.g. dvpo_lab.tasks.arith.ArithTask); add one "
+            "to the task's YAML or pick a shipped option (task=arith)"
+        )
     try:
         return hydra.utils.get_object(str(target))
     except Exception as err:  # noqa: BLE001 - an import error of any kind is the user's to fix
-        raise ConfigError(f"task._target_={target} cannot be imported ({' '.join(str(err).split())[:200]}); check "
-                          "the dotted path and that its module is on PYTHONPATH (or in extra_modules)") from None
+        raise ConfigError(
+            f"task._target_={target} cannot be imported ({' '.join(str(err).split())[:200]}); check "
+            "the dotted path and that its module is on PYTHONPATH (or in extra_modules)"
+        ) from None
 
 
 def _constructor_args(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,8 +214,10 @@ def instantiate_task(node: Mapping[str, Any], tokenizer: Any = None) -> Task:
     spec = _constructor_args(node)
     target = _target_of(spec)
     if not (inspect.isclass(target) and issubclass(target, Task)):
-        raise ConfigError(f"task._target_={spec['_target_']} is not a dvpo_lab.tasks.Task subclass; name your "
-                          "task class (subclass Task and implement its methods, docs/tasks_and_noise.md)")
+        raise ConfigError(
+            f"task._target_={spec['_target_']} is not a dvpo_lab.tasks.Task subclass; name your "
+            "task class (subclass Task and implement its methods, docs/tasks_and_noise.md)"
+        )
     extra = {"tokenizer": tokenizer} if "tokenizer" in inspect.signature(target).parameters else {}
     try:
         return hydra.utils.instantiate(spec, _convert_="all", **extra)
@@ -221,9 +226,10 @@ def instantiate_task(node: Mapping[str, Any], tokenizer: Any = None) -> Task:
         if isinstance(cause, ConfigError):  # the constructor's own message: key, value, fix
             raise cause from None
         what = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)  # None: Hydra's own failure
-        raise ConfigError(f"task._target_={spec['_target_']} cannot be built with these task.* values "
-                          f"({' '.join(what.split())[:300]}); check them against the class's arguments"
-                          ) from (cause or err)
+        raise ConfigError(
+            f"task._target_={spec['_target_']} cannot be built with these task.* values "
+            f"({' '.join(what.split())[:300]}); check them against the class's arguments"
+        ) from (cause or err)
 
 
 def task_arguments(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -323,8 +329,9 @@ def check_aligned(responses: Sequence[str], problems: Sequence[Problem]) -> None
         raise ValueError(f"score() got {len(responses)} responses for {len(problems)} problems")
 
 
-def load_local_split(data_dir: str | Path, filename: str, read: Callable[[Path], list], fix: str,
-                     key: str = "task.data_dir") -> list:
+def load_local_split(
+    data_dir: str | Path, filename: str, read: Callable[[Path], list], fix: str, key: str = "task.data_dir"
+) -> list:
     """Rows of `data_dir/filename` read by `read(path)`; every data problem is one `ConfigError` line naming
     the config key (``key=data_dir``), the file (and line, from `BadRow`) and `fix`.
 

@@ -209,8 +209,10 @@ class DialogueTask(MultiTurnTask):
         self.services = tuple(s for d in self.domains for s in DOMAINS[d])
         longest = max(len(SERVICE_SLOTS[s]) for s in self.services)
         if max_turns < longest + 1:
-            raise ConfigError(f"task.max_turns={max_turns} leaves no room to ask {longest} slots and then book; "
-                             f"set task.max_turns >= {longest + 1}")
+            raise ConfigError(
+                f"task.max_turns={max_turns} leaves no room to ask {longest} slots and then book; "
+                f"set task.max_turns >= {longest + 1}"
+            )
         if n_test < 1 or n_sft < 0:
             raise ConfigError(f"task.n_test must be >= 1 and task.n_sft >= 0, got {n_test} and {n_sft}")
         self.n_test, self.train_seed, self.test_seed, self.n_sft = n_test, train_seed, test_seed, n_sft
@@ -233,8 +235,14 @@ class DialogueTask(MultiTurnTask):
             if goal.key() not in self._test_keys:
                 self._test_keys.add(goal.key())
                 self._test.append(self._problem(goal))
-        log.info("dialogue: %d services in %s, %d test goals; max_turns=%d, max_response_len=%d",
-                 len(self.services), ",".join(self.domains), n_test, max_turns, self.max_response_len)
+        log.info(
+            "dialogue: %d services in %s, %d test goals; max_turns=%d, max_response_len=%d",
+            len(self.services),
+            ",".join(self.domains),
+            n_test,
+            max_turns,
+            self.max_response_len,
+        )
 
     # --- goals ------------------------------------------------------------------------------------------
 
@@ -309,6 +317,7 @@ class DialogueTask(MultiTurnTask):
             values = [getattr(j, name) for j in verdicts]
             out[name] = torch.tensor(values, dtype=torch.float32)
             for d in self.domains:
-                out[f"{name}/{d}"] = torch.tensor([v if dom == d else math.nan for v, dom in zip(values, domains)],
-                                                  dtype=torch.float32)
+                out[f"{name}/{d}"] = torch.tensor(
+                    [v if dom == d else math.nan for v, dom in zip(values, domains)], dtype=torch.float32
+                )
         return out

@@ -36,9 +36,11 @@ SPLIT_FILES = {"train": "train.jsonl", "test": "test.jsonl"}
 # veRL's instruction, appended after one space.
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 # The fix every data error ends with: what a data folder must hold (one line).
-DATA_FIX = (f"set task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} (GSM8K format: one JSON "
-            "object per line with 'question' and 'answer', the answer ending in '#### <number>'), or "
-            f"task.data_dir=null to download {HUB_ID} from the hub")
+DATA_FIX = (
+    f"set task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} (GSM8K format: one JSON "
+    "object per line with 'question' and 'answer', the answer ending in '#### <number>'), or "
+    f"task.data_dir=null to download {HUB_ID} from the hub"
+)
 
 
 def reference_answer(answer_text: str) -> str | None:
@@ -59,8 +61,7 @@ def make_problem(row: Mapping[str, Any], where: str, template: str = "plain", to
     """
     for key in ("question", "answer"):
         if key not in row:
-            raise BadRow(f"{where}: missing key {key!r} (each row needs 'question' and 'answer'; it has "
-                         f"{sorted(row)})")
+            raise BadRow(f"{where}: missing key {key!r} (each row needs 'question' and 'answer'; it has {sorted(row)})")
         if not isinstance(row[key], str):
             raise BadRow(f"{where}: {key!r} must be a string, got {type(row[key]).__name__}")
     answer = reference_answer(row["answer"])
@@ -82,8 +83,9 @@ def read_jsonl(path: Path, limit: int | None = None, template: str = "plain", to
 def _load_local(data_dir: str | Path, split: str, limit: int | None, template: str, tokenizer: Any) -> list[Problem]:
     """One split from ``data_dir``; every data problem is a one-line :class:`ConfigError` naming
     ``task.data_dir``, the file (and line) and the fix."""
-    return load_local_split(data_dir, SPLIT_FILES[split], lambda path: read_jsonl(path, limit, template, tokenizer),
-                            DATA_FIX)
+    return load_local_split(
+        data_dir, SPLIT_FILES[split], lambda path: read_jsonl(path, limit, template, tokenizer), DATA_FIX
+    )
 
 
 def _load_hub(split: str, limit: int | None, template: str, tokenizer: Any) -> list[Problem]:
@@ -95,8 +97,10 @@ def _load_hub(split: str, limit: int | None, template: str, tokenizer: Any) -> l
     # any hub or network failure (offline, renamed dataset, ...) is the user's to fix, with a local folder
     except Exception as err:  # noqa: BLE001
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{key}: could not load it ({reason}). Fix: offline, set task.data_dir to a folder "
-                          f"with {' and '.join(SPLIT_FILES.values())} (GSM8K format: question, answer)") from None
+        raise ConfigError(
+            f"{key}: could not load it ({reason}). Fix: offline, set task.data_dir to a folder "
+            f"with {' and '.join(SPLIT_FILES.values())} (GSM8K format: question, answer)"
+        ) from None
     rows: Iterable[Mapping[str, Any]] = itertools.islice(ds, limit)
     try:
         problems = [make_problem(row, f"{HUB_ID}[{split}][{i}]", template, tokenizer) for i, row in enumerate(rows)]
@@ -153,8 +157,14 @@ class GSM8KTask(Task):
             self._train = _load_local(data_dir, "train", max_train, template, tokenizer)
             self._test = _load_local(data_dir, "test", max_test, template, tokenizer)
         source = HUB_ID if data_dir is None else str(data_dir)
-        log.info("gsm8k from %s: %d train, %d test problems (template=%s, reward=%s)", source,
-                 len(self._train), len(self._test), template, reward_name(reward))
+        log.info(
+            "gsm8k from %s: %d train, %d test problems (template=%s, reward=%s)",
+            source,
+            len(self._train),
+            len(self._test),
+            template,
+            reward_name(reward),
+        )
 
     def train_problems(self, indices: Sequence[int]) -> list[Problem]:
         """Training rows by index, wrapping around the split (``index % num_train()``)."""

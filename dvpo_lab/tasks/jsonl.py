@@ -133,11 +133,15 @@ class JSONLTask(Task):
         given = [k for k, v in (("path", path), ("train_path", train_path), ("hub_id", hub_id)) if v]
         if len(given) != 1:
             what = "no data" if not given else f"{' and '.join('task.' + k for k in given)} together"
-            raise ConfigError(f"task=jsonl: {what}; set exactly one of task.path=FILE.jsonl (or a folder with "
-                              "train.jsonl and test.jsonl), task.train_path=FILE.jsonl or task.hub_id=ORG/NAME")
+            raise ConfigError(
+                f"task=jsonl: {what}; set exactly one of task.path=FILE.jsonl (or a folder with "
+                "train.jsonl and test.jsonl), task.train_path=FILE.jsonl or task.hub_id=ORG/NAME"
+            )
         if test_path and not train_path:
-            raise ConfigError(f"task.test_path={test_path!r} goes with task.train_path; set task.train_path too, "
-                              "or use task.path=FOLDER with train.jsonl and test.jsonl")
+            raise ConfigError(
+                f"task.test_path={test_path!r} goes with task.train_path; set task.train_path too, "
+                "or use task.path=FOLDER with train.jsonl and test.jsonl"
+            )
         for key, value in (("max_train", max_train), ("max_test", max_test)):
             if value is not None and value < 1:
                 raise ConfigError(f"task.{key}={value}: must be >= 1 or null")
@@ -150,10 +154,12 @@ class JSONLTask(Task):
         self.instruction, self.template, self._tokenizer = instruction, template, tokenizer
         self.max_response_len, self.reward, self.test_size = max_response_len, reward, test_size
         self._check_answer = _uses_strict_rule(reward)
-        self.fix = (f"each line a JSON object with the prompt in {prompt_key!r} (task.prompt_key) and the answer in "
-                    f"{answer_key!r} (task.answer_key)"
-                    + (f", the demonstration in {solution_key!r} (task.solution_key)" if solution_key else "")
-                    + "; or point those keys at your columns")
+        self.fix = (
+            f"each line a JSON object with the prompt in {prompt_key!r} (task.prompt_key) and the answer in "
+            f"{answer_key!r} (task.answer_key)"
+            + (f", the demonstration in {solution_key!r} (task.solution_key)" if solution_key else "")
+            + "; or point those keys at your columns"
+        )
         if path:
             source, train, test = self._load_path(path)
         elif train_path:
@@ -167,9 +173,16 @@ class JSONLTask(Task):
         if test is None:
             train, test = self._hold_out(train, source)
         self._train, self._test = train[:max_train], test[:max_test]
-        log.info("jsonl from %s: %d train, %d test problems (prompt_key=%s, answer_key=%s, solution_key=%s, "
-                 "reward=%s)", source, len(self._train), len(self._test), prompt_key, answer_key, solution_key,
-                 reward_name(reward))
+        log.info(
+            "jsonl from %s: %d train, %d test problems (prompt_key=%s, answer_key=%s, solution_key=%s, reward=%s)",
+            source,
+            len(self._train),
+            len(self._test),
+            prompt_key,
+            answer_key,
+            solution_key,
+            reward_name(reward),
+        )
 
     # --- loading --------------------------------------------------------------------------------------
 
@@ -186,8 +199,10 @@ class JSONLTask(Task):
         for setting, column in keys:
             if column not in row:
                 has = sorted(map(str, row))
-                raise BadRow(f"{where}: no column {column!r} ({setting}; the row has {has[:12]}"
-                             f"{' ...' if len(has) > 12 else ''})")
+                raise BadRow(
+                    f"{where}: no column {column!r} ({setting}; the row has {has[:12]}"
+                    f"{' ...' if len(has) > 12 else ''})"
+                )
         for setting, column in keys:
             if setting != "task.answer_key" and not isinstance(row[column], str):
                 raise BadRow(f"{where}: column {column!r} ({setting}) holds {type(row[column]).__name__}, not text")
@@ -195,21 +210,29 @@ class JSONLTask(Task):
         solution = row[self.solution_key] if self.solution_key else None
         cell = row[self.answer_key]
         if not isinstance(cell, str | int | float) or isinstance(cell, bool):
-            raise BadRow(f"{where}: answer column {self.answer_key!r} holds {type(cell).__name__}; it must be a "
-                         "string or a number")
+            raise BadRow(
+                f"{where}: answer column {self.answer_key!r} holds {type(cell).__name__}; it must be a "
+                "string or a number"
+            )
         answer = reference_answer(cell)
         if not answer:
             raise BadRow(f"{where}: empty answer in column {self.answer_key!r}")
         if self._check_answer and extract_answer_strict(f"#### {answer}") != answer:
-            raise BadRow(f"{where}: answer {answer!r} is not a number, and the default reward (strict_match: the "
-                         "number after the last '#### ') can never match it",
-                         fix="for text answers set task.reward._target_=dvpo_lab.tasks.reward.exact_match (or "
-                             "math_verify_match for equivalent forms)")
+            raise BadRow(
+                f"{where}: answer {answer!r} is not a number, and the default reward (strict_match: the "
+                "number after the last '#### ') can never match it",
+                fix="for text answers set task.reward._target_=dvpo_lab.tasks.reward.exact_match (or "
+                "math_verify_match for equivalent forms)",
+            )
         text = f"{prompt} {self.instruction}" if self.instruction else prompt
         used = {self.prompt_key, self.answer_key, self.solution_key}
         extra = {k: v for k, v in row.items() if k not in used}
-        return Problem(prompt=render_prompt(text, self.template, self._tokenizer), answer=answer, solution=solution,
-                       extra_info=extra or None)
+        return Problem(
+            prompt=render_prompt(text, self.template, self._tokenizer),
+            answer=answer,
+            solution=solution,
+            extra_info=extra or None,
+        )
 
     def _read(self, path: Path) -> list[Problem]:
         return [self._problem(row, where) for row, where in iter_jsonl(path)]
@@ -223,8 +246,10 @@ class JSONLTask(Task):
             test = load_local_split(p, SPLIT_FILES["test"], self._read, self.fix, key="task.path") if has_test else None
             return str(p), train, test
         if not p.exists():
-            raise ConfigError(f"task.path={str(path)!r}: {p.resolve()} does not exist. Fix: a .jsonl file, or a folder "
-                              "with train.jsonl (and test.jsonl); a relative path is read from the folder you run in")
+            raise ConfigError(
+                f"task.path={str(path)!r}: {p.resolve()} does not exist. Fix: a .jsonl file, or a folder "
+                "with train.jsonl (and test.jsonl); a relative path is read from the folder you run in"
+            )
         return str(p), load_local_file(p, self._read, self.fix, "task.path"), None
 
     def _load_hub(self, hub_id: str, hub_config: str | None, split: str) -> list[Problem]:
@@ -236,8 +261,10 @@ class JSONLTask(Task):
         # any hub or network failure (offline, renamed dataset, no `datasets`) is the user's to fix
         except Exception as err:  # noqa: BLE001
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"{key}: could not load it ({reason}). Fix: check the id, config and split, or "
-                              "download the rows as JSONL and set task.path") from None
+            raise ConfigError(
+                f"{key}: could not load it ({reason}). Fix: check the id, config and split, or "
+                "download the rows as JSONL and set task.path"
+            ) from None
         rows: Iterable[Mapping[str, Any]] = ds  # a datasets.Dataset iterates one dict per row
         try:
             problems = [self._problem(row, f"{hub_id}[{split}][{i}]") for i, row in enumerate(rows)]
@@ -252,9 +279,11 @@ class JSONLTask(Task):
         n = len(rows)
         k = int(self.test_size) if self.test_size >= 1 else max(1, round(self.test_size * n))
         if k >= n:
-            raise ConfigError(f"task.test_size={self.test_size} holds out {k} of the {n} rows of {source}, leaving "
-                              "none to train on; lower it, add rows, or give a test file (task.path=FOLDER with "
-                              "test.jsonl, or task.test_path)")
+            raise ConfigError(
+                f"task.test_size={self.test_size} holds out {k} of the {n} rows of {source}, leaving "
+                "none to train on; lower it, add rows, or give a test file (task.path=FOLDER with "
+                "test.jsonl, or task.test_path)"
+            )
         held = {i * n // k for i in range(k)}
         return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
@@ -278,9 +307,11 @@ class JSONLTask(Task):
             ConfigError: ``solution_key`` is not set (no demonstrations to warm-start on).
         """
         if not self.solution_key:
-            raise ConfigError("task.solution_key=null: the warm-start (model.warm_start=true) trains on a full "
-                              "demonstration response per row; set task.solution_key to the column that holds one, "
-                              "or model.warm_start=false for a model that already answers")
+            raise ConfigError(
+                "task.solution_key=null: the warm-start (model.warm_start=true) trains on a full "
+                "demonstration response per row; set task.solution_key to the column that holds one, "
+                "or model.warm_start=false for a model that already answers"
+            )
         return list(self._train)
 
     def score(self, responses: list[str], problems: list[Problem]) -> torch.Tensor:

@@ -166,7 +166,8 @@ def score_math_verify(text: str, answer: str, window: int | None = None) -> floa
 
 
 SCORERS: dict[str, Callable[[str, str, int | None], float]] = {
-    "strict": score_strict, "math_verify": score_math_verify,
+    "strict": score_strict,
+    "math_verify": score_math_verify,
 }
 
 
@@ -225,8 +226,7 @@ def strict_match(responses: Sequence[str], problems: Sequence[Problem], window: 
     return score_batch(responses, [p.answer for p in problems], "strict", window)
 
 
-def math_verify_match(responses: Sequence[str], problems: Sequence[Problem],
-                      window: int | None = None) -> torch.Tensor:
+def math_verify_match(responses: Sequence[str], problems: Sequence[Problem], window: int | None = None) -> torch.Tensor:
     """math-verify's equivalence (:func:`score_math_verify`) between the answer a response commits to and
     ``problem.answer``. ``window`` as in :func:`strict_match`. Returns ``[B]`` float32 in ``{0, 1}``."""
     return score_batch(responses, [p.answer for p in problems], "math_verify", window)
@@ -246,8 +246,10 @@ def exact_match(responses: Sequence[str], problems: Sequence[Problem], window: i
     answers that are not numbers (``"Paris"``, ``"B"``, ``"x^2"``). Returns ``[B]`` float32 in ``{0, 1}``."""
     if len(responses) != len(problems):
         raise ValueError(f"got {len(responses)} responses for {len(problems)} problems")
-    return torch.tensor([1.0 if extract_answer_exact(r, window) == p.answer.strip() else 0.0
-                         for r, p in zip(responses, problems)], dtype=torch.float32)
+    return torch.tensor(
+        [1.0 if extract_answer_exact(r, window) == p.answer.strip() else 0.0 for r, p in zip(responses, problems)],
+        dtype=torch.float32,
+    )
 
 
 def per_sample(fn: Callable[..., float]) -> Callable[..., list[float]]:
@@ -283,17 +285,23 @@ def as_scores(values: Any, n: int, reward: Callable[..., Any]) -> torch.Tensor:
     try:
         out = torch.as_tensor(values).detach().to("cpu", torch.float32)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ConfigError(f"task.reward ({reward_name(reward)}) returned {type(values).__name__}, not [B] scores "
-                          f"({err}); return a list of floats or a 1-d tensor, one per response") from None
+        raise ConfigError(
+            f"task.reward ({reward_name(reward)}) returned {type(values).__name__}, not [B] scores "
+            f"({err}); return a list of floats or a 1-d tensor, one per response"
+        ) from None
     if out.shape != (n,):
-        raise ConfigError(f"task.reward ({reward_name(reward)}) returned shape {tuple(out.shape)} for {n} "
-                          f"responses; return one score per response, shape [{n}]")
+        raise ConfigError(
+            f"task.reward ({reward_name(reward)}) returned shape {tuple(out.shape)} for {n} "
+            f"responses; return one score per response, shape [{n}]"
+        )
     bad = ~((out >= 0) & (out <= 1))  # NaN included
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
         value = float(out[i])
-        raise ConfigError(f"task.reward ({reward_name(reward)}) scored response {i} "
-                          f"{'NaN' if math.isnan(value) else value}; scores must be in [0, 1]")
+        raise ConfigError(
+            f"task.reward ({reward_name(reward)}) scored response {i} "
+            f"{'NaN' if math.isnan(value) else value}; scores must be in [0, 1]"
+        )
     return out
 
 
@@ -307,7 +315,8 @@ def score_with(reward: Callable[..., Any], responses: Sequence[str], problems: S
 
 # the extraction that goes with each built-in reward (majority-vote labels vote over it)
 _EXTRACTOR_OF: dict[Callable[..., Any], Callable[..., str | None]] = {
-    strict_match: extract_answer_strict, math_verify_match: extract_answer_math_verify,
+    strict_match: extract_answer_strict,
+    math_verify_match: extract_answer_math_verify,
     exact_match: extract_answer_exact,
 }
 

@@ -60,6 +60,7 @@ RESPONSE_MARGIN = 2  # as in arith: a response a token or two too long is still 
 
 # --- reward ---------------------------------------------------------------------------------------------
 
+
 def _choice_patterns(letters: str) -> tuple[re.Pattern[str], ...]:
     up, low = letters.upper(), letters.lower()
     end = r"(?![A-Za-z0-9])"  # "B" but not "Because" or "B12"
@@ -67,8 +68,10 @@ def _choice_patterns(letters: str) -> tuple[re.Pattern[str], ...]:
         re.compile(rf"####\s*\(?([{up}{low}]){end}"),  # "#### B", "####(b)"
         # "the answer is B", "Answer: (C)", "answer = D"; lowercase only after ":" or in parentheses,
         # so "the answer is a mammal" does not read as A
-        re.compile(rf"(?i:answer)\s*(?:(?i:is)\s*)?[:=]?\s*\(?([{up}]){end}"
-                   rf"|(?i:answer)\s*[:=]\s*\(?([{low}]){end}|(?i:answer)\s*(?:(?i:is)\s*)?[:=]?\s*\(([{low}])\)"),
+        re.compile(
+            rf"(?i:answer)\s*(?:(?i:is)\s*)?[:=]?\s*\(?([{up}]){end}"
+            rf"|(?i:answer)\s*[:=]\s*\(?([{low}]){end}|(?i:answer)\s*(?:(?i:is)\s*)?[:=]?\s*\(([{low}])\)"
+        ),
         # "(B) ...", "B. ...", "B) ...", or "B" alone on the first line
         re.compile(rf"^\s*(?:\(([{up}{low}])\)|([{up}])(?:[.):]|[ \t]*(?:\n|$)))"),
         re.compile(rf"\(([{up}])\)"),  # "(B)" anywhere, if only one distinct letter is so marked
@@ -129,11 +132,17 @@ def choice_match(responses: Sequence[str], problems: Sequence[Problem]) -> torch
     Returns ``[B]`` float32 in ``{0, 1}``."""
     if len(responses) != len(problems):
         raise ValueError(f"got {len(responses)} responses for {len(problems)} problems")
-    return torch.tensor([1.0 if extract_choice(r, (p.extra_info or {}).get("letters", LETTERS)) == p.answer else 0.0
-                         for r, p in zip(responses, problems)], dtype=torch.float32)
+    return torch.tensor(
+        [
+            1.0 if extract_choice(r, (p.extra_info or {}).get("letters", LETTERS)) == p.answer else 0.0
+            for r, p in zip(responses, problems)
+        ],
+        dtype=torch.float32,
+    )
 
 
 # --- items ----------------------------------------------------------------------------------------------
+
 
 def shuffled(item: sciqa_data.MCItem, seed: int, split: str, row: int) -> tuple[tuple[str, ...], int]:
     """``item``'s choices in a permutation keyed by (seed, split, row) (Fisher-Yates on hash draws), and the
@@ -236,28 +245,40 @@ class SciQATask(Task):
 
     # --- generated ------------------------------------------------------------------------------------
 
-    def _init_generated(self, n_test: int, train_seed: int, test_seed: int, n_sft: int, n_choices: int,
-                        categories: Sequence[str] | None = None) -> None:
+    def _init_generated(
+        self,
+        n_test: int,
+        train_seed: int,
+        test_seed: int,
+        n_sft: int,
+        n_choices: int,
+        categories: Sequence[str] | None = None,
+    ) -> None:
         self.facts = build_facts()
         if categories is not None:
             known = sorted({f.category for f in self.facts})
             unknown = sorted(set(categories) - set(known))
             if unknown or not categories:
-                raise ConfigError(f"task.categories={list(categories)}: unknown {unknown or 'empty list'}; "
-                                 f"categories: {known}")
+                raise ConfigError(
+                    f"task.categories={list(categories)}: unknown {unknown or 'empty list'}; categories: {known}"
+                )
             self.facts = [f for f in self.facts if f.category in set(categories)]
         self._pools = category_pools(self.facts)
         small = {c: len(p) for c, p in self._pools.items() if len(p) < n_choices}
         if small:
-            raise ConfigError(f"task.n_choices={n_choices} needs {n_choices} distinct answers per fact category; "
-                             f"these have fewer: {small}. Lower task.n_choices")
+            raise ConfigError(
+                f"task.n_choices={n_choices} needs {n_choices} distinct answers per fact category; "
+                f"these have fewer: {small}. Lower task.n_choices"
+            )
         self.n_choices, self.letters = n_choices, LETTERS[:n_choices]
         self.n_test, self.train_seed, self.test_seed, self.n_sft = n_test, train_seed, test_seed, n_sft
         # a conservative bound on distinct items, so the rejection loops below stay short
         space = len(self.facts) * n_choices
         if not 1 <= n_test <= space // 2:
-            raise ConfigError(f"task.n_test={n_test} must be between 1 and {space // 2} for {len(self.facts)} "
-                             f"facts x {n_choices} choices; lower task.n_test")
+            raise ConfigError(
+                f"task.n_test={n_test} must be between 1 and {space // 2} for {len(self.facts)} "
+                f"facts x {n_choices} choices; lower task.n_test"
+            )
         longest = max(len(a) for pool in self._pools.values() for a in pool)
         self._longest_solution = len(worked_choice(["x" * longest] * n_choices, n_choices - 1))
         self._test_keys: set[Key] = set()
@@ -269,8 +290,14 @@ class SciQATask(Task):
             if key not in self._test_keys:
                 self._test_keys.add(key)
                 self._test.append(self._problem(key))
-        log.info("sciqa (generated): %d facts in %d categories, %d test items, %d choices; max_response_len=%d",
-                 len(self.facts), len(self._pools), n_test, n_choices, self._longest_solution + 1 + RESPONSE_MARGIN)
+        log.info(
+            "sciqa (generated): %d facts in %d categories, %d test items, %d choices; max_response_len=%d",
+            len(self.facts),
+            len(self._pools),
+            n_test,
+            n_choices,
+            self._longest_solution + 1 + RESPONSE_MARGIN,
+        )
 
     def _draw(self, stream: int, seed: int, index: int, attempt: int) -> Key:
         """The item at (stream, seed, index, attempt): a fact, distractors of its category, the key's position."""
@@ -296,40 +323,54 @@ class SciQATask(Task):
         letter = LETTERS[options.index(fact.answer)]
         text = format_question(fact.question, options, compact=True)
         prompt = text if self.template == "plain" else render_prompt(text.rstrip("\n"), "chat", self._tokenizer)
-        return Problem(prompt=prompt, answer=letter, solution=worked_choice(options, options.index(fact.answer)),
-                       extra_info={"letters": self.letters})
+        return Problem(
+            prompt=prompt,
+            answer=letter,
+            solution=worked_choice(options, options.index(fact.answer)),
+            extra_info={"letters": self.letters},
+        )
 
     # --- real sources ---------------------------------------------------------------------------------
 
     def _init_real(self, data_dir, hub_id, hub_config, train_split, test_split, max_train, max_test) -> None:
         spec = sciqa_data.SOURCES[self.source]
         self.letters = LETTERS
-        splits = {"train": (train_split or spec.train_split, max_train),
-                  "test": (test_split or spec.test_split, max_test)}
+        splits = {
+            "train": (train_split or spec.train_split, max_train),
+            "test": (test_split or spec.test_split, max_test),
+        }
         loaded: dict[str, list[Problem]] = {}
         for split, (hub_split, limit) in splits.items():
             if data_dir is None:
-                items = sciqa_data.load_hub(self.source, hub_id or spec.hub_id,
-                                            hub_config if hub_id else (hub_config or spec.hub_config),
-                                            hub_split, limit)
+                items = sciqa_data.load_hub(
+                    self.source,
+                    hub_id or spec.hub_id,
+                    hub_config if hub_id else (hub_config or spec.hub_config),
+                    hub_split,
+                    limit,
+                )
             else:
                 items = sciqa_data.load_local(data_dir, self.source, split, limit)
             loaded[split] = [self._real_problem(item, split, row) for row, item in enumerate(items)]
         self._train, self._test = loaded["train"], loaded["test"]
         where = (hub_id or spec.hub_id) if data_dir is None else str(data_dir)
-        log.info("sciqa (%s) from %s: %d train, %d test items", self.source, where, len(self._train),
-                 len(self._test))
+        log.info("sciqa (%s) from %s: %d train, %d test items", self.source, where, len(self._train), len(self._test))
 
     def _real_problem(self, item: sciqa_data.MCItem, split: str, row: int) -> Problem:
         if len(item.choices) > len(LETTERS):
-            raise ConfigError(f"task.source={self.source}: {split} row {row} has {len(item.choices)} choices, at "
-                              f"most {len(LETTERS)} are supported")
+            raise ConfigError(
+                f"task.source={self.source}: {split} row {row} has {len(item.choices)} choices, at "
+                f"most {len(LETTERS)} are supported"
+            )
         choices, correct = shuffled(item, self.shuffle_seed, split, row)
         letter = LETTERS[correct]
-        prompt = render_prompt(format_question(item.question, choices, compact=False), self.template,
-                               self._tokenizer)
-        return Problem(prompt=prompt, answer=letter, solution=f"{choices[correct]} #### {letter}",
-                       extra_info={"letters": self.letters})
+        prompt = render_prompt(format_question(item.question, choices, compact=False), self.template, self._tokenizer)
+        return Problem(
+            prompt=prompt,
+            answer=letter,
+            solution=f"{choices[correct]} #### {letter}",
+            extra_info={"letters": self.letters},
+        )
 
     # --- Task API -------------------------------------------------------------------------------------
 

@@ -68,14 +68,18 @@ def arc_item(row: Mapping[str, Any], where: str) -> MCItem:
         raise BadRow(f"{where}: 'choices.text' and 'choices.label' must be lists")
     texts, labels = list(choices["text"]), [str(x).strip() for x in choices["label"]]
     if len(texts) != len(labels) or not 2 <= len(texts) <= MAX_CHOICES:
-        raise BadRow(f"{where}: 'choices' needs as many labels as texts, 2 to {MAX_CHOICES} (got {len(texts)} "
-                     f"texts, {len(labels)} labels)")
+        raise BadRow(
+            f"{where}: 'choices' needs as many labels as texts, 2 to {MAX_CHOICES} (got {len(texts)} "
+            f"texts, {len(labels)} labels)"
+        )
     key = str(row.get("answerKey", "")).strip()
     if key not in labels:
         raise BadRow(f"{where}: answerKey {key!r} is not one of the choice labels {labels}")
-    return MCItem(_text(row, "question", where),
-                  tuple(_text({"text": t}, "text", f"{where} choice {i}") for i, t in enumerate(texts)),
-                  labels.index(key))
+    return MCItem(
+        _text(row, "question", where),
+        tuple(_text({"text": t}, "text", f"{where} choice {i}") for i, t in enumerate(texts)),
+        labels.index(key),
+    )
 
 
 def gpqa_item(row: Mapping[str, Any], where: str) -> MCItem:
@@ -85,16 +89,19 @@ def gpqa_item(row: Mapping[str, Any], where: str) -> MCItem:
 
 
 PARSERS: dict[str, Callable[[Mapping[str, Any], str], MCItem]] = {
-    "sciq": sciq_item, "arc": arc_item, "gpqa": gpqa_item,
+    "sciq": sciq_item,
+    "arc": arc_item,
+    "gpqa": gpqa_item,
 }
 # GPQA ships one split only: its halves stand in for train and test.
 SOURCES: dict[str, SourceSpec] = {
-    "sciq": SourceSpec("allenai/sciq", None, "train", "test",
-                       "question, correct_answer, distractor1-3"),
-    "arc": SourceSpec("allenai/ai2_arc", "ARC-Challenge", "train", "test",
-                      "question, choices {text, label}, answerKey"),
-    "gpqa": SourceSpec("Idavidrein/gpqa", "gpqa_main", "train[:50%]", "train[50%:]",
-                       "Question, Correct Answer, Incorrect Answer 1-3"),
+    "sciq": SourceSpec("allenai/sciq", None, "train", "test", "question, correct_answer, distractor1-3"),
+    "arc": SourceSpec(
+        "allenai/ai2_arc", "ARC-Challenge", "train", "test", "question, choices {text, label}, answerKey"
+    ),
+    "gpqa": SourceSpec(
+        "Idavidrein/gpqa", "gpqa_main", "train[:50%]", "train[50%:]", "Question, Correct Answer, Incorrect Answer 1-3"
+    ),
 }
 
 
@@ -110,9 +117,11 @@ def read_jsonl(path: Path, source: str, limit: int | None = None) -> list[MCItem
 def data_fix(source: str) -> str:
     """The one-line fix every data error of ``source`` ends with."""
     spec = SOURCES[source]
-    return (f"set task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} ({source} format: one JSON "
-            f"object per line with {spec.keys}), task.data_dir=null to load {spec.hub_id} from the hub, or "
-            "task.source=generated (offline)")
+    return (
+        f"set task.data_dir to a folder with {' and '.join(SPLIT_FILES.values())} ({source} format: one JSON "
+        f"object per line with {spec.keys}), task.data_dir=null to load {spec.hub_id} from the hub, or "
+        "task.source=generated (offline)"
+    )
 
 
 def load_local(data_dir: str | Path, source: str, split: str, limit: int | None) -> list[MCItem]:
@@ -122,8 +131,9 @@ def load_local(data_dir: str | Path, source: str, split: str, limit: int | None)
         ConfigError: one line naming ``task.data_dir``, the file (and line) and the fix, for a missing folder
             or file, an unreadable or empty file, or a bad line or row.
     """
-    return load_local_split(data_dir, SPLIT_FILES[split], lambda path: read_jsonl(path, source, limit),
-                            data_fix(source))
+    return load_local_split(
+        data_dir, SPLIT_FILES[split], lambda path: read_jsonl(path, source, limit), data_fix(source)
+    )
 
 
 def load_hub(source: str, hub_id: str, hub_config: str | None, split: str, limit: int | None) -> list[MCItem]:

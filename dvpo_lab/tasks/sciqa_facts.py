@@ -26,38 +26,92 @@ class Fact:
 
 # (name, symbol, atomic number)
 ELEMENTS = [
-    ("Hydrogen", "H", 1), ("Helium", "He", 2), ("Lithium", "Li", 3), ("Beryllium", "Be", 4), ("Boron", "B", 5),
-    ("Carbon", "C", 6), ("Nitrogen", "N", 7), ("Oxygen", "O", 8), ("Fluorine", "F", 9), ("Neon", "Ne", 10),
-    ("Sodium", "Na", 11), ("Magnesium", "Mg", 12), ("Aluminium", "Al", 13), ("Silicon", "Si", 14),
-    ("Phosphorus", "P", 15), ("Sulfur", "S", 16), ("Chlorine", "Cl", 17), ("Argon", "Ar", 18),
-    ("Potassium", "K", 19), ("Calcium", "Ca", 20), ("Titanium", "Ti", 22), ("Chromium", "Cr", 24),
-    ("Manganese", "Mn", 25), ("Iron", "Fe", 26), ("Cobalt", "Co", 27), ("Nickel", "Ni", 28), ("Copper", "Cu", 29),
-    ("Zinc", "Zn", 30), ("Bromine", "Br", 35), ("Krypton", "Kr", 36), ("Silver", "Ag", 47), ("Tin", "Sn", 50),
-    ("Iodine", "I", 53), ("Xenon", "Xe", 54), ("Platinum", "Pt", 78), ("Gold", "Au", 79), ("Mercury", "Hg", 80),
-    ("Lead", "Pb", 82), ("Uranium", "U", 92),
+    ("Hydrogen", "H", 1),
+    ("Helium", "He", 2),
+    ("Lithium", "Li", 3),
+    ("Beryllium", "Be", 4),
+    ("Boron", "B", 5),
+    ("Carbon", "C", 6),
+    ("Nitrogen", "N", 7),
+    ("Oxygen", "O", 8),
+    ("Fluorine", "F", 9),
+    ("Neon", "Ne", 10),
+    ("Sodium", "Na", 11),
+    ("Magnesium", "Mg", 12),
+    ("Aluminium", "Al", 13),
+    ("Silicon", "Si", 14),
+    ("Phosphorus", "P", 15),
+    ("Sulfur", "S", 16),
+    ("Chlorine", "Cl", 17),
+    ("Argon", "Ar", 18),
+    ("Potassium", "K", 19),
+    ("Calcium", "Ca", 20),
+    ("Titanium", "Ti", 22),
+    ("Chromium", "Cr", 24),
+    ("Manganese", "Mn", 25),
+    ("Iron", "Fe", 26),
+    ("Cobalt", "Co", 27),
+    ("Nickel", "Ni", 28),
+    ("Copper", "Cu", 29),
+    ("Zinc", "Zn", 30),
+    ("Bromine", "Br", 35),
+    ("Krypton", "Kr", 36),
+    ("Silver", "Ag", 47),
+    ("Tin", "Sn", 50),
+    ("Iodine", "I", 53),
+    ("Xenon", "Xe", 54),
+    ("Platinum", "Pt", 78),
+    ("Gold", "Au", 79),
+    ("Mercury", "Hg", 80),
+    ("Lead", "Pb", 82),
+    ("Uranium", "U", 92),
 ]
 
 # (from unit, to unit, factor): "n <from> = ? <to>" -> n * factor
 CONVERSIONS = [
-    ("km", "m", 1000), ("m", "cm", 100), ("m", "mm", 1000), ("cm", "mm", 10), ("kg", "g", 1000),
-    ("g", "mg", 1000), ("L", "mL", 1000), ("h", "min", 60), ("min", "s", 60), ("h", "s", 3600),
-    ("day", "h", 24), ("week", "days", 7), ("year", "months", 12), ("kW", "W", 1000), ("t", "kg", 1000),
+    ("km", "m", 1000),
+    ("m", "cm", 100),
+    ("m", "mm", 1000),
+    ("cm", "mm", 10),
+    ("kg", "g", 1000),
+    ("g", "mg", 1000),
+    ("L", "mL", 1000),
+    ("h", "min", 60),
+    ("min", "s", 60),
+    ("h", "s", 3600),
+    ("day", "h", 24),
+    ("week", "days", 7),
+    ("year", "months", 12),
+    ("kW", "W", 1000),
+    ("t", "kg", 1000),
 ]
 
 PLANETS = ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune"]
 
 ORGANS = [
-    ("pumps blood", "heart"), ("takes in oxygen", "lungs"), ("filters blood", "kidneys"),
-    ("digests food", "stomach"), ("controls the body", "brain"), ("makes bile", "liver"),
-    ("absorbs nutrients", "intestine"), ("senses light", "eye"), ("senses sound", "ear"),
-    ("senses smell", "nose"), ("stores urine", "bladder"), ("makes insulin", "pancreas"),
-    ("covers the body", "skin"), ("supports the body", "skeleton"),
+    ("pumps blood", "heart"),
+    ("takes in oxygen", "lungs"),
+    ("filters blood", "kidneys"),
+    ("digests food", "stomach"),
+    ("controls the body", "brain"),
+    ("makes bile", "liver"),
+    ("absorbs nutrients", "intestine"),
+    ("senses light", "eye"),
+    ("senses sound", "ear"),
+    ("senses smell", "nose"),
+    ("stores urine", "bladder"),
+    ("makes insulin", "pancreas"),
+    ("covers the body", "skin"),
+    ("supports the body", "skeleton"),
 ]
 
 CELL_PARTS = [
-    ("Powerhouse of the cell?", "mitochondria"), ("Cell part holding DNA?", "nucleus"),
-    ("Cell part making proteins?", "ribosome"), ("Plant cell part for photosynthesis?", "chloroplast"),
-    ("Rigid layer of plant cells?", "cell wall"), ("Cell's outer layer?", "membrane"),
+    ("Powerhouse of the cell?", "mitochondria"),
+    ("Cell part holding DNA?", "nucleus"),
+    ("Cell part making proteins?", "ribosome"),
+    ("Plant cell part for photosynthesis?", "chloroplast"),
+    ("Rigid layer of plant cells?", "cell wall"),
+    ("Cell's outer layer?", "membrane"),
 ]
 
 ANIMALS = {
@@ -71,24 +125,46 @@ ANIMALS = {
 }
 
 GASES = [
-    ("Gas plants take in?", "CO2"), ("Gas plants give off?", "O2"), ("Gas we breathe out?", "CO2"),
-    ("Most common gas in air?", "N2"), ("Lightest gas?", "H2"), ("Gas in party balloons?", "He"),
+    ("Gas plants take in?", "CO2"),
+    ("Gas plants give off?", "O2"),
+    ("Gas we breathe out?", "CO2"),
+    ("Most common gas in air?", "N2"),
+    ("Lightest gas?", "H2"),
+    ("Gas in party balloons?", "He"),
     ("Main gas in natural gas?", "CH4"),
 ]
 
 # (quantity, SI unit, unit symbol)
 SI_UNITS = [
-    ("force", "newton", "N"), ("energy", "joule", "J"), ("power", "watt", "W"), ("current", "ampere", "A"),
-    ("voltage", "volt", "V"), ("resistance", "ohm", "ohm"), ("frequency", "hertz", "Hz"),
-    ("pressure", "pascal", "Pa"), ("charge", "coulomb", "C"), ("mass", "kilogram", "kg"),
-    ("time", "second", "s"), ("length", "metre", "m"), ("temperature", "kelvin", "K"),
+    ("force", "newton", "N"),
+    ("energy", "joule", "J"),
+    ("power", "watt", "W"),
+    ("current", "ampere", "A"),
+    ("voltage", "volt", "V"),
+    ("resistance", "ohm", "ohm"),
+    ("frequency", "hertz", "Hz"),
+    ("pressure", "pascal", "Pa"),
+    ("charge", "coulomb", "C"),
+    ("mass", "kilogram", "kg"),
+    ("time", "second", "s"),
+    ("length", "metre", "m"),
+    ("temperature", "kelvin", "K"),
     ("amount", "mole", "mol"),
 ]
 
 FORMULAS = [
-    ("water", "H2O"), ("carbon dioxide", "CO2"), ("table salt", "NaCl"), ("methane", "CH4"), ("ammonia", "NH3"),
-    ("ozone", "O3"), ("glucose", "C6H12O6"), ("sulfuric acid", "H2SO4"), ("hydrochloric acid", "HCl"),
-    ("baking soda", "NaHCO3"), ("chalk", "CaCO3"), ("rust", "Fe2O3"),
+    ("water", "H2O"),
+    ("carbon dioxide", "CO2"),
+    ("table salt", "NaCl"),
+    ("methane", "CH4"),
+    ("ammonia", "NH3"),
+    ("ozone", "O3"),
+    ("glucose", "C6H12O6"),
+    ("sulfuric acid", "H2SO4"),
+    ("hydrochloric acid", "HCl"),
+    ("baking soda", "NaHCO3"),
+    ("chalk", "CaCO3"),
+    ("rust", "Fe2O3"),
 ]
 
 MULTIPLIERS = range(1, 10)

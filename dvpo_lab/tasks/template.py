@@ -20,8 +20,10 @@ def check_template(template: str, tokenizer: Any | None) -> None:
     if template != "chat":
         return
     if tokenizer is None:
-        raise ValueError("task.template=chat needs the model's tokenizer, but the task was built without one; "
-                         "pass tokenizer= to the task (run.make_task does) or use task.template=plain")
+        raise ValueError(
+            "task.template=chat needs the model's tokenizer, but the task was built without one; "
+            "pass tokenizer= to the task (run.make_task does) or use task.template=plain"
+        )
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"task.template=chat: the tokenizer ({type(tokenizer).__name__}, model.tokenizer) has no chat "

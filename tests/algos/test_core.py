@@ -230,9 +230,7 @@ def test_agg_loss_oracle():
     for mode, value in expected.items():
         assert agg_loss(loss, m, mode, loss_scale_factor=3).item() == pytest.approx(value, abs=1e-6)
     eq = torch.ones(2, 3)
-    assert agg_loss(loss, eq, "token-mean").item() == pytest.approx(
-        agg_loss(loss, eq, "seq-mean-token-mean").item()
-    )
+    assert agg_loss(loss, eq, "token-mean").item() == pytest.approx(agg_loss(loss, eq, "seq-mean-token-mean").item())
 
 
 def _rows_summing_to_3_and_4(width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +251,8 @@ def test_dr_grpo_modes_divide_by_the_budget_not_the_padding(width):
     assert agg_loss(loss, mask, "dr-grpo", loss_scale_factor=64).item() == pytest.approx(7 / 128)
     # every valid token gets the same constant weight 1/L (1/(B L)), whatever the padding
     weights = torch.autograd.functional.jacobian(
-        lambda x: agg_loss(x, mask, "seq-mean-token-sum-norm", loss_scale_factor=64), loss)
+        lambda x: agg_loss(x, mask, "seq-mean-token-sum-norm", loss_scale_factor=64), loss
+    )
     torch.testing.assert_close(weights, mask / 64)
 
 
@@ -277,11 +276,17 @@ def test_every_loss_is_independent_of_padding(mode):
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([3, 4, 1])
     B, T0, K, H, N = 3, 4, 2, 2, 5
-    base = {"logp": torch.randn(B, T0, generator=g), "old": torch.randn(B, T0, generator=g),
-            "adv": torch.randn(B, T0, generator=g), "v": torch.randn(B, T0, K, generator=g),
-            "v_old": torch.randn(B, T0, K, generator=g), "ret": torch.randn(B, T0, generator=g),
-            "q": torch.randn(B, T0, H, N, generator=g), "q_old": torch.randn(B, T0, H, N, generator=g),
-            "z": torch.randn(B, T0, N, generator=g)}
+    base = {
+        "logp": torch.randn(B, T0, generator=g),
+        "old": torch.randn(B, T0, generator=g),
+        "adv": torch.randn(B, T0, generator=g),
+        "v": torch.randn(B, T0, K, generator=g),
+        "v_old": torch.randn(B, T0, K, generator=g),
+        "ret": torch.randn(B, T0, generator=g),
+        "q": torch.randn(B, T0, H, N, generator=g),
+        "q_old": torch.randn(B, T0, H, N, generator=g),
+        "z": torch.randn(B, T0, N, generator=g),
+    }
     taus = quantile_levels(N)
     weights = {t: 0.1 for t in DVPO_TERMS}
 
@@ -289,10 +294,12 @@ def test_every_loss_is_independent_of_padding(mode):
         pad = {k: torch.cat([x, torch.full((B, width - T0, *x.shape[2:]), 7.0)], 1) for k, x in base.items()}
         mask = (torch.arange(width)[None, :] < lengths[:, None]).float()
         kw = {"loss_agg_mode": mode, "loss_scale_factor": 16}
-        out = [compute_policy_loss(pad["logp"], pad["old"], pad["adv"], mask, **kw)[0],
-               compute_value_loss(pad["v"][..., 0], pad["v_old"][..., 0], pad["ret"], mask, **kw)[0],
-               ensemble_value_loss(pad["v"], pad["v_old"], pad["ret"], mask, **kw)[0],
-               dvpo_critic_loss(pad["q"], pad["q_old"], pad["z"], mask, taus, weights=weights, **kw)[0]]
+        out = [
+            compute_policy_loss(pad["logp"], pad["old"], pad["adv"], mask, **kw)[0],
+            compute_value_loss(pad["v"][..., 0], pad["v_old"][..., 0], pad["ret"], mask, **kw)[0],
+            ensemble_value_loss(pad["v"], pad["v_old"], pad["ret"], mask, **kw)[0],
+            dvpo_critic_loss(pad["q"], pad["q_old"], pad["z"], mask, taus, weights=weights, **kw)[0],
+        ]
         return [float(x) for x in out]
 
     narrow = losses(4)

@@ -61,8 +61,14 @@ def test_quantile_huber_quadratic_region_and_pinball_limit():
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 12), m=st.integers(1, 15), lead=st.integers(1, 4),
-       kappa=st.sampled_from([0.0, 0.02, 0.3, 1.0]), seed=st.integers(0, 10_000), ties=st.booleans())
+@given(
+    n=st.integers(1, 12),
+    m=st.integers(1, 15),
+    lead=st.integers(1, 4),
+    kappa=st.sampled_from([0.0, 0.02, 0.3, 1.0]),
+    seed=st.integers(0, 10_000),
+    ties=st.booleans(),
+)
 def test_sorted_prefix_sum_loss_equals_all_pairs(n, m, lead, kappa, seed, ties):
     gen = torch.Generator().manual_seed(seed)
     pred = torch.randn(lead, n, generator=gen, dtype=torch.float64)
@@ -136,8 +142,14 @@ def test_expectile_pitfall_with_large_kappa():
 
 
 @settings(max_examples=40, deadline=None)
-@given(B=st.integers(1, 5), T=st.integers(1, 9), N=st.integers(1, 7), lam=st.floats(0, 1),
-       gamma=st.floats(0.5, 1), seed=st.integers(0, 10_000))
+@given(
+    B=st.integers(1, 5),
+    T=st.integers(1, 9),
+    N=st.integers(1, 7),
+    lam=st.floats(0, 1),
+    gamma=st.floats(0.5, 1),
+    seed=st.integers(0, 10_000),
+)
 def test_per_quantile_gae_mean_equals_scalar_gae_on_the_mean(B, T, N, lam, gamma, seed):
     gen = torch.Generator().manual_seed(seed)
     mask = random_mask(B, T, gen)
@@ -194,8 +206,7 @@ def test_cvar_of_normal_quantiles():
     cvar = float(distorted_expectation(q, cvar_weights(n, 0.1, dtype=torch.float64)))
     want = -math.exp(-0.5 * 1.2815515655**2) / math.sqrt(2 * math.pi) / 0.1
     assert cvar == pytest.approx(want, abs=0.01) and want == pytest.approx(-1.7550, abs=1e-3)
-    assert float(distorted_expectation(q, cvar_weights(n, 1.0, dtype=torch.float64))) == pytest.approx(
-        float(q.mean()))
+    assert float(distorted_expectation(q, cvar_weights(n, 1.0, dtype=torch.float64))) == pytest.approx(float(q.mean()))
     x = torch.randn(50, generator=torch.Generator().manual_seed(3))
     vals = [float(distorted_expectation(x, cvar_weights(50, a))) for a in (0.05, 0.1, 0.3, 0.7, 1.0)]
     assert vals == sorted(vals) and vals[-1] == pytest.approx(float(x.mean()), abs=1e-6)
@@ -221,6 +232,7 @@ def test_risk_actor_advantage_differs_from_the_mean_only_when_asked():
     gen = torch.Generator().manual_seed(0)
     mask = torch.ones(3, 4)
     r, q = torch.rand(3, 4, generator=gen), torch.rand(3, 4, 8, generator=gen).sort(-1).values
+
     def est(*args, **kw):
         return call_estimator("dist_gae", *args, **kw)
 
@@ -258,8 +270,14 @@ def test_all_weights_zero_is_the_plain_quantile_loss_per_head():
 
 
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 4), T=st.integers(1, 6), H=st.integers(1, 4), N=st.integers(1, 12),
-       seed=st.integers(0, 10_000), clip=st.sampled_from(["mean", "quantile", "none"]))
+@given(
+    B=st.integers(1, 4),
+    T=st.integers(1, 6),
+    H=st.integers(1, 4),
+    N=st.integers(1, 12),
+    seed=st.integers(0, 10_000),
+    clip=st.sampled_from(["mean", "quantile", "none"]),
+)
 def test_loss_is_finite_ignores_padding_and_every_term_is_logged(B, T, H, N, seed, clip):
     pred, old, targets, mask, taus = loss_inputs(B, T, H, N, seed)
     weights = dict.fromkeys(DVPO_TERMS, 0.1)
@@ -288,7 +306,8 @@ def term(name, pred, targets, mask, taus, **kw):
     grad = torch.autograd.grad(
         dvpo_critic_loss(pred, pred.detach(), targets, mask, taus, value_clip="none", weights=w, **kw)[0]
         - dvpo_critic_loss(pred, pred.detach(), targets, mask, taus, value_clip="none", weights=ALL_OFF, **kw)[0],
-        pred)[0]
+        pred,
+    )[0]
     return float(loss), grad
 
 
@@ -356,8 +375,7 @@ def test_loss_aggregation_modes_agree_when_every_sequence_has_the_same_length():
     mask[:, :4] = 1
     weights = {t: 0.1 for t in DVPO_TERMS}
     tm, m_tm = dvpo_critic_loss(pred, old, targets, mask, taus, weights=weights, loss_agg_mode="token-mean")
-    sm, m_sm = dvpo_critic_loss(pred, old, targets, mask, taus, weights=weights,
-                                loss_agg_mode="seq-mean-token-mean")
+    sm, m_sm = dvpo_critic_loss(pred, old, targets, mask, taus, weights=weights, loss_agg_mode="seq-mean-token-mean")
     ss, _ = dvpo_critic_loss(pred, old, targets, mask, taus, weights=weights, loss_agg_mode="seq-mean-token-sum")
     assert torch.allclose(tm, sm, atol=1e-6) and torch.allclose(ss, 4 * tm, atol=1e-5)
     for k in m_tm:
@@ -366,8 +384,14 @@ def test_loss_aggregation_modes_agree_when_every_sequence_has_the_same_length():
 
 
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 4), T=st.integers(1, 6), H=st.integers(1, 4), N=st.integers(1, 40),
-       seed=st.integers(0, 10_000), margins=st.sampled_from([(0.0, 0.0), (0.2, 0.3)]))
+@given(
+    B=st.integers(1, 4),
+    T=st.integers(1, 6),
+    H=st.integers(1, 4),
+    N=st.integers(1, 40),
+    seed=st.integers(0, 10_000),
+    margins=st.sampled_from([(0.0, 0.0), (0.2, 0.3)]),
+)
 def test_fused_regularisers_equal_the_torch_reference(B, T, H, N, seed, margins):
     """The compiled cvar/gain/shift/shape/curv/cons (values, gradients, diagnostics) == the torch code."""
     from dvpo_lab.algos import kernels
@@ -383,8 +407,18 @@ def test_fused_regularisers_equal_the_torch_reference(B, T, H, N, seed, margins)
     out = []
     for fused in (True, False):
         p = pred.clone().requires_grad_()
-        loss, m = dvpo_critic_loss(p, pred, targets, mask, taus, weights=weights, value_clip="none",
-                                   margin_low=margins[0], margin_up=margins[1], fused=fused)
+        loss, m = dvpo_critic_loss(
+            p,
+            pred,
+            targets,
+            mask,
+            taus,
+            weights=weights,
+            value_clip="none",
+            margin_low=margins[0],
+            margin_up=margins[1],
+            fused=fused,
+        )
         loss.backward()
         out.append((loss.detach(), p.grad, m))
     (l1, g1, m1), (l2, g2, m2) = out
@@ -400,11 +434,11 @@ def test_value_clip_keeps_the_larger_loss():
     far = (old + 2.0).requires_grad_()
     plain, _ = dvpo_critic_loss(far, old, targets, mask, taus, value_clip="none", weights=ALL_OFF)
     for mode in ("mean", "quantile"):
-        clipped, m = dvpo_critic_loss(far, old, targets, mask, taus, value_clip=mode, cliprange_value=0.2,
-                                      weights=ALL_OFF)
+        clipped, m = dvpo_critic_loss(
+            far, old, targets, mask, taus, value_clip=mode, cliprange_value=0.2, weights=ALL_OFF
+        )
         assert float(clipped) >= float(plain) - 1e-6
-    near, m = dvpo_critic_loss(pred, old, targets, mask, taus, value_clip="mean", cliprange_value=0.5,
-                               weights=ALL_OFF)
+    near, m = dvpo_critic_loss(pred, old, targets, mask, taus, value_clip="mean", cliprange_value=0.5, weights=ALL_OFF)
     assert float(m["vf_clipfrac"]) == 0.0
 
 

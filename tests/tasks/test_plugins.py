@@ -38,8 +38,18 @@ def constant(responses, problems):
 def _dvpo_lab(args: list[str], cwd: Path, cache_dir: Path, **env: str) -> subprocess.CompletedProcess:
     """`python -m dvpo_lab debug=smoke ARGS` run from `cwd` (a folder outside the checkout)."""
     run_dir = cwd / "run"
-    cmd = [sys.executable, "-m", "dvpo_lab", "debug=smoke", "logger=csv", "export.enabled=false",
-           f"paths.log_dir={cwd / 'outputs'}", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dvpo_lab",
+        "debug=smoke",
+        "logger=csv",
+        "export.enabled=false",
+        f"paths.log_dir={cwd / 'outputs'}",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.run.dir={run_dir}",
+        *args,
+    ]
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **env}
     res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -59,8 +69,15 @@ def _metrics(run_dir: Path) -> dict[str, list[float]]:
 def _data(folder: Path, n: int = 30) -> Path:
     """A user's data file: one-digit sums with their own column names and a worked solution per row."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"question": f"{i % 10}+{i // 10}=", "final": i % 10 + i // 10, "worked": f"#### {i % 10 + i // 10}",
-             "source": "mine"} for i in range(n)]
+    rows = [
+        {
+            "question": f"{i % 10}+{i // 10}=",
+            "final": i % 10 + i // 10,
+            "worked": f"#### {i % 10 + i // 10}",
+            "source": "mine",
+        }
+        for i in range(n)
+    ]
     path = folder / "data.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -87,8 +104,18 @@ def test_jsonl_dataset_trains_with_no_code(tmp_path: Path, cache_dir: Path) -> N
     """One data file and overrides: `task=jsonl task.path=...` with the user's column names trains 3 steps."""
     user = tmp_path / "user"
     data = _data(user)
-    res = _dvpo_lab(["task=jsonl", f"task.path={data}", "task.prompt_key=question", "task.answer_key=final",
-                     "task.solution_key=worked", "task.max_response_len=8"], user, tmp_path / "cache")
+    res = _dvpo_lab(
+        [
+            "task=jsonl",
+            f"task.path={data}",
+            "task.prompt_key=question",
+            "task.answer_key=final",
+            "task.solution_key=worked",
+            "task.max_response_len=8",
+        ],
+        user,
+        tmp_path / "cache",
+    )
     assert f"jsonl from {data}: 27 train, 3 test problems" in res.stdout + res.stderr
     m = _metrics(user / "run")
     assert len(m["critic/score_clean/mean"]) == 3 and all(0 <= x <= 1 for x in m["critic/score_clean/mean"])
@@ -107,7 +134,8 @@ def test_jsonl_task_yaml_on_the_searchpath(tmp_path: Path) -> None:
     (conf / "task" / "my_data.yaml").write_text(
         "defaults:\n  - jsonl\n  - _self_\n"
         f"name: my_data\npath: {data}\nprompt_key: question\nanswer_key: final\nsolution_key: worked\n"
-        "max_response_len: 8\n")
+        "max_response_len: 8\n"
+    )
     cfg = compose_cfg([f"hydra.searchpath=[file://{conf}]", "task=my_data", "debug=smoke"])
     check_config(cfg, dict(cfg.hydra.runtime.choices), list(cfg.hydra.overrides.task))
     task = make_task(cfg)
@@ -150,8 +178,10 @@ def test_a_reward_class_is_built_once_with_partial_false(tmp_path: Path) -> None
     from dvpo_lab.extensions import import_extra_modules
 
     path = tmp_path / "my_reward_model.py"
-    path.write_text("class Judge:\n    def __init__(self, value: float = 1.0):\n        self.value = value\n\n"
-                    "    def __call__(self, responses, problems):\n        return [self.value] * len(responses)\n")
+    path.write_text(
+        "class Judge:\n    def __init__(self, value: float = 1.0):\n        self.value = value\n\n"
+        "    def __call__(self, responses, problems):\n        return [self.value] * len(responses)\n"
+    )
     import_extra_modules([str(path)])
     overrides = ["task.reward._target_=my_reward_model.Judge", "task.reward._partial_=false", "+task.reward.value=0.5"]
     cfg = compose_cfg(overrides)

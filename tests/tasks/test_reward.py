@@ -189,9 +189,13 @@ def test_score_with_checks_what_a_reward_returns() -> None:
     two = PROBLEMS[:2]
     assert score_with(lambda r, p: [True, 0.25], ["a", "b"], two).tolist() == [1.0, 0.25]
     assert score_with(lambda r, p: torch.tensor([1, 0], dtype=torch.int64), ["a", "b"], two).dtype == torch.float32
-    for bad, match in (([1.0], r"returned shape \(1,\) for 2 responses"), ([0.5, 1.5], "scored response 1 1.5"),
-                       ([float("nan"), 0.0], "scored response 0 NaN"), ("ab", "returned str, not \\[B\\] scores"),
-                       ([[1.0, 0.0]], r"returned shape \(1, 2\)")):
+    for bad, match in (
+        ([1.0], r"returned shape \(1,\) for 2 responses"),
+        ([0.5, 1.5], "scored response 1 1.5"),
+        ([float("nan"), 0.0], "scored response 0 NaN"),
+        ("ab", "returned str, not \\[B\\] scores"),
+        ([[1.0, 0.0]], r"returned shape \(1, 2\)"),
+    ):
         with pytest.raises(ConfigError, match=f"^task.reward \\(.*\\) {match}") as err:
             score_with(lambda r, p, bad=bad: bad, ["a", "b"], two)
         assert "\n" not in str(err.value)

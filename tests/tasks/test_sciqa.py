@@ -250,19 +250,34 @@ def test_task_score_ignores_text_after_the_committed_letter(task: SciQATask) -> 
 
 
 def _sciq_row(i: int) -> dict:
-    return {"question": f"Q{i}: what is right?", "correct_answer": f"right{i}", "distractor1": f"w1_{i}",
-            "distractor2": f"w2_{i}", "distractor3": f"w3_{i}", "support": ""}
+    return {
+        "question": f"Q{i}: what is right?",
+        "correct_answer": f"right{i}",
+        "distractor1": f"w1_{i}",
+        "distractor2": f"w2_{i}",
+        "distractor3": f"w3_{i}",
+        "support": "",
+    }
 
 
 def _arc_row(i: int, numeric: bool = False) -> dict:
     labels = ["1", "2", "3", "4"] if numeric else ["A", "B", "C", "D"]
-    return {"id": str(i), "question": f"Q{i}?", "choices": {"text": [f"w{i}a", f"right{i}", f"w{i}b", f"w{i}c"],
-                                                            "label": labels}, "answerKey": labels[1]}
+    return {
+        "id": str(i),
+        "question": f"Q{i}?",
+        "choices": {"text": [f"w{i}a", f"right{i}", f"w{i}b", f"w{i}c"], "label": labels},
+        "answerKey": labels[1],
+    }
 
 
 def _gpqa_row(i: int) -> dict:
-    return {"Question": f"Q{i}?\n", "Correct Answer": f" right{i} ", "Incorrect Answer 1": f"w1_{i}",
-            "Incorrect Answer 2": f"w2_{i}", "Incorrect Answer 3": f"w3_{i}"}
+    return {
+        "Question": f"Q{i}?\n",
+        "Correct Answer": f" right{i} ",
+        "Incorrect Answer 1": f"w1_{i}",
+        "Incorrect Answer 2": f"w2_{i}",
+        "Incorrect Answer 3": f"w3_{i}",
+    }
 
 
 ROW_MAKERS = {"sciq": _sciq_row, "arc": _arc_row, "gpqa": _gpqa_row}
@@ -332,13 +347,28 @@ def test_max_rows(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "source, row, match",
     [
-        ("sciq", {"question": "q", "correct_answer": "a", "distractor1": "b", "distractor2": "c"},
-         "missing key 'distractor3'"),
-        ("arc", {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"},
-         "answerKey 'C' is not one of"),
+        (
+            "sciq",
+            {"question": "q", "correct_answer": "a", "distractor1": "b", "distractor2": "c"},
+            "missing key 'distractor3'",
+        ),
+        (
+            "arc",
+            {"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "C"},
+            "answerKey 'C' is not one of",
+        ),
         ("arc", {"question": "q", "choices": ["a", "b"], "answerKey": "A"}, "'choices' must be an object"),
-        ("gpqa", {"Question": "q", "Correct Answer": "", "Incorrect Answer 1": "x", "Incorrect Answer 2": "y",
-                  "Incorrect Answer 3": "z"}, "'Correct Answer' is empty"),
+        (
+            "gpqa",
+            {
+                "Question": "q",
+                "Correct Answer": "",
+                "Incorrect Answer 1": "x",
+                "Incorrect Answer 2": "y",
+                "Incorrect Answer 3": "z",
+            },
+            "'Correct Answer' is empty",
+        ),
     ],
 )
 def test_bad_rows_name_file_and_line(tmp_path: Path, source: str, row: dict, match: str) -> None:
@@ -411,9 +441,12 @@ def test_hub_path_through_stubbed_datasets(monkeypatch: pytest.MonkeyPatch) -> N
         t = SciQATask(source=source)
         assert t.num_train() == 5 and _chosen_text(t.test_problems()[0].prompt, t.test_problems()[0].answer)
     assert calls == [
-        ("allenai/sciq", None, "train"), ("allenai/sciq", None, "test"),
-        ("allenai/ai2_arc", "ARC-Challenge", "train"), ("allenai/ai2_arc", "ARC-Challenge", "test"),
-        ("Idavidrein/gpqa", "gpqa_main", "train[:50%]"), ("Idavidrein/gpqa", "gpqa_main", "train[50%:]"),
+        ("allenai/sciq", None, "train"),
+        ("allenai/sciq", None, "test"),
+        ("allenai/ai2_arc", "ARC-Challenge", "train"),
+        ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        ("Idavidrein/gpqa", "gpqa_main", "train[:50%]"),
+        ("Idavidrein/gpqa", "gpqa_main", "train[50%:]"),
     ]
     calls.clear()
     SciQATask(source="arc", hub_config="ARC-Easy", test_split="validation")
@@ -425,8 +458,11 @@ def test_hub_failure_points_to_data_dir(monkeypatch: pytest.MonkeyPatch) -> None
         raise ConnectionError("no network")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
-    with pytest.raises(ConfigError, match=r"^task\.data_dir=null \(hub allenai/ai2_arc, ARC-Challenge, split train\): "
-                       r"could not load it \(no network\)\. Fix: .*task\.data_dir.*task\.source=generated") as err:
+    with pytest.raises(
+        ConfigError,
+        match=r"^task\.data_dir=null \(hub allenai/ai2_arc, ARC-Challenge, split train\): "
+        r"could not load it \(no network\)\. Fix: .*task\.data_dir.*task\.source=generated",
+    ) as err:
         SciQATask(source="arc")
     assert "\n" not in str(err.value)
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: []))
