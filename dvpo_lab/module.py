@@ -349,11 +349,8 @@ class RLModule(L.LightningModule):
                         config=a,
                         loss_scale_factor=budget,
                     )
-                    out.update({f"critic/{k}": v for k, v in vf_m.items()})
-                    self.check_finite(
-                        {"critic/vf_loss": vf_loss, **out},
-                        ("critic/vf_loss", *(k for k in out if k.startswith("critic/loss_"))),
-                    )
+                    out.update({"critic/vf_loss": vf_loss.detach(), **{f"critic/{k}": v for k, v in vf_m.items()}})
+                    self.check_finite(out, ("critic/vf_loss", *(k for k in out if k.startswith("critic/loss_"))))
                     out["critic/grad_norm"] = self.optimizer_step(critic_opt, vf_loss, self.critic)
                 for k, val in out.items():
                     sums[k] = sums.get(k, 0.0) + float(val.detach() if torch.is_tensor(val) else val)

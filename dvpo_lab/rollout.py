@@ -11,6 +11,7 @@ default) or the name of a built-in one (`rollout.sampler=hf`). Two built-ins dra
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass
 
@@ -133,7 +134,7 @@ def clipped_responses(
     return (lengths >= max_new_tokens) & (last != eos_token_id)
 
 
-class Sampler:
+class Sampler(abc.ABC):
     """A rollout engine: response tokens for left-padded prompts, under the caller's seeded torch RNG.
 
     Attributes:
@@ -147,6 +148,7 @@ class Sampler:
         fast sampler's only when this is None."""
         return None
 
+    @abc.abstractmethod
     def generate(
         self,
         policy: PreTrainedModel,
@@ -168,7 +170,6 @@ class Sampler:
         Returns:
             (response tokens `[B, T]` with T <= max_new_tokens, their log-probs `[B, T]` float32 or None).
         """
-        raise NotImplementedError
 
 
 class HFSampler(Sampler):

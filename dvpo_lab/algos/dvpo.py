@@ -404,7 +404,7 @@ def dvpo_value_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The registered critic loss: `dvpo_critic_loss` with the critic's levels and the run's `algo` node."""
     taus = critic.taus.to(view.device, view.dtype)
-    loss, m = dvpo_critic_loss(
+    return dvpo_critic_loss(
         view,
         old_view,
         targets,
@@ -415,7 +415,6 @@ def dvpo_value_loss(
         loss_agg_mode=config.loss_agg_mode,
         loss_scale_factor=loss_scale_factor,
     )
-    return loss, {"vf_loss": loss.detach(), **m}
 
 
 @register_algo("dist_gae", critic="quantile", critic_loss=dvpo_value_loss, node="dist")

@@ -29,12 +29,11 @@ def scalar_value_loss(
     """veRL's clipped value loss on values `[B, T]` (`algo.cliprange_value`, `algo.loss_agg_mode`).
 
     Returns:
-        (loss, {"vf_loss", "vf_clipfrac"}) with detached metrics.
+        (loss, {"vf_clipfrac"}) with detached metrics; the module logs the loss as `critic/vf_loss`.
     """
-    loss, m = compute_value_loss(
+    return compute_value_loss(
         view, old_view, targets, mask, config.cliprange_value, config.loss_agg_mode, loss_scale_factor
     )
-    return loss, {"vf_loss": loss.detach(), **m}
 
 
 @register_algo("gae", critic="scalar", critic_loss=scalar_value_loss)

@@ -131,11 +131,10 @@ def rbppo_critic_loss(
     config: DictConfig,
     loss_scale_factor: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`ensemble_value_loss` with the run's `algo.cliprange_value` and `algo.loss_agg_mode`; adds `vf_loss`."""
-    loss, m = ensemble_value_loss(
+    """`ensemble_value_loss` with the run's `algo.cliprange_value` and `algo.loss_agg_mode`."""
+    return ensemble_value_loss(
         view, old_view, targets, mask, config.cliprange_value, config.loss_agg_mode, loss_scale_factor
     )
-    return loss, {"vf_loss": loss.detach(), **m}
 
 
 @register_algo("robust_gae", critic="ensemble", critic_loss=rbppo_critic_loss, node="robust")

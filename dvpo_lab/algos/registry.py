@@ -18,7 +18,8 @@ critic loss reads). A critic loss has the signature
 
     fn(view, old_view, targets, mask, *, critic, config, loss_scale_factor) -> (loss, metrics without `critic/`)
 
-with `view`/`old_view` the critic's reading of its head now and at rollout time (`Critic.view`).
+with `view`/`old_view` the critic's reading of its head now and at rollout time (`Critic.view`); the module logs
+the loss itself as `critic/vf_loss`.
 A user's algorithm is one module of theirs registering a spec (imported through `extra_modules`) and one YAML
 (docs/architecture.md, "Your own algorithm").
 """
