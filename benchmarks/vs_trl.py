@@ -162,7 +162,7 @@ def run_dvpo(args, work_dir: str) -> list[dict[str, float]]:
             f"rollout.minibatch_size={args.prompts * args.samples}",
             f"rollout.max_new_tokens={args.new_tokens}",
             f"rollout.min_new_tokens={args.new_tokens}",
-            f"rollout.sampler={args.sampler}",
+            f"rollout.engine={args.sampler}",
             f"rollout.reuse_sampler_logprobs={args.reuse_logprobs}",
             f"total_steps={total}",
             f"seed={args.seed}",
@@ -319,7 +319,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sampler", default="fast", help="dvpo_lab rollout.sampler: fast | hf")
+    ap.add_argument("--sampler", default="fast", help="dvpo_lab rollout.engine: fast | hf")
     ap.add_argument("--reuse-logprobs", default="true", help="dvpo_lab rollout.reuse_sampler_logprobs")
     ap.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     ap.add_argument("--trl-gradient-checkpointing", choices=["default", "on", "off"], default="default")

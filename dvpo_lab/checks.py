@@ -395,20 +395,20 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(
             f"rollout.min_new_tokens={r.min_new_tokens} exceeds rollout.max_new_tokens={r.max_new_tokens}; lower it"
         )
-    check_sampler(r.sampler)
+    check_sampler(r.engine)
     check_algo(cfg)
 
 
 def check_sampler(sampler: Any) -> None:
-    """`rollout.sampler` names a built-in engine or is a `_target_` node whose class takes its keys."""
+    """`rollout.engine` names a built-in engine or is a `_target_` node whose class takes its keys."""
     from dvpo_lab.rollout import SAMPLERS
 
     if isinstance(sampler, DictConfig):
-        _check_target(sampler, "rollout.sampler.")
+        _check_target(sampler, "rollout.engine.")
     elif sampler not in SAMPLERS:
         raise ConfigError(
-            f"rollout.sampler={sampler!r} must be {' | '.join(SAMPLERS)} or a _target_ node (a "
-            "dvpo_lab.rollout.Sampler subclass); set rollout.sampler=fast"
+            f"rollout.engine={sampler!r} must be {' | '.join(SAMPLERS)} or a _target_ node (a "
+            "dvpo_lab.rollout.Sampler subclass); set rollout.engine=fast"
         )
 
 

@@ -144,7 +144,7 @@ class RolloutConfig:
     # the rollout engine: a _target_ node (a dvpo_lab.rollout.Sampler) or a built-in's name: fast (dvpo_lab.decode,
     # preallocated KV cache, no per-token framework work; falls back to generate for models it does not cover, with a
     # warning) | hf (model.generate). Both draw the same tokens from one seed.
-    sampler: Any = field(default_factory=lambda: {"_target_": "dvpo_lab.rollout.FastSampler"})
+    engine: Any = field(default_factory=lambda: {"_target_": "dvpo_lab.rollout.FastSampler"})
     min_new_tokens: int = 0  # forbid EOS before this many response tokens (fixed-length benchmark workloads)
     # take the old log-probs from the fast sampler's own logits instead of a second forward pass over the
     # rollout; only where that is the same number (float32 policy, no dropout), else the pass runs

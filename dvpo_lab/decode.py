@@ -62,17 +62,34 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     cfg = model.config
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
         return "sliding-window attention layers"
-    rope = getattr(cfg, "rope_scaling", None) or {}
+    # transformers 5 names it `rope_parameters` (rope_type + rope_theta, always set); `rope_scaling` stays as an alias
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
         # these rescale with the longest position seen so far; the loop computes all positions up front
-        return f"rope_scaling type {rope.get('rope_type', rope.get('type'))!r}"
+        return f"rope type {rope.get('rope_type', rope.get('type'))!r} (config.rope_parameters)"
     if cfg._attn_implementation not in ("sdpa", "eager"):
         return f"attn_implementation={cfg._attn_implementation!r}"
-    default = GenerationConfig()
-    changed = [f for f in _PROCESSOR_FIELDS if getattr(model.generation_config, f, None) != getattr(default, f, None)]
+    changed = [f for f in _PROCESSOR_FIELDS if _is_set(f, getattr(model.generation_config, f, None))]
     if changed:
         return f"generation_config sets {', '.join(changed)}"
     return None
+
+
+def _generation_defaults() -> dict:
+    """The value each generation field takes when neither the model nor the caller sets it.
+
+    transformers 5 leaves every field of a fresh `GenerationConfig` at None and fills the unset ones from
+    `GenerationConfig._get_default_generation_params()` inside `generate` (e.g. repetition_penalty 1.0); transformers 4
+    wrote those values into `GenerationConfig()` itself.
+    """
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", None)
+    return defaults() if defaults is not None else GenerationConfig().to_dict()
+
+
+def _is_set(field: str, value) -> bool:
+    """Whether `generate` adds the logits processor of `field` for this value: None, False and the global default
+    add none (a hub `generation_config.json` that spells out `repetition_penalty: 1.0` keeps the fast loop)."""
+    return value is not None and value is not False and value != _generation_defaults().get(field)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

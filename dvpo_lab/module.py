@@ -65,7 +65,7 @@ class RLModule(L.LightningModule):
         self.max_new_tokens = self.rcfg.max_new_tokens or task.max_response_len
         self.max_prompt_len = prompt_budget(policy, self.max_new_tokens)
         self.eval_problems = task.test_problems()[: self.rcfg.eval_limit]
-        self.sampler = as_sampler(self.rcfg.sampler)  # the rollout engine (rollout.sampler)
+        self.sampler = as_sampler(self.rcfg.engine)  # the rollout engine (rollout.engine)
         self.reuse_logprobs = self.sampler_logprobs_exact() if self.rcfg.reuse_sampler_logprobs else False
         self.history: list[dict[str, float]] = []  # val/acc per evaluated step, saved in checkpoints
         self.fingerprint: str | None = None  # the run's config fingerprint (dvpo_lab.resume), saved in checkpoints

@@ -240,7 +240,7 @@ def sample_for_task(
 ) -> Rollout:
     """One response per problem: a dialogue for a multi-turn task, else `rollout.sample` on the prompts.
     Keyword arguments are `sample`'s (max_new_tokens, do_sample, temperature, ..., seed, max_prompt_len)."""
-    if task.multi_turn:  # dialogues are played turn by turn (each assistant turn with rollout.sampler)
+    if task.multi_turn:  # dialogues are played turn by turn (each assistant turn with rollout.engine)
         for key in ("min_new_tokens", "return_logprobs"):
             kwargs.pop(key, None)
         return sample_dialogues(policy, tokenizer, task, problems, **kwargs)

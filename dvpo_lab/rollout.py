@@ -3,8 +3,8 @@
 Layout of a rollout: prompts are left-padded to P tokens, responses right-padded to T tokens, so
 `input_ids = [B, P + T]`; position ids come from the attention mask, so padding never shifts positions.
 
-The rollout engine is `rollout.sampler`: a `_target_` node (`{_target_: dvpo_lab.rollout.FastSampler}`, the
-default) or the name of a built-in one (`rollout.sampler=hf`). Two built-ins draw the same tokens from the same seed:
+The rollout engine is `rollout.engine`: a `_target_` node (`{_target_: dvpo_lab.rollout.FastSampler}`, the
+default) or the name of a built-in one (`rollout.engine=hf`). Two built-ins draw the same tokens from the same seed:
 `fast` (`FastSampler`: `dvpo_lab.decode`, no per-token framework work) and `hf` (`HFSampler`: `model.generate`);
 `fast` falls back to `hf` for models it does not cover. A user's engine subclasses `Sampler`.
 """
@@ -178,7 +178,7 @@ class HFSampler(Sampler):
     name = "hf"
 
     def fallback_reason(self, policy: PreTrainedModel) -> str | None:
-        return "rollout.sampler=hf"
+        return "rollout.engine=hf"
 
     def generate(
         self,
@@ -227,7 +227,7 @@ class FastSampler(Sampler):
         if reason is not None:
             if reason not in _fallbacks_logged:
                 _fallbacks_logged.add(reason)
-                log.warning("rollout.sampler=fast falls back to model.generate: %s", reason)
+                log.warning("rollout.engine=fast falls back to model.generate: %s", reason)
             return HFSampler().generate(
                 policy,
                 tokenizer,
@@ -257,11 +257,11 @@ class FastSampler(Sampler):
         return out.tokens, out.logprobs
 
 
-SAMPLERS = {"fast": FastSampler, "hf": HFSampler}  # the names `rollout.sampler=NAME` takes
+SAMPLERS = {"fast": FastSampler, "hf": HFSampler}  # the names `rollout.engine=NAME` takes
 
 
 def as_sampler(sampler: Sampler | str | DictConfig | dict) -> Sampler:
-    """The engine `rollout.sampler` describes: an instance, a built-in's name, or a `_target_` node.
+    """The engine `rollout.engine` describes: an instance, a built-in's name, or a `_target_` node.
 
     Raises:
         ValueError: an unknown name or a node without `_target_`.
@@ -270,10 +270,10 @@ def as_sampler(sampler: Sampler | str | DictConfig | dict) -> Sampler:
         return sampler
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
-            raise ValueError(f"rollout.sampler={sampler!r}: expected {' | '.join(SAMPLERS)} or a _target_ node")
+            raise ValueError(f"rollout.engine={sampler!r}: expected {' | '.join(SAMPLERS)} or a _target_ node")
         return SAMPLERS[sampler]()
     if "_target_" not in sampler:
-        raise ValueError("rollout.sampler: a node needs a _target_ (a dvpo_lab.rollout.Sampler subclass)")
+        raise ValueError("rollout.engine: a node needs a _target_ (a dvpo_lab.rollout.Sampler subclass)")
     from hydra.utils import instantiate
 
     return instantiate(sampler)
@@ -282,7 +282,7 @@ def as_sampler(sampler: Sampler | str | DictConfig | dict) -> Sampler:
 def fast_sampler_reason(policy: PreTrainedModel, sampler: Sampler | str | DictConfig) -> str | None:
     """Why `sample(..., sampler=sampler)` will not run the fast loop (None: it will)."""
     engine = as_sampler(sampler)
-    return engine.fallback_reason(policy) if isinstance(engine, FastSampler) else f"rollout.sampler={engine.name}"
+    return engine.fallback_reason(policy) if isinstance(engine, FastSampler) else f"rollout.engine={engine.name}"
 
 
 def _decoder_of(policy: PreTrainedModel) -> PreTrainedModel:

@@ -22,7 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from transformers.utils import logging as hf_logging
 
+from dvpo_lab.callbacks import progress_settings
 from dvpo_lab.checks import check_config, check_prompt_budget, check_trainer, model_context
 from dvpo_lab.config import ConfigError
 from dvpo_lab.data import RLDataModule
@@ -208,6 +210,11 @@ def run(cfg: DictConfig) -> float | None:
     import_extra_modules(cfg.get("extra_modules"))  # the user's algorithms and _target_s, before the checks
     batch_line = check_config(cfg, choices, overrides)
     check_trainer(cfg)
+    if progress_settings(cfg)[0] != "bar":
+        # transformers 5 draws a tqdm bar in every from_pretrained ("Loading weights") and save_pretrained ("Writing
+        # model shards"; both through transformers.utils.logging.tqdm): a run that reports progress as log lines
+        # (piped, a file, CI) keeps them out of its output, as under transformers 4
+        hf_logging.disable_progress_bar()
     fingerprint = config_fingerprint(cfg)  # before anything below fills in derived values
     out_dir = Path(cfg.paths.output_dir)
     check_run_folder(cfg, out_dir, fingerprint)

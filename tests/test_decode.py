@@ -144,6 +144,10 @@ def test_unsupported_models_fall_back_to_generate(tiny, tokenizer):
     penalised = copy.deepcopy(tiny)
     penalised.generation_config.repetition_penalty = 1.1
     assert "repetition_penalty" in unsupported_reason(penalised)
+    # a hub generation_config.json that spells out the defaults adds no processor: the fast loop still runs
+    spelled = copy.deepcopy(tiny)
+    spelled.generation_config.update(repetition_penalty=1.0, min_length=0, renormalize_logits=False)
+    assert unsupported_reason(spelled) is None
 
 
 def test_lora_policy_runs_the_fast_loop_through_its_adapters(tiny, tokenizer):
@@ -176,8 +180,8 @@ def test_training_step_is_the_same_with_either_sampler(smoke_cfg, algo):
 
     steps = {}
     for name, overrides in (
-        ("hf", ["rollout.sampler=hf", "rollout.reuse_sampler_logprobs=false"]),
-        ("fast", ["rollout.sampler=fast", "rollout.reuse_sampler_logprobs=true"]),
+        ("hf", ["rollout.engine=hf", "rollout.reuse_sampler_logprobs=false"]),
+        ("fast", ["rollout.engine=fast", "rollout.reuse_sampler_logprobs=true"]),
     ):
         cfg = smoke_cfg(f"algo={algo}", "total_steps=1", "eval_every=1", *overrides, name=name)
         run(cfg)

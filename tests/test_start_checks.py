@@ -52,7 +52,7 @@ def check(overrides: list[str]) -> str:
         "rollout.min_new_tokens=-1",
         "rollout.eval_batch_size=0",
         "rollout.eval_limit=0",
-        "rollout.sampler=beam",
+        "rollout.engine=beam",
         "algo.loss_agg_mode=seq-mean",
         "algo.kl_penalty=k4",
         "algo.kl_loss_type=kl2",

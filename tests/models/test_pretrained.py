@@ -84,7 +84,7 @@ def test_smoke_run_on_a_tiny_hub_architecture(smoke_cfg, tmp_path, overrides):
     steps = training_rows(read_metrics(out))
     assert sorted(steps) == [0, 1] and all(math.isfinite(v) for r in steps.values() for v in r.values())
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    base = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.bfloat16).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).state_dict()
     if "model.lora.enabled=true" in overrides:
         lora_b = [k for k in state if k.startswith("policy.") and "lora_B" in k]
         assert lora_b and any(state[k].abs().sum() > 0 for k in lora_b), "LoRA adapters did not train"
@@ -114,7 +114,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path):
     assert is_lora(policy) and isinstance(ref, AdapterDisabledReference) and not list(ref.parameters())
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    base = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = torch.tensor([tok("ask from\n", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         for n, p in policy.named_parameters():
