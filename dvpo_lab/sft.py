@@ -47,6 +47,7 @@ def warm_start_key(cfg: DictConfig) -> str:
         "sft": OmegaConf.to_container(cfg.sft, resolve=True),
     }
     spec["model"].pop("warm_start", None)
+    spec["model"].pop("gradient_checkpointing", None)  # the same weights either way
     # Fields added after caches existed are left out at their defaults, so those caches stay valid.
     for key, default in (("gguf_file", None), ("dtype", "float32")):
         if spec["model"].get(key, default) == default:

@@ -63,6 +63,10 @@ def build_policy(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, path: str
             model = AutoModelForCausalLM.from_config(_arch_config(cfg.arch, tokenizer)).to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (LoRA) and under FSDP; the critic's backbone, a copy of the
+        # decoder, inherits it
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     return model
