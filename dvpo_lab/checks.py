@@ -290,6 +290,8 @@ RULES: list[Rule] = [
     ("algo.weight_decay", at_least(0.0), ">= 0"),
     ("algo.grad_clip", above(0.0), "> 0 (max gradient norm)"),
     ("algo.critic_warmup", at_least(0, integer=True), "an integer >= 0 (RL steps)"),
+    choice("algo.rollout_is.enabled", (True, False)),
+    ("algo.rollout_is.cap", at_least(1.0), ">= 1 (the truncation of pi_old / pi_rollout; veRL's and TRL's default: 2)"),
     ("algo.dist.risk_alpha", between(0.0, 1.0, lo_open=True), "in (0, 1] (CVaR level)"),
     ("algo.dist.wang_eta", _num, "a finite number"),
     ("algo.viz_every", at_least(0, integer=True), "an integer >= 0 (0 = off)"),
@@ -396,11 +398,15 @@ def check_values(cfg: DictConfig) -> None:
             f"rollout.min_new_tokens={r.min_new_tokens} exceeds rollout.max_new_tokens={r.max_new_tokens}; lower it"
         )
     check_sampler(r.engine)
+    check_rollout_is(cfg)
     check_algo(cfg)
 
 
 def check_sampler(sampler: Any) -> None:
-    """`rollout.engine` names a built-in engine or is a `_target_` node whose class takes its keys."""
+    """`rollout.engine` names a built-in engine or is a `_target_` node whose class takes its keys; the vllm engine
+    needs vllm installed."""
+    from importlib.util import find_spec
+
     from dvpo_lab.rollout import SAMPLERS
 
     if isinstance(sampler, DictConfig):
@@ -409,6 +415,37 @@ def check_sampler(sampler: Any) -> None:
         raise ConfigError(
             f"rollout.engine={sampler!r} must be {' | '.join(SAMPLERS)} or a _target_ node (a "
             "dvpo_lab.rollout.Sampler subclass); set rollout.engine=fast"
+        )
+    target = sampler.get("_target_") if isinstance(sampler, DictConfig) else SAMPLERS[sampler]
+    if target == SAMPLERS["vllm"] and find_spec("vllm") is None:
+        raise ConfigError('rollout.engine=vllm needs vLLM: pip install -e ".[vllm]" (GPU) or see docs/vllm.md (CPU)')
+
+
+def check_rollout_is(cfg: DictConfig) -> None:
+    """`algo.rollout_is.enabled` needs the engine's own log-probs beside the trainer's: an engine whose class says
+    `provides_logprobs`, and (for the fast sampler) `rollout.reuse_sampler_logprobs=false`, since reused log-probs
+    are the old ones and leave nothing to correct. Cases known only once the model is built (a multi-turn task, a
+    model the fast sampler falls back on) fail at the first RL step (`RLModule.rollout_mismatch`)."""
+    from dvpo_lab.rollout import SAMPLERS, FastSampler, sampler_class
+
+    if not OmegaConf.select(cfg, "algo.rollout_is.enabled", default=False):
+        return
+    engine = cfg.rollout.engine
+    target = engine.get("_target_") if isinstance(engine, DictConfig) else None
+    try:
+        cls = _import_object(target) if target else (sampler_class(engine) if engine in SAMPLERS else None)
+    except (ImportError, AttributeError):
+        cls = None  # an engine that cannot be imported here: check_sampler has named it already, or the run will
+    name = target or engine
+    if cls is not None and not getattr(cls, "provides_logprobs", False):
+        raise ConfigError(
+            f"algo.rollout_is.enabled=true needs the rollout engine's log-probs, and rollout.engine={name} returns "
+            "none; set rollout.engine=fast (with rollout.reuse_sampler_logprobs=false) or algo.rollout_is.enabled=false"
+        )
+    if isinstance(cls, type) and issubclass(cls, FastSampler) and cfg.rollout.reuse_sampler_logprobs:
+        raise ConfigError(
+            "algo.rollout_is.enabled=true with rollout.reuse_sampler_logprobs=true: the fast sampler's log-probs "
+            "serve as the old ones and leave nothing to correct; set rollout.reuse_sampler_logprobs=false"
         )
 
 

@@ -47,6 +47,21 @@ DType = choice_enum("DType", ("float32", "bfloat16", "float16"), __name__)
 TokenizerKind = choice_enum("TokenizerKind", ("char", "auto"), __name__)
 ExportLora = choice_enum("ExportLora", ("merged", "adapter"), __name__)
 Mode = choice_enum("Mode", ("train", "sft", "eval"), __name__)
+LRSchedule = choice_enum("LRSchedule", ("constant", "cosine"), __name__)
+
+
+@dataclass
+class RolloutISConfig:
+    """`algo.rollout_is`: truncated importance sampling (TIS) between the rollout engine and the trainer (veRL's
+    rollout correction, `algorithm.rollout_correction.rollout_is=token`; TRL's `vllm_importance_sampling_correction`).
+    Each token's policy-gradient loss is multiplied by w = min(pi_old / pi_rollout, cap), pi_old from the training
+    forward and pi_rollout from the engine's own log-probs (`algos.core.rollout_is_weights`), for every algorithm.
+    Needs an engine that returns log-probs and a training forward that recomputes the old ones: `rollout.engine=fast`
+    with `rollout.reuse_sampler_logprobs=false`, or an engine such as vLLM (the start checks refuse other set-ups)."""
+
+    enabled: bool = False  # off: the loss is the plain PPO surrogate (the engine is trusted to match the trainer)
+    # the truncation of w, >= 1 (veRL `rollout_is_threshold` and TRL `vllm_importance_sampling_cap` both default to 2)
+    cap: float = 2.0
 
 
 @dataclass
@@ -88,6 +103,7 @@ class AlgoConfig:
     dist: DVPOConfig = field(default_factory=DVPOConfig)  # DVPO (adv_estimator=dist_gae)
     robust: RobustConfig = field(default_factory=RobustConfig)  # RB-PPO (adv_estimator=robust_gae)
     params: Any = None  # a user's algorithm's own node (its AlgoSpec.node_schema)
+    rollout_is: RolloutISConfig = field(default_factory=RolloutISConfig)  # TIS rollout correction (every algorithm)
 
 
 @dataclass
@@ -134,6 +150,25 @@ class ModelConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """`rollout.vllm`: the vLLM engine of `rollout.engine=vllm` (`dvpo_lab.vllm_engine`; veRL's key names where they
+    exist, as in veRL's `actor_rollout_ref.rollout`). Read only by that engine; docs/vllm.md has the install recipes."""
+
+    tensor_parallel_size: int = 1  # GPUs one engine shards the model over (vLLM tensor parallelism)
+    # fraction of the GPU's memory vLLM may take (weights + KV cache); null = 0.5 on GPU (veRL's default), 0.1 on
+    # CPU (the CPU backend's own default wants 92% of a NUMA node's memory; its KV cache is kv_cache_space_gib)
+    gpu_memory_utilization: float | None = None
+    # GPU only: llm.sleep(level=1) after each generation (weights offloaded, KV cache freed) so training gets the
+    # memory back, llm.wake_up() before the next weight sync or generation; ignored on CPU (one log line)
+    enable_sleep_mode: bool = False
+    dtype: str | None = None  # the engine's dtype (float32 | bfloat16 | float16); null = the policy's
+    max_model_len: int | None = None  # null = the policy's max_position_embeddings
+    enforce_eager: bool = True  # no CUDA graphs / torch.compile: starts in seconds; false for speed on GPU
+    kv_cache_space_gib: int = 1  # CPU only: KV cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE)
+    seed: int = 0  # the engine's own seed (requests carry per-row seeds drawn from the step's seeded RNG)
+
+
+@dataclass
 class RolloutConfig:
     prompts_per_step: int = 16  # prompts drawn per RL step (per rank)
     samples_per_prompt: int = 8  # responses sampled per prompt (the GRPO group size)
@@ -146,12 +181,14 @@ class RolloutConfig:
     eval_limit: int | None = None  # evaluate on the first N test problems only (null = all)
     # the rollout engine: a _target_ node (a dvpo_lab.rollout.Sampler) or a built-in's name: fast (dvpo_lab.decode,
     # preallocated KV cache, no per-token framework work; falls back to generate for models it does not cover, with a
-    # warning) | hf (model.generate). Both draw the same tokens from one seed.
+    # warning) | hf (model.generate). Both draw the same tokens from one seed. vllm: a colocated vLLM engine
+    # (rollout.vllm below; pip install -e ".[vllm]", docs/vllm.md), its own kernels, so not the same tokens.
     engine: Any = field(default_factory=lambda: {"_target_": "dvpo_lab.rollout.FastSampler"})
     min_new_tokens: int = 0  # forbid EOS before this many response tokens (fixed-length benchmark workloads)
     # take the old log-probs from the fast sampler's own logits instead of a second forward pass over the
     # rollout; only where that is the same number (float32 policy, no dropout), else the pass runs
     reuse_sampler_logprobs: bool = True
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # rollout.engine=vllm's settings
 
 
 @dataclass
@@ -162,6 +199,10 @@ class SFTConfig:
     batch_size: int = 256
     max_steps: int = 600
     warmup_steps: int = 50
+    # after the warmup: constant | cosine (decays to min_lr_ratio x lr at max_steps, so the last steps settle
+    # instead of moving the answers the data leaves near a tie)
+    lr_schedule: LRSchedule = LRSchedule.constant
+    min_lr_ratio: float = 0.0
     target_acc: float | None = 0.3  # stop once greedy test accuracy reaches this (null = run max_steps)
     eval_every: int = 10  # steps between accuracy checks (the accuracy rises steeply: check often)
     eval_limit: int = 200  # test problems used for those checks
@@ -255,6 +296,12 @@ def compose_config(overrides: list[str], output_dir: str | Path, config_dir: str
 
 
 def register_configs() -> None:
+    import warnings
+
+    # conf/hydra/launcher/submitit_*.yaml share their names with the submitit plugin's schemas on purpose: Hydra
+    # validates them against those (a misspelt key fails) and warns that this matching is deprecated, though 1.3
+    # (the last Hydra line) keeps it
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     register_sweeps(cs)

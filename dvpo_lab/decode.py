@@ -56,7 +56,8 @@ class Decoded:
 
 def unsupported_reason(model: PreTrainedModel) -> str | None:
     """Why `decode` cannot stand in for `model.generate` on this model (None when it can)."""
-    name = type(model).__name__
+    # trainer=fsdp: fully_shard swaps the class for its subclass `FSDP<name>`; the layers are the same
+    name = type(model).__name__.removeprefix("FSDP")
     if name not in SUPPORTED:
         return f"{name} is not one of {', '.join(SUPPORTED)}"
     cfg = model.config

@@ -154,7 +154,9 @@ def export_module(cfg: DictConfig, module, folder: Path, meta: dict[str, Any]) -
     only. Under FSDP the weights are sharded: nothing is written (a warning names the CLI for `last.ckpt`)."""
     if not module.trainer.is_global_zero:
         return None
-    if "FSDP" in type(module.trainer.strategy).__name__:
+    from dvpo_lab.fsdp import is_sharded
+
+    if is_sharded(module.policy):  # trainer=fsdp; the checkpoint holds the full (gathered) weights
         log.warning(
             "export: the policy is sharded under FSDP; write %s with python -m dvpo_lab.export "
             "<run>/checkpoints/last.ckpt %s",

@@ -19,7 +19,9 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
-from dvpo_lab import algos, seeding
+from dvpo_lab import algos, fsdp, seeding
+from dvpo_lab.algos.core import logprob_diff, rollout_is_weights
+from dvpo_lab.config import ConfigError
 from dvpo_lab.evaluate import greedy_scores, metric_sums
 from dvpo_lab.export import export_best
 from dvpo_lab.models.build import build_critic, build_reference
@@ -65,7 +67,7 @@ class RLModule(L.LightningModule):
         self.max_new_tokens = self.rcfg.max_new_tokens or task.max_response_len
         self.max_prompt_len = prompt_budget(policy, self.max_new_tokens)
         self.eval_problems = task.test_problems()[: self.rcfg.eval_limit]
-        self.sampler = as_sampler(self.rcfg.engine)  # the rollout engine (rollout.engine)
+        self.sampler = as_sampler(self.rcfg.engine, self.rcfg.get("vllm"))  # the rollout engine (rollout.engine)
         self.reuse_logprobs = self.sampler_logprobs_exact() if self.rcfg.reuse_sampler_logprobs else False
         self.history: list[dict[str, float]] = []  # val/acc per evaluated step, saved in checkpoints
         self.fingerprint: str | None = None  # the run's config fingerprint (dvpo_lab.resume), saved in checkpoints
@@ -79,6 +81,19 @@ class RLModule(L.LightningModule):
         if self.critic is not None:
             opts.append(torch.optim.AdamW(self.critic.parameters(), lr=a.critic_lr, weight_decay=a.weight_decay))
         return opts
+
+    def configure_model(self) -> None:
+        """trainer=fsdp (Lightning's ModelParallelStrategy): shard the policy, the critic and the reference over the
+        data-parallel mesh (`dvpo_lab.fsdp.shard`), before the optimizers are built. Lightning calls this hook before
+        every validate and fit; the modules are sharded once. Other strategies: nothing to do."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy) or fsdp.is_sharded(self.policy):
+            return
+        mesh = self.device_mesh["data_parallel"]
+        for m in (self.policy, self.critic, self.reference):
+            if m is not None:
+                fsdp.shard(m, mesh)
 
     def sampler_logprobs_exact(self) -> bool:
         """Whether the fast sampler's log-probs stand in for the old-log-prob pass over the rollout.
@@ -140,22 +155,27 @@ class RLModule(L.LightningModule):
         rep = [p for p in problems for _ in range(G)]
         # under autocast (trainer.precision=bf16-mixed) the cached decode and the full forward round differently
         reuse = self.reuse_logprobs and not torch.is_autocast_enabled(self.device.type)
-        ro = sample_for_task(
-            self.policy,
-            self.tokenizer,
-            self.task,
-            rep,
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.rcfg.temperature,
-            top_k=self.rcfg.top_k,
-            top_p=self.rcfg.top_p,
-            seed=self.step_seed(),
-            max_prompt_len=self.max_prompt_len,
-            sampler=self.sampler,
-            min_new_tokens=self.rcfg.min_new_tokens,
-            return_logprobs=reuse,
-        )
-        timing["gen"] = time.perf_counter() - t0
+        with fsdp.gathered(self.policy):  # sharded (trainer=fsdp): decode with full weights, freed after
+            t_sync = time.perf_counter()  # an engine with its own copy of the weights (vllm) takes the new ones
+            self.sampler.update_weights(self.policy, self.global_step)
+            timing["update_weights"] = time.perf_counter() - t_sync
+            ro = sample_for_task(
+                self.policy,
+                self.tokenizer,
+                self.task,
+                rep,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.rcfg.temperature,
+                top_k=self.rcfg.top_k,
+                top_p=self.rcfg.top_p,
+                seed=self.step_seed(),
+                max_prompt_len=self.max_prompt_len,
+                sampler=self.sampler,
+                min_new_tokens=self.rcfg.min_new_tokens,
+                # the engine's own log-probs: the old ones when reused, else compared with the trainer's below
+                return_logprobs=self.sampler.provides_logprobs,
+            )
+        timing["gen"] = time.perf_counter() - t0 - timing["update_weights"]
 
         t1 = time.perf_counter()
         clean = self.task.score(ro.texts, rep).to(self.device)
@@ -178,9 +198,11 @@ class RLModule(L.LightningModule):
         t2 = time.perf_counter()
         mask = ro.response_mask
         with torch.no_grad():
-            old_logp = (
-                ro.logprobs if ro.logprobs is not None else response_logprobs(self.policy, ro, self.rcfg.temperature)[0]
-            )
+            if reuse and ro.logprobs is not None:  # the engine's log-probs are the old ones: nothing to compare
+                old_logp, rollout_logp = ro.logprobs, None
+            else:  # the training forward recomputes them (as veRL), the engine's are compared with them
+                old_logp, rollout_logp = response_logprobs(self.policy, ro, self.rcfg.temperature)[0], ro.logprobs
+            mismatch, is_weights = self.rollout_mismatch(old_logp, rollout_logp, mask)
             ref_logp = response_logprobs(self.reference, ro, self.rcfg.temperature)[0] if self.needs_ref else None
             old_view = self.critic_spec.view(response_values(self.critic, ro)) if self.critic is not None else None
         values = self.critic_spec.estimator_values(old_view) if old_view is not None else None
@@ -190,7 +212,7 @@ class RLModule(L.LightningModule):
         timing["old_log_prob"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
-        metrics = self.update(ro, old_logp, ref_logp, adv, returns, old_view)
+        metrics = self.update(ro, old_logp, ref_logp, adv, returns, old_view, is_weights)
         timing["update"] = time.perf_counter() - t3
         if kl is not None:
             seq_kl = algos.masked_mean(kl, mask, dim=-1).mean()
@@ -221,6 +243,7 @@ class RLModule(L.LightningModule):
                 "prompt_length/clip_ratio": float(ro.prompt_clipped.float().mean()),
                 "perf/tokens_per_s": n_tokens / timing["step"],
                 **noise_metrics,
+                **mismatch,
                 **{f"timing_s/{k}": v for k, v in timing.items()},
             }
         )
@@ -277,20 +300,53 @@ class RLModule(L.LightningModule):
 
     def sample_initial(self, prompts: list[str], n: int, seed: int, temperature: float) -> list[str]:
         """`n` responses per prompt (prompt-major) from the frozen initial policy: the noise's `Sampler`."""
-        return sample(
-            self.reference,
-            self.tokenizer,
-            [p for p in prompts for _ in range(n)],
-            max_new_tokens=self.max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            max_prompt_len=self.max_prompt_len,
-            sampler=self.sampler,
-        ).texts
+        with fsdp.gathered(self.reference):
+            return sample(
+                self.reference,
+                self.tokenizer,
+                [p for p in prompts for _ in range(n)],
+                max_new_tokens=self.max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+                max_prompt_len=self.max_prompt_len,
+                sampler=self.sampler,
+            ).texts
 
-    def update(self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view) -> dict[str, float]:
+    def rollout_mismatch(
+        self, old_logp: torch.Tensor, rollout_logp: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """The engine-vs-trainer log-prob metrics and the `algo.rollout_is` weights of this rollout.
+
+        Args:
+            old_logp: [B, T] the training forward's log-probs (or the reused engine's), rollout_logp: [B, T] the
+            engine's when they were not reused (None: reused, or an engine without log-probs), mask: [B, T].
+        Returns:
+            (metrics: `rollout/logprob_diff_{max,mean}` and with rollout_is `rollout_corr/rollout_is_*`, empty when
+            there is nothing to compare, so that no dashboard shows a made-up 0; weights [B, T] or None).
+        Raises:
+            ConfigError: algo.rollout_is.enabled without engine log-probs here (a multi-turn task, or a fast sampler
+            that fell back to generate); the start checks refuse the set-ups known from the config.
+        """
+        ris = self.acfg.rollout_is
+        if rollout_logp is None:
+            if ris.enabled:
+                raise ConfigError(
+                    f"algo.rollout_is.enabled=true: rollout.engine={self.sampler.name} returned no log-probs for this "
+                    "rollout (a multi-turn task, or a model the engine falls back to generate for); set "
+                    "algo.rollout_is.enabled=false"
+                )
+            return {}, None
+        metrics = {f"rollout/{k}": float(v) for k, v in logprob_diff(old_logp, rollout_logp, mask).items()}
+        if not ris.enabled:
+            return metrics, None
+        weights, is_m = rollout_is_weights(old_logp, rollout_logp, mask, ris.cap)
+        return {**metrics, **{f"rollout_corr/{k}": float(v) for k, v in is_m.items()}}, weights
+
+    def update(
+        self, ro: Rollout, old_logp, ref_logp, adv, returns, old_view, is_weights: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """ppo_epochs x minibatches of actor and critic steps, one optimizer step each (the PPO update as veRL
-        runs it)."""
+        runs it). `is_weights` [B, T]: the `algo.rollout_is` weights of each token's policy-gradient loss."""
         a = self.acfg
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
@@ -318,6 +374,7 @@ class RLModule(L.LightningModule):
                         a.clip_ratio_c,
                         a.loss_agg_mode,
                         budget,
+                        rollout_is_weights=is_weights[rows] if is_weights is not None else None,
                     )
                     entropy = algos.agg_loss(ent, m, a.loss_agg_mode, budget)
                     loss = pg_loss - a.entropy_coeff * entropy
@@ -363,9 +420,10 @@ class RLModule(L.LightningModule):
     def optimizer_step(self, opt, loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.trainer.world_size > 1:  # every rank sampled its own rollouts: average their gradients
+        sharded = fsdp.is_sharded(module)  # FSDP already averaged (reduce-scattered) the gradients in backward
+        if self.trainer.world_size > 1 and not sharded:  # every rank sampled its own rollouts: average their gradients
             self.all_reduce_grads(module)
-        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), self.acfg.grad_clip)
+        grad_norm = fsdp.grad_norm_value(torch.nn.utils.clip_grad_norm_(module.parameters(), self.acfg.grad_clip))
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(
                 f"non-finite gradient norm in {type(module).__name__} at RL step {self.rl_step}; "
@@ -373,7 +431,7 @@ class RLModule(L.LightningModule):
             )
         opt.step()
         params = [p for p in module.parameters() if p.requires_grad]
-        if not torch.stack(torch._foreach_norm(params)).isfinite().all():
+        if not (fsdp.params_finite(params) if sharded else torch.stack(torch._foreach_norm(params)).isfinite().all()):
             raise FloatingPointError(
                 f"{type(module).__name__} parameters became non-finite after the optimizer step at RL step "
                 f"{self.rl_step} (learning rate too high?); training stopped before this step was checkpointed, "
@@ -408,16 +466,18 @@ class RLModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
         problems = [self.eval_problems[i] for i in batch.tolist()]
-        scores, texts = greedy_scores(
-            self.policy,
-            self.tokenizer,
-            self.task,
-            problems,
-            len(problems),
-            self.max_new_tokens,
-            self.max_prompt_len,
-            sampler=self.sampler,
-        )
+        with fsdp.gathered(self.policy):  # every rank has as many batches (Lightning pads the split)
+            self.sampler.update_weights(self.policy, self.global_step)  # vllm: the weights just trained
+            scores, texts = greedy_scores(
+                self.policy,
+                self.tokenizer,
+                self.task,
+                problems,
+                len(problems),
+                self.max_new_tokens,
+                self.max_prompt_len,
+                sampler=self.sampler,
+            )
         self._val_scores.append(scores.to(self.device))
         self._val_metrics.append(self.task.metrics(texts, problems))  # e.g. dialogue TCR/ACR/GCR
 

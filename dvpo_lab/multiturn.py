@@ -27,6 +27,7 @@ from dvpo_lab.rollout import (
     Rollout,
     Sampler,
     _decoder_of,
+    as_sampler,
     check_prompt_budget,
     fast_sampler_reason,
     positions_from_mask,
@@ -34,6 +35,7 @@ from dvpo_lab.rollout import (
     warn_prompts_truncated,
 )
 from dvpo_lab.tasks import MultiTurnTask, Problem, Task
+from dvpo_lab.vllm_engine import VLLMSampler  # imports vllm only when its engine starts
 
 
 @dataclass
@@ -91,7 +93,8 @@ def sample_dialogues(
         record_logprobs: also return the sampler's log-probs of its tokens (at `temperature`), to check that
             the scoring pass over the assembled rollout reproduces them.
         sampler: fast (`dvpo_lab.decode` for each assistant turn) | hf (`model.generate`): the same tokens from
-            the same seed (tests/test_decode.py); fast falls back to generate where it does not apply.
+            the same seed (tests/test_decode.py); fast falls back to generate where it does not apply. vllm (an
+            instance, to keep one engine across calls): each turn is one batch of engine requests.
 
     Returns:
         a `DialogueRollout`; `texts[i]` is the transcript (each turn cut after its end-of-turn text).
@@ -130,7 +133,9 @@ def sample_dialogues(
         gen_kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
     else:
         gen_kwargs.update(temperature=None, top_k=None, top_p=None)
-    fast = fast_sampler_reason(policy, sampler) is None
+    engine = as_sampler(sampler)
+    fast = fast_sampler_reason(policy, engine) is None
+    own_loop = isinstance(engine, VLLMSampler)  # an engine that plays each turn itself, to the turn's stop ids
     was_training = policy.training
     policy.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -160,6 +165,22 @@ def sample_dialogues(
                 )
                 new = out.tokens.tolist()
                 step_logp = out.logprobs.tolist() if record_logprobs else None
+            elif own_loop:
+                tokens, lp = engine.generate(
+                    policy,
+                    tokenizer,
+                    {"input_ids": ids.to(device), "attention_mask": attn.to(device)},
+                    max_new_tokens=cap,
+                    do_sample=do_sample,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    min_new_tokens=0,
+                    return_logprobs=record_logprobs,
+                    stop_token_ids=stop_ids,
+                )
+                new = tokens.tolist()  # padded after the stop token: the cut below drops the padding
+                step_logp = lp.tolist() if record_logprobs else None
             else:
                 out = policy.generate(
                     input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=cap, **gen_kwargs

@@ -6,7 +6,9 @@ Layout of a rollout: prompts are left-padded to P tokens, responses right-padded
 The rollout engine is `rollout.engine`: a `_target_` node (`{_target_: dvpo_lab.rollout.FastSampler}`, the
 default) or the name of a built-in one (`rollout.engine=hf`). Two built-ins draw the same tokens from the same seed:
 `fast` (`FastSampler`: `dvpo_lab.decode`, no per-token framework work) and `hf` (`HFSampler`: `model.generate`);
-`fast` falls back to `hf` for models it does not cover. A user's engine subclasses `Sampler`.
+`fast` falls back to `hf` for models it does not cover. A third, `vllm` (`dvpo_lab.vllm_engine`, docs/vllm.md), runs a
+vLLM engine beside the trainer and holds its own copy of the weights (`Sampler.update_weights`). A user's engine
+subclasses `Sampler`.
 """
 
 from __future__ import annotations
@@ -139,13 +141,23 @@ class Sampler(abc.ABC):
 
     Attributes:
         name: how logs and `fast_sampler_reason` name it.
+        provides_logprobs: whether `generate(..., return_logprobs=True)` returns the log-probs of its tokens
+            (at the rollout temperature); the module then asks for them every step, to log the mismatch with
+            the trainer's (`rollout/logprob_diff_*`) and for `algo.rollout_is`.
     """
 
     name = "sampler"
+    provides_logprobs = False
 
     def fallback_reason(self, policy: PreTrainedModel) -> str | None:
         """Why this engine will not run its own loop for `policy` (None: it will); the log-probs it returns are the
         fast sampler's only when this is None."""
+        return None
+
+    def update_weights(self, policy: PreTrainedModel, step: int) -> None:
+        """Bring an engine that holds its own copy of the weights (vllm) up to `policy`'s; the training module calls
+        it before every rollout and every evaluation with its optimizer-step count `step`, and an engine syncs only
+        when `step` changed since its last sync. Engines that run the policy itself (fast, hf): nothing to do."""
         return None
 
     @abc.abstractmethod
@@ -176,6 +188,7 @@ class HFSampler(Sampler):
     """`model.generate` (any model transformers can generate with)."""
 
     name = "hf"
+    provides_logprobs = False  # generate's scores are not kept
 
     def fallback_reason(self, policy: PreTrainedModel) -> str | None:
         return "rollout.engine=hf"
@@ -205,6 +218,7 @@ class FastSampler(Sampler):
     cover."""
 
     name = "fast"
+    provides_logprobs = True  # None only where it falls back to generate
 
     def fallback_reason(self, policy: PreTrainedModel) -> str | None:
         return unsupported_reason(_decoder_of(policy))
@@ -257,11 +271,33 @@ class FastSampler(Sampler):
         return out.tokens, out.logprobs
 
 
-SAMPLERS = {"fast": FastSampler, "hf": HFSampler}  # the names `rollout.engine=NAME` takes
+# the names `rollout.engine=NAME` takes; an import path is imported on first use (`sampler_class`), so importing
+# dvpo_lab never imports vllm (dvpo_lab.vllm_engine imports it only when its engine starts)
+SAMPLERS: dict[str, type[Sampler] | str] = {
+    "fast": FastSampler,
+    "hf": HFSampler,
+    "vllm": "dvpo_lab.vllm_engine.VLLMSampler",
+}
 
 
-def as_sampler(sampler: Sampler | str | DictConfig | dict) -> Sampler:
-    """The engine `rollout.engine` describes: an instance, a built-in's name, or a `_target_` node.
+def sampler_class(name: str) -> type[Sampler]:
+    """The class of the built-in engine `name` (a key of `SAMPLERS`), imported if given as a path.
+
+    Raises:
+        KeyError: an unknown name.
+    """
+    cls = SAMPLERS[name]
+    if isinstance(cls, str):
+        import importlib
+
+        module, _, attr = cls.rpartition(".")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+def as_sampler(sampler: Sampler | str | DictConfig | dict, vllm: DictConfig | dict | None = None) -> Sampler:
+    """The engine `rollout.engine` describes: an instance, a built-in's name, or a `_target_` node. `vllm`: the
+    keyword arguments of the `vllm` engine when named (`rollout.vllm`).
 
     Raises:
         ValueError: an unknown name or a node without `_target_`.
@@ -271,7 +307,7 @@ def as_sampler(sampler: Sampler | str | DictConfig | dict) -> Sampler:
     if isinstance(sampler, str):
         if sampler not in SAMPLERS:
             raise ValueError(f"rollout.engine={sampler!r}: expected {' | '.join(SAMPLERS)} or a _target_ node")
-        return SAMPLERS[sampler]()
+        return sampler_class(sampler)(**(dict(vllm or {}) if sampler == "vllm" else {}))
     if "_target_" not in sampler:
         raise ValueError("rollout.engine: a node needs a _target_ (a dvpo_lab.rollout.Sampler subclass)")
     from hydra.utils import instantiate

@@ -38,6 +38,7 @@ from dvpo_lab.resume import (
     FolderTaken,
     check_run_folder,
     config_fingerprint,
+    is_secondary_rank,
     merge_resumed_metrics,
     prepare_resume,
     record_run,
@@ -270,7 +271,8 @@ def run(cfg: DictConfig) -> float | None:
         return acc
     module.fingerprint = fingerprint
     ckpt = resolve_ckpt_path(cfg, out_dir, fingerprint)
-    resumed_from = prepare_resume(ckpt, out_dir) if ckpt else None
+    # rank 0 alone moves and merges metrics.csv (ddp, fsdp: the other ranks re-run this script, later)
+    resumed_from = prepare_resume(ckpt, out_dir) if ckpt and not is_secondary_rank() else None
     if ckpt is None:
         trainer.validate(module, dm, verbose=False)  # initial clean accuracy, logged at step 0
     trainer.fit(module, dm, ckpt_path=ckpt)

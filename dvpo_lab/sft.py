@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -54,6 +56,9 @@ def warm_start_key(cfg: DictConfig) -> str:
             spec["model"].pop(key, None)
     if not spec["model"].get("lora", {}).get("enabled", False):
         spec["model"].pop("lora", None)
+    for key, default in (("lr_schedule", "constant"), ("min_lr_ratio", 0.0)):
+        if spec["sft"].get(key, default) == default:
+            spec["sft"].pop(key, None)
     for key in ("sft_batch_size", "sft_target_acc"):
         if spec["task"].get(key) is None:
             spec["task"].pop(key, None)
@@ -109,6 +114,20 @@ def _collate(pad_id: int):
     return collate
 
 
+def lr_factor(step: int, *, sft: DictConfig, max_steps: int) -> float:
+    """The warm-start's learning rate at optimizer step `step` (0-based) as a fraction of `sft.lr`: a linear warmup
+    over `sft.warmup_steps`, then 1 (`sft.lr_schedule=constant`) or a cosine from 1 to `sft.min_lr_ratio` at
+    `max_steps` (`cosine`)."""
+    warmup = max(1, sft.warmup_steps)
+    if step + 1 < warmup:
+        return (step + 1) / warmup
+    if sft.get("lr_schedule", "constant") != "cosine":
+        return 1.0
+    floor = sft.get("min_lr_ratio", 0.0)
+    progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class SFTModule(L.LightningModule):
     """Next-token loss on response tokens only; stops early once greedy accuracy reaches the target."""
 
@@ -152,8 +171,7 @@ class SFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.sft.lr, weight_decay=0.0)
-        warmup = max(1, self.cfg.sft.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, sft=self.cfg.sft, max_steps=self.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

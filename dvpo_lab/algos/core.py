@@ -32,10 +32,12 @@ __all__ = [
     "entropy_from_logits",
     "group_advantages",
     "kl_penalty",
+    "logprob_diff",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "rollout_is_weights",
 ]
 
 AGG_LOSS_MODES = (
@@ -231,19 +233,23 @@ def compute_policy_loss(
     clip_ratio_c: float | None = 3.0,
     loss_agg_mode: str = "token-mean",
     loss_scale_factor: int | None = None,
+    rollout_is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate with optional dual clip (Schulman et al. 2017; dual clip Ye et al. 2020;
     verl `compute_policy_loss_vanilla`).
 
     rho = exp(clamp(logp - old_logp, -20, 20));
     L^clip = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high));
-    for A < 0 and dual clip on: L = min(L^clip, -c A).  Aggregated with `agg_loss`.
+    for A < 0 and dual clip on: L = min(L^clip, -c A); times w per token when rollout IS weights are given
+    (`rollout_is_weights`, veRL's argument of the same name).  Aggregated with `agg_loss`.
 
     Args:
         logp: [B, T] log pi_theta (carries the gradient), old_logp: [B, T] log pi_old,
         advantages: [B, T] (already whitened if wanted), mask: [B, T].
         clip_ratio_c: dual-clip constant c (> 1); None disables dual clip.
         loss_agg_mode, loss_scale_factor: passed to `agg_loss`.
+        rollout_is_weights: [B, T] detached truncated importance weights pi_old / pi_rollout
+            (`rollout_is_weights`), multiplied into the per-token loss before aggregation; None = 1 everywhere.
     Returns:
         (loss scalar, metrics) with detached scalar tensors: pg_clipfrac (fraction of valid tokens where the
         clipped branch is active), ppo_kl (masked mean of old_logp - logp), pg_clipfrac_lower (fraction where
@@ -270,6 +276,9 @@ def compute_policy_loss(
         pg_losses = torch.where(negative, torch.minimum(clip_losses, pg_losses3), clip_losses)
         pg_clipfrac_lower = masked_mean(((clip_losses > pg_losses3) & negative).to(logp.dtype), mask)
 
+    if rollout_is_weights is not None:
+        _check_same_shape(logp=logp, rollout_is_weights=rollout_is_weights)
+        pg_losses = pg_losses * rollout_is_weights.detach()
     loss = agg_loss(pg_losses, mask, loss_agg_mode, loss_scale_factor)
     metrics = {
         "pg_clipfrac": pg_clipfrac.detach(),
@@ -277,6 +286,59 @@ def compute_policy_loss(
         "pg_clipfrac_lower": pg_clipfrac_lower.detach(),
     }
     return loss, metrics
+
+
+def logprob_diff(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mismatch between the trainer's and the rollout engine's log-probs of the sampled tokens.
+
+    |old_logp - rollout_logp| per valid token, its max and mean over the batch (veRL logs the same comparison in
+    probability space as `training/rollout_probs_diff_{max,mean}`). Both are log softmax(logits / temperature) of
+    the same weights: they differ only by the engines' numerics (float32 on CPU: ~1e-6; bf16 kernels: ~1e-2).
+
+    Args:
+        old_logp: [B, T] the training forward's log-probs, rollout_logp: [B, T] the engine's, mask: [B, T].
+    Returns:
+        {"logprob_diff_max", "logprob_diff_mean"}: detached scalar tensors (0 for an empty mask).
+    """
+    _check_same_shape(old_logp=old_logp, rollout_logp=rollout_logp, mask=mask)
+    valid = mask.bool()
+    diff = torch.where(valid, (old_logp - rollout_logp).abs(), torch.zeros_like(old_logp)).detach()
+    return {"logprob_diff_max": diff.max(), "logprob_diff_mean": masked_mean(diff, mask)}
+
+
+def rollout_is_weights(
+    old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, cap: float = 2.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Truncated importance sampling (TIS) weights that correct for the rollout engine's drift from the trainer
+    (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training"; veRL
+    `compute_rollout_correction_weights` with rollout_is=token, TRL `vllm_importance_sampling_cap`).
+
+    w = min(exp(clamp(old_logp - rollout_logp, -20, 20)), cap), detached, 0 on padding: the tokens were drawn from
+    pi_rollout but the surrogate assumes pi_old, so each token's loss is reweighted by pi_old / pi_rollout, capped
+    to bound the variance.
+
+    Args:
+        old_logp: [B, T] log pi_old (the training forward), rollout_logp: [B, T] log pi_rollout (the engine),
+        mask: [B, T]. cap: the truncation (veRL `rollout_is_threshold`), >= 1.
+    Returns:
+        (weights [B, T], metrics) with veRL's names, statistics of the weights before the cap over valid tokens:
+        rollout_is_mean, rollout_is_max, rollout_is_ratio_fraction_high (fraction of tokens above the cap, i.e.
+        capped), detached scalar tensors.
+    Raises:
+        ValueError: cap < 1 (a cap below 1 would shrink even exact tokens), or shapes that differ.
+    """
+    if not cap >= 1.0:
+        raise ValueError(f"rollout IS cap must be >= 1, got {cap}")
+    _check_same_shape(old_logp=old_logp, rollout_logp=rollout_logp, mask=mask)
+    valid = mask.bool()
+    log_ratio = torch.clamp(old_logp - rollout_logp, min=-20.0, max=20.0)  # verl SAFETY_BOUND
+    raw = torch.where(valid, torch.exp(log_ratio), torch.zeros_like(log_ratio)).detach()
+    metrics = {
+        "rollout_is_mean": masked_mean(raw, mask),
+        "rollout_is_max": raw.max(),
+        "rollout_is_ratio_fraction_high": masked_mean((raw > cap).to(raw.dtype), mask),
+    }
+    return raw.clamp(max=cap), metrics
 
 
 def compute_value_loss(
