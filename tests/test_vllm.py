@@ -183,6 +183,42 @@ def test_smoke_run_trains_with_the_vllm_engine(tmp_path):
     assert all(float(row["timing_s/update_weights"]) >= 0 for row in rows)
 
 
+FSDP_LORA = ["trainer=fsdp", "trainer.precision=32-true", "model.lora.enabled=true"]
+
+
+@pytest.mark.parametrize(
+    "trainer",
+    [
+        ["trainer=ddp"],
+        ["trainer=fsdp", "trainer.precision=32-true"],
+        pytest.param(FSDP_LORA, marks=pytest.mark.slow),
+    ],
+    ids=["ddp", "fsdp", "fsdp-lora"],
+)
+def test_two_training_processes_each_run_an_engine(tmp_path, trainer):
+    """`trainer.devices=2` on CPU (gloo): each rank starts its own engine in vLLM's `external_launcher` mode, inside
+    the trainer's process group, from dummy weights that the policy's then replace (under FSDP read from the shards
+    one tensor at a time, no full gather; LoRA: merged, then only the adapted layers); the engine's log-probs match
+    the trainer's every step, which they could not if a rank's engine held other weights than its trainer.
+    ~40 s each on a 2-core CPU."""
+    pytest.importorskip("vllm", reason=NO_VLLM)
+    if "model.lora.enabled=true" in trainer:
+        pytest.importorskip("peft", reason="peft is not installed (pip install -e '.[lora]')")
+    args = ["debug=smoke", "rollout.engine=vllm", "logger=csv", "trainer.accelerator=cpu", "trainer.devices=2"]
+    r = run_cli([*args, *trainer], tmp_path, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    (metrics,) = list(tmp_path.glob("**/csv/**/metrics.csv"))
+    rows = [row for row in csv.DictReader(metrics.open()) if row.get("timing_s/gen")]
+    assert len(rows) == 3
+    diffs = [float(row["rollout/logprob_diff_max"]) for row in rows]
+    assert all(math.isfinite(d) and d < 1e-4 for d in diffs), diffs
+    assert all(float(row["timing_s/update_weights"]) > 0 for row in rows[1:])  # a push after each update
+    (run_dir,) = {p.parent for p in tmp_path.glob("**/__main__.log")}
+    for rank, name in enumerate(["__main__.log", "train_ddp_process_1.log"]):
+        log = (run_dir / name).read_text()
+        assert f"external_launcher: rank {rank} of 2" in log, name
+
+
 def test_missing_vllm_is_one_line_at_start(tmp_path):
     """Where vLLM is not installed (simulated where it is: `sys.modules["vllm"] = None` makes it unfindable), a
     run with rollout.engine=vllm stops at the start checks with one line naming both install routes."""
