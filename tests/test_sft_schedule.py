@@ -1,0 +1,36 @@
+"""The warm-start's learning-rate schedule (`sft.lr_schedule`): the constant one is the old warmup-then-flat
+factor step for step, the cosine one decays to `sft.min_lr_ratio`, and only a non-default schedule changes the
+warm-start cache key (caches made before the key existed stay valid)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from dvpo_lab.sft import lr_factor, warm_start_key
+from tests.conftest import compose_cfg
+
+
+def test_constant_schedule_is_the_warmup_then_flat_factor():
+    sft = OmegaConf.create({"warmup_steps": 50, "lr_schedule": "constant", "min_lr_ratio": 0.0})
+    for step in range(0, 400, 7):
+        assert lr_factor(step, sft=sft, max_steps=400) == min(1.0, (step + 1) / 50)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.1])
+def test_cosine_schedule_decays_from_one_to_the_floor(floor):
+    sft = OmegaConf.create({"warmup_steps": 50, "lr_schedule": "cosine", "min_lr_ratio": floor})
+    f = [lr_factor(s, sft=sft, max_steps=1000) for s in range(1000)]
+    assert f[0] == pytest.approx(1 / 50) and f[49] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(floor)
+    mid = 49 + (1000 - 50) // 2  # halfway through the decay
+    assert f[mid] == pytest.approx(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 0.5)), abs=2e-3)
+    assert all(a >= b for a, b in zip(f[49:], f[50:]))  # never rises after the warmup
+
+
+def test_only_a_non_default_schedule_changes_the_cache_key():
+    default = warm_start_key(compose_cfg([]))
+    assert warm_start_key(compose_cfg(["sft.lr_schedule=constant", "sft.min_lr_ratio=0.0"])) == default
+    assert warm_start_key(compose_cfg(["sft.lr_schedule=cosine"])) != default
