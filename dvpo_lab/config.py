@@ -305,6 +305,17 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     register_sweeps(cs)
+    register_resolvers()
+
+
+def register_resolvers() -> None:
+    """The interpolations the trainer and launcher options use: `${dvpo_lab.world:DEVICES,NODES}` (the ranks of
+    a job: devices per node x nodes, FSDP's data-parallel size) and `${dvpo_lab.gpus:ACCELERATOR,DEVICES}` (GPUs
+    a SLURM job asks for per node: none for `trainer.accelerator=cpu`)."""
+    OmegaConf.register_new_resolver("dvpo_lab.world", lambda devices, nodes: int(devices) * int(nodes), replace=True)
+    OmegaConf.register_new_resolver(
+        "dvpo_lab.gpus", lambda accelerator, devices: 0 if accelerator == "cpu" else devices, replace=True
+    )
 
 
 def register_sweeps(cs: ConfigStore, folder: Path = SWEEPS_DIR) -> None:

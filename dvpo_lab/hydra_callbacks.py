@@ -60,6 +60,41 @@ def claim_folder(path: Path) -> Path:
     raise RuntimeError(f"no free run folder next to {path}")
 
 
+def check_launcher(launcher: DictConfig) -> None:
+    """The submitit launchers' settings before any job is submitted: every key is one of the plugin's (a key added
+    with `+hydra.launcher.KEY=...` would reach sbatch as an unknown argument), and SLURM's commands exist here.
+
+    Raises:
+        ConfigError: one line naming the key and the fix.
+    """
+    target = launcher.get("_target_", "")
+    if not target.startswith("hydra_plugins.hydra_submitit_launcher"):
+        return
+    import dataclasses
+    import difflib
+    import shutil
+
+    from hydra_plugins.hydra_submitit_launcher import config as plugin
+
+    slurm = target.endswith("SlurmLauncher")
+    option = "submitit_slurm" if slurm else "submitit_local"
+    schema = plugin.SlurmQueueConf if slurm else plugin.LocalQueueConf
+    known = {f.name for f in dataclasses.fields(schema)}
+    for key in launcher:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean hydra.launcher.{close[0]}? " if close else ""
+            raise ConfigError(
+                f"hydra.launcher.{key} is not a setting of hydra/launcher={option}; "
+                f"{hint}the keys are in conf/hydra/launcher/ and sweeps/README.md"
+            )
+    if slurm and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise ConfigError(
+            "hydra/launcher=submitit_slurm needs SLURM's sbatch and srun on PATH (run it on the cluster's login node); "
+            "on this machine use hydra/launcher=submitit_local or joblib"
+        )
+
+
 class RunFolders(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dvpo_lab.resume import is_secondary_rank
@@ -81,6 +116,10 @@ class RunFolders(Callback):
             config.hydra.run.dir = str(claimed)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_launcher(config.hydra.launcher)
+        except ConfigError as e:
+            _refuse(str(e), 2)
         if _named_by_user(config, "hydra.sweep.dir"):
             return  # named sweeps are resumed in place; each job checks its own folder (dvpo_lab.run)
         claimed = claim_folder(Path(config.hydra.sweep.dir))

@@ -106,3 +106,40 @@ def test_submitit_slurm_config_becomes_the_sbatch_script(tmp_path, monkeypatch):
         assert f"#SBATCH {line}" in script, script
     assert "--mem=64GB" in script
     assert "--account" not in script and "--qos" not in script and "--constraint" not in script
+
+
+def test_slurm_settings_follow_the_trainer(tmp_path):
+    """GPUs per node come from the trainer (none for a CPU study), nodes from trainer.num_nodes, and FSDP's
+    data-parallel size is devices x nodes."""
+    cpu = compose_config(["hydra/launcher=submitit_slurm"], tmp_path)
+    assert OmegaConf.to_container(cpu.hydra.launcher, resolve=True)["gpus_per_node"] == 0  # trainer=cpu asks none
+    big = compose_config(
+        ["hydra/launcher=submitit_slurm", "trainer=fsdp", "trainer.devices=8", "trainer.num_nodes=2"], tmp_path
+    )
+    params = OmegaConf.to_container(big.hydra.launcher, resolve=True)
+    assert (params["gpus_per_node"], params["tasks_per_node"], params["nodes"]) == (8, 8, 2)
+    assert big.trainer.strategy.data_parallel_size == 16
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["hydra/launcher=submitit_local", "+hydra.launcher.acount=x"], "hydra.launcher.acount is not a setting"),
+        (["hydra/launcher=submitit_slurm", "+hydra.launcher.acount=x"], "did you mean hydra.launcher.account?"),
+    ],
+)
+def test_launcher_mistakes_are_one_line_before_any_job(tmp_path, extra, expected):
+    """A key added with `+` that the launcher does not take, caught before a job starts (submitit would fail at
+    submission with a traceback); on a machine without SLURM the key is named before that is."""
+    proc = run_cli(["debug=smoke", "seed=1,2", *extra, "-m"], tmp_path)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and err and expected in err[-1], proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("csv"))  # no job ran
+
+
+def test_slurm_without_sbatch_is_one_line(tmp_path, monkeypatch):
+    """hydra/launcher=submitit_slurm on a machine without SLURM: one line, before any job (submitit's own error is
+    a 40-line traceback)."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no sbatch, no srun
+    proc = run_cli(["debug=smoke", "seed=1,2", "hydra/launcher=submitit_slurm", "-m"], tmp_path)
+    assert proc.returncode == 2 and "needs SLURM's sbatch and srun" in proc.stderr.strip().splitlines()[-1]
