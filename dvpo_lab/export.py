@@ -157,12 +157,19 @@ def export_module(cfg: DictConfig, module, folder: Path, meta: dict[str, Any]) -
     from dvpo_lab.fsdp import is_sharded
 
     if is_sharded(module.policy):  # trainer=fsdp; the checkpoint holds the full (gathered) weights
-        log.warning(
-            "export: the policy is sharded under FSDP; write %s with python -m dvpo_lab.export "
-            "<run>/checkpoints/last.ckpt %s",
-            folder.name,
-            folder,
-        )
+        if folder.name == "best":  # no checkpoint keeps the best step's weights
+            log.warning(
+                "export: the policy is sharded under FSDP; %s is not written (checkpoints keep the newest step "
+                "only, not the best one; hf/best is written by runs without FSDP)",
+                folder,
+            )
+        else:
+            log.warning(
+                "export: the policy is sharded under FSDP; write %s with python -m dvpo_lab.export "
+                "<run>/checkpoints/last.ckpt %s",
+                folder.name,
+                folder,
+            )
         return None
     e = cfg.export
     critic = module.critic if e.critic else None
