@@ -37,7 +37,6 @@ from dvpo_lab.rollout import (
     sample,
 )
 from dvpo_lab.tasks import Task
-from dvpo_lab.vllm_engine import VLLMSampler
 
 SAMPLES_LOGGED = 16
 SAMPLE_COLUMNS = ["step", "prompt", "response", "answer", "reward_clean", "reward_noisy"]
@@ -152,7 +151,7 @@ class RLModule(L.LightningModule):
         """The context a rollout of the policy runs in: `fsdp.gathered(policy)` (full weights held for the decode), a
         no-op with rollout.engine=vllm, whose engine holds its own copy: its push reads the sharded weights one
         tensor at a time (`fsdp.full_tensor`), so no full copy of the policy is gathered. Collective under FSDP."""
-        return nullcontext() if isinstance(self.sampler, VLLMSampler) else fsdp.gathered(self.policy)
+        return nullcontext() if self.sampler.holds_weights else fsdp.gathered(self.policy)
 
     def rl_step_body(self) -> None:
         a, G = self.acfg, self.rcfg.samples_per_prompt

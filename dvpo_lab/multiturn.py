@@ -35,7 +35,6 @@ from dvpo_lab.rollout import (
     warn_prompts_truncated,
 )
 from dvpo_lab.tasks import MultiTurnTask, Problem, Task
-from dvpo_lab.vllm_engine import VLLMSampler  # imports vllm only when its engine starts
 
 
 @dataclass
@@ -135,7 +134,7 @@ def sample_dialogues(
         gen_kwargs.update(temperature=None, top_k=None, top_p=None)
     engine = as_sampler(sampler)
     fast = fast_sampler_reason(policy, engine) is None
-    own_loop = isinstance(engine, VLLMSampler)  # an engine that plays each turn itself, to the turn's stop ids
+    own_loop = engine.takes_stop_ids  # an engine that plays each turn itself, to the turn's stop ids
     was_training = policy.training
     policy.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

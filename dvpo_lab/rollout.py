@@ -148,6 +148,11 @@ class Sampler(abc.ABC):
 
     name = "sampler"
     provides_logprobs = False
+    # an engine with its own copy of the weights (vllm): `update_weights` reads them, so a sharded policy is not
+    # gathered whole for its rollouts
+    holds_weights = False
+    # `generate` takes `stop_token_ids` (a dialogue's end-of-turn ids) and plays each assistant turn itself
+    takes_stop_ids = False
 
     def fallback_reason(self, policy: PreTrainedModel) -> str | None:
         """Why this engine will not run its own loop for `policy` (None: it will); the log-probs it returns are the

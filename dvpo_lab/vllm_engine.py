@@ -109,6 +109,8 @@ class VLLMSampler(Sampler):
 
     name = "vllm"
     provides_logprobs = True
+    holds_weights = True
+    takes_stop_ids = True
 
     def __init__(
         self,
