@@ -203,6 +203,7 @@ class SFTConfig:
     # instead of moving the answers the data leaves near a tie)
     lr_schedule: LRSchedule = LRSchedule.constant
     min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
     target_acc: float | None = 0.3  # stop once greedy test accuracy reaches this (null = run max_steps)
     eval_every: int = 10  # steps between accuracy checks (the accuracy rises steeply: check often)
     eval_limit: int = 200  # test problems used for those checks

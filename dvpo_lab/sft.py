@@ -56,7 +56,7 @@ def warm_start_key(cfg: DictConfig) -> str:
             spec["model"].pop(key, None)
     if not spec["model"].get("lora", {}).get("enabled", False):
         spec["model"].pop("lora", None)
-    for key, default in (("lr_schedule", "constant"), ("min_lr_ratio", 0.0)):
+    for key, default in (("lr_schedule", "constant"), ("min_lr_ratio", 0.0), ("weight_decay", 0.0)):
         if spec["sft"].get(key, default) == default:
             spec["sft"].pop(key, None)
     for key in ("sft_batch_size", "sft_target_acc"):
@@ -170,7 +170,7 @@ class SFTModule(L.LightningModule):
         return float(scores.mean()) if len(scores) else float("nan")
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.sft.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.sft.lr, weight_decay=self.cfg.sft.get("weight_decay", 0.0))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, sft=self.cfg.sft, max_steps=self.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

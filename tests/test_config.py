@@ -83,7 +83,7 @@ def test_dotted_option_name_composes():
 
 def test_default_is_dvpo_on_the_offline_testbed():
     cfg = compose_cfg([])
-    assert (cfg.algo.name, cfg.task.name, cfg.model.name) == ("dvpo", "arith", "tiny")
+    assert (cfg.algo.name, cfg.task.name, cfg.model.name) == ("dvpo", "arith_teacher", "tiny")
     critic = algos.critic_from(cfg.critic)
     assert (critic.kind, critic.n_heads, critic.n_quantiles) == ("quantile", 3, 200)
 

@@ -1,6 +1,7 @@
 """The warm-start's learning-rate schedule (`sft.lr_schedule`): the constant one is the old warmup-then-flat
 factor step for step, the cosine one decays to `sft.min_lr_ratio`, and only a non-default schedule changes the
-warm-start cache key (caches made before the key existed stay valid)."""
+warm-start cache key (caches made before the key existed stay valid), as does a non-zero `sft.weight_decay`,
+which reaches AdamW."""
 
 from __future__ import annotations
 
@@ -31,6 +32,20 @@ def test_cosine_schedule_decays_from_one_to_the_floor(floor):
 
 
 def test_only_a_non_default_schedule_changes_the_cache_key():
-    default = warm_start_key(compose_cfg([]))
-    assert warm_start_key(compose_cfg(["sft.lr_schedule=constant", "sft.min_lr_ratio=0.0"])) == default
-    assert warm_start_key(compose_cfg(["sft.lr_schedule=cosine"])) != default
+    default = warm_start_key(compose_cfg(["task=arith"]))  # the schema's sft defaults
+    same = ["task=arith", "sft.lr_schedule=constant", "sft.min_lr_ratio=0.0", "sft.weight_decay=0.0"]
+    assert warm_start_key(compose_cfg(same)) == default
+    assert warm_start_key(compose_cfg(["task=arith", "sft.lr_schedule=cosine"])) != default
+    assert warm_start_key(compose_cfg(["task=arith", "sft.weight_decay=0.1"])) != default
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_weight_decay_reaches_adamw(wd):
+    from dvpo_lab.models.build import build_policy, build_tokenizer
+    from dvpo_lab.run import make_task
+    from dvpo_lab.sft import SFTModule
+
+    cfg = compose_cfg(["debug=smoke", f"sft.weight_decay={wd}"])
+    module = SFTModule(build_policy(cfg.model, build_tokenizer(cfg.model)), None, make_task(cfg), cfg, max_steps=4)
+    opt = module.configure_optimizers()["optimizer"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [wd]

@@ -147,7 +147,7 @@ def test_report_on_hand_made_runs(tmp_path):
     (tmp_path / "ppo_flip0.3_1" / "fingerprint.txt").write_text("x\n")  # started, never finished
     text = report.write_report([tmp_path], tmp_path / "out").read_text()
     assert "| arith | dvpo | flip0.2 | 3 | 20 | 50.0 | 71.0 [68.5, 73.5] | 1.0 |" in text
-    assert "| arith | flip0.2 | dvpo | 3 | +4.0 | [+4.0, +4.0] (ahead) |" in text
+    assert "| arith | flip0.2 | dvpo | 3 | +4.0 | [+4.0, +4.0] | [+4.0, +4.0] | 0.0 | ahead | 3 of 3 |" in text
     assert "| arith | none | 2 | 76.0 | 72.0 |" in text
     assert "unfinished" in text and "ppo_flip0.3_1" in text
 
@@ -168,8 +168,8 @@ def test_wandb_offline_groups_tags_and_logs_sample_tables(smoke_cfg, monkeypatch
     try:
         acc = run(cfg)
         r = wandb.run
-        assert r.group == "mystudy/arith/flip0.2" and r.job_type == "grpo"
-        assert {"grpo", "arith", "flip0.2", "seed4", "mystudy"} <= set(r.tags)
+        assert r.group == "mystudy/arith_teacher/flip0.2" and r.job_type == "grpo"
+        assert {"grpo", "arith_teacher", "flip0.2", "seed4", "mystudy"} <= set(r.tags)
         assert r.summary["final/val_acc"] == pytest.approx(acc)
     finally:
         wandb.finish()

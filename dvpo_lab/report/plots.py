@@ -1,4 +1,5 @@
-"""PNG plots of a sweep (matplotlib, Agg backend): final accuracy against noise, and learning curves.
+"""PNG plots of a sweep (matplotlib, Agg backend): the score (final accuracy, or the mean of the last k evaluations)
+against noise, and learning curves.
 
 Both plot means over seeds with 95% t-intervals, in percent, per method in the study's order (`tables`).
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from dvpo_lab.report.runs import Run
 from dvpo_lab.report.stats import t_interval
-from dvpo_lab.report.tables import cells, method_order, noise_key
+from dvpo_lab.report.tables import cells, method_order, noise_key, score_name
 
 
 def _pyplot():
@@ -24,9 +25,10 @@ def _pyplot():
     return plt
 
 
-def plot_accuracy_vs_noise(runs: list[Run], path: Path) -> None:
-    """One panel per task: final clean accuracy (mean and 95% CI over seeds) against training noise, one line per
-    method (offset slightly along x so error bars do not overlap), the mean warm-start accuracy dashed."""
+def plot_accuracy_vs_noise(runs: list[Run], path: Path, k: int = 1) -> None:
+    """One panel per task: the score `Run.score(k)` (final clean accuracy for k = 1, the mean of the last k
+    evaluations otherwise; mean and 95% CI over seeds) against training noise, one line per method (offset slightly
+    along x so error bars do not overlap), the mean warm-start accuracy dashed."""
     plt = _pyplot()
     c = cells(runs)
     tasks = sorted({t for t, _, _ in c})
@@ -40,7 +42,7 @@ def plot_accuracy_vs_noise(runs: list[Run], path: Path) -> None:
                 rs = c.get((task, method, noise))
                 if not rs:
                     continue
-                m, lo, _ = t_interval([r.final for r in rs])
+                m, lo, _ = t_interval([r.score(k) for r in rs])
                 xs.append(i + (j - (len(methods) - 1) / 2) * 0.06)
                 ms.append(100 * m)
                 errs.append(0.0 if math.isnan(lo) else 100 * (m - lo))
@@ -50,7 +52,7 @@ def plot_accuracy_vs_noise(runs: list[Run], path: Path) -> None:
             ax.axhline(100 * statistics.fmean(init), color="grey", ls="--", lw=1, label="warm-start")
         ax.set_xticks(range(len(noises)), noises)
         ax.set_xlabel("training reward noise")
-        ax.set_ylabel("final clean accuracy (%), mean and 95% CI over seeds")
+        ax.set_ylabel(f"{score_name(k)} clean accuracy (%), mean and 95% CI over seeds")
         ax.set_title(task)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

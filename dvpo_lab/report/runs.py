@@ -72,6 +72,20 @@ class Run:
         return statistics.fmean(h["val/acc"] for h in self.history[-3:]) if self.history else math.nan
 
     @property
+    def evaluations(self) -> list[dict]:
+        """The history without the step-0 (warm-start) evaluation: the evaluations made during RL."""
+        return [h for h in self.history if h["step"] != 0]
+
+    def score(self, k: int = 1) -> float:
+        """Mean clean accuracy (fraction) of the last `k` evaluations during RL (`evaluations`; the warm-start's
+        never counts); fewer than `k` give the mean of those there are, none gives nan. `score(1)` is `final`
+        for every run that evaluated at least once after step 0. Raises ValueError when `k` < 1."""
+        if k < 1:
+            raise ValueError(f"last-k score with k={k}: k counts evaluations and must be >= 1")
+        last = self.evaluations[-k:]
+        return statistics.fmean(h["val/acc"] for h in last) if last else math.nan
+
+    @property
     def last_step(self) -> int:
         return self.history[-1]["step"] if self.history else 0
 

@@ -1,8 +1,9 @@
 """Intervals over seeds: the 95% t-interval of a mean and a seeded percentile bootstrap of a mean.
 
 Both take a list of per-seed values (accuracies or paired differences, fractions) and return bounds in the
-same unit. The bootstrap is numpy's (seeded, so a report is the same every time it is generated); scipy's
-`stats.bootstrap` would draw differently and change the committed reports' intervals.
+same unit; `paired_verdict` reads the two intervals of a paired difference together. The bootstrap is numpy's
+(seeded, so a report is the same every time it is generated); scipy's `stats.bootstrap` would draw differently
+and change the committed reports' intervals.
 """
 
 from __future__ import annotations
@@ -33,3 +34,19 @@ def bootstrap_interval(xs: list[float], n: int = 10000, seed: int = 0) -> tuple[
     idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
     means = a[idx].mean(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_verdict(boot: tuple[float, float], t: tuple[float, float]) -> str:
+    """The verdict on a paired difference from its bootstrap and t 95% intervals, (lower, upper) each: "ahead"
+    when both lie above 0, "behind" when both lie below 0, "tied" when both contain 0, "unclear (intervals
+    disagree)" otherwise (with 3 seeds the percentile bootstrap is narrow and can exclude 0 where the t-interval
+    does not). "-" when either interval is missing (fewer than two seeds)."""
+    if any(math.isnan(x) for x in (*boot, *t)):
+        return "-"
+    if boot[0] > 0 and t[0] > 0:
+        return "ahead"
+    if boot[1] < 0 and t[1] < 0:
+        return "behind"
+    if boot[0] <= 0 <= boot[1] and t[0] <= 0 <= t[1]:
+        return "tied"
+    return "unclear (intervals disagree)"

@@ -1,6 +1,8 @@
-"""Markdown tables of a sweep (per cell, per seed, paired against a baseline) and the order of their rows.
+"""Markdown tables of a sweep (per cell, per seed, the choice of k, paired against a baseline, the verdict per noise
+level) and the order of their rows.
 
-A cell is (task, method, noise) and holds its finished runs sorted by seed. Rows follow the study's order:
+A cell is (task, method, noise) and holds its finished runs sorted by seed. A run's score is `Run.score(k)`: its
+final evaluation (k = 1) or the mean of its last k evaluations during RL. Rows follow the study's order:
 tasks by name, methods by `experiment=` preset then by name with numbers compared as numbers, noises as
 `NOISE_ORDER` lists them (others after, by name). Accuracies print as percentages with one decimal.
 """
@@ -11,9 +13,10 @@ import math
 import re
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 
 from dvpo_lab.report.runs import Run
-from dvpo_lab.report.stats import bootstrap_interval, t_interval
+from dvpo_lab.report.stats import bootstrap_interval, paired_verdict, t_interval
 
 NOISE_ORDER = ["none", "flip0.1", "flip0.2", "flip0.3", "asym_fp0.1_fn0.3", "gauss0.3", "rm0.72", "majority_vote"]
 
@@ -62,36 +65,43 @@ def method_order(c: dict[tuple[str, str, str], list[Run]], task: str | None = No
     return sorted(key, key=key.get)
 
 
-def summary_table(runs: list[Run]) -> str:
-    """One row per cell: seeds, RL steps, warm-start and final accuracy (95% t-interval), seed sd (points), gain
-    over the warm-start (points, 95% t-interval), mean of the last three evaluations, mean wall time (s)."""
+def score_name(k: int) -> str:
+    """How the report names a run's score: "final" (the last evaluation) for k = 1, "last-k mean" otherwise."""
+    return "final" if k == 1 else f"last-{k} mean"
+
+
+def summary_table(runs: list[Run], k: int = 1) -> str:
+    """One row per cell: seeds, RL steps, warm-start accuracy, the score (`Run.score(k)`: the final evaluation for
+    k = 1, the mean of the last k otherwise) with its 95% t-interval, seed sd of the score (points), gain of the
+    score over the warm-start (points, 95% t-interval), mean of the last three evaluations, mean wall time (s)."""
+    score_col = "final %" if k == 1 else f"score ({score_name(k)}) %"
     lines = [
-        "| task | method | noise | seeds | RL steps | initial % | final % [95% CI] | seed sd "
+        f"| task | method | noise | seeds | RL steps | initial % | {score_col} [95% CI] | seed sd "
         "| gain (points) [95% CI] | last-3 mean % | wall per run (s) |",
         "|---" * 11 + "|",
     ]
     for (task, method, noise), rs in cells(runs).items():
-        final = [r.final for r in rs]
-        gain = [r.final - r.initial for r in rs]
-        sd = statistics.stdev(final) * 100 if len(final) > 1 else math.nan
+        score = [r.score(k) for r in rs]
+        gain = [r.score(k) - r.initial for r in rs]
+        sd = statistics.stdev(score) * 100 if len(score) > 1 else math.nan
         walls = [r.wall_s for r in rs if not math.isnan(r.wall_s)]
         lines.append(
             f"| {task} | {method} | {noise} | {len(rs)} | {'/'.join(sorted({str(r.total_steps) for r in rs}))} "
-            f"| {_pct(statistics.fmean(r.initial for r in rs))} | {_ci(*t_interval(final))} "
+            f"| {_pct(statistics.fmean(r.initial for r in rs))} | {_ci(*t_interval(score))} "
             f"| {'-' if math.isnan(sd) else f'{sd:.1f}'} | {_ci(*t_interval(gain))} "
             f"| {_pct(statistics.fmean(r.last3 for r in rs))} | {statistics.fmean(walls) if walls else math.nan:.0f} |"
         )
     return "\n".join(lines)
 
 
-def per_seed_table(runs: list[Run]) -> str:
-    """Final accuracy (%) per (task, noise, seed) row, one column per method; `-` where a method has no run."""
+def per_seed_table(runs: list[Run], k: int = 1) -> str:
+    """Score (%, `Run.score(k)`) per (task, noise, seed) row, one column per method; `-` where a method has no run."""
     c = cells(runs)
     methods = method_order(c)
     rows: dict[tuple[str, str, int], dict[str, float]] = defaultdict(dict)
     for (task, method, noise), rs in c.items():
         for r in rs:
-            rows[(task, noise, r.seed)][method] = r.final
+            rows[(task, noise, r.seed)][method] = r.score(k)
     lines = ["| task | noise | seed | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
     for (task, noise, seed), vals in sorted(rows.items(), key=lambda kv: (kv[0][0], noise_key(kv[0][1]), kv[0][2])):
         accs = " | ".join(_pct(vals.get(m, math.nan)) for m in methods)
@@ -99,30 +109,111 @@ def per_seed_table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def paired_table(runs: list[Run], baseline: str) -> str | None:
-    """Per (task, noise, method): final accuracy minus `baseline`'s on the same seeds (points), with a bootstrap
-    and a t 95% interval and the count of seeds above; None when no run has method `baseline`."""
+def cell_sds(runs: list[Run], k: int) -> list[float]:
+    """Seed sd (points) of the score `Run.score(k)` of every cell with at least two seeds, in `cells` order."""
+    return [100 * statistics.stdev(r.score(k) for r in rs) for rs in cells(runs).values() if len(rs) > 1]
+
+
+def choice_of_k_table(runs: list[Run], ks: tuple[int, ...] = (1, 2, 3, 4, 5), chosen: int = 1) -> str | None:
+    """The evidence for the number k of final evaluations a score averages: per k of `ks` (plus `chosen`) that every
+    finished run has (so each row is a true last-k mean), the median over cells of the seed sd (points) and the
+    number of cells whose seed sd is at most 2 points, out of the cells with at least two seeds. The chosen k's row
+    is marked. None when no finished run evaluated after step 0 or no cell has two seeds."""
+    finished = [r for r in runs if r.status == "finished"]
+    most = min((len(r.evaluations) for r in finished), default=0)
+    rows = [k for k in sorted({*ks, chosen}) if k <= most]
+    if not rows or not cell_sds(runs, 1):
+        return None
+    lines = ["| k | median seed sd across cells (points) | cells with seed sd <= 2 points |", "|---|---|---|"]
+    for k in rows:
+        sds = cell_sds(runs, k)
+        mark = " (this report)" if k == chosen else ""
+        lines.append(f"| {k}{mark} | {statistics.median(sds):.1f} | {sum(sd <= 2 for sd in sds)} of {len(sds)} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Paired:
+    """One method against the baseline in one (task, noise): per-seed score differences (fractions, method minus
+    baseline on the same seed), their mean, bootstrap and t 95% intervals (lower, upper), the t half-width and
+    the verdict (`paired_verdict`)."""
+
+    task: str
+    noise: str
+    method: str
+    diffs: list[float]
+    mean: float
+    boot: tuple[float, float]
+    t: tuple[float, float]
+    half: float  # half-width of the t-interval, nan with one seed
+    verdict: str
+
+    @property
+    def close(self) -> bool:
+        """True when the difference is not clear of 0 by a margin: |mean| < 2 t half-widths (or one seed only), so
+        more seeds are what it needs."""
+        return math.isnan(self.half) or abs(self.mean) < 2 * self.half
+
+
+def paired(runs: list[Run], baseline: str, k: int = 1) -> list[Paired] | None:
+    """Every non-baseline (task, method, noise) cell paired seed by seed with `baseline`'s cell of the same task and
+    noise, on the score `Run.score(k)`, in `cells` order; None when no run has method `baseline`."""
     c = cells(runs)
     if not any(m == baseline for _, m, _ in c):
         return None
-    lines = [
-        f"| task | noise | method | seeds paired | mean difference vs {baseline} (points) | bootstrap 95% CI "
-        f"| t 95% CI | seeds above {baseline} |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    out = []
     for (task, method, noise), rs in c.items():
-        base = {r.seed: r.final for r in c.get((task, baseline, noise), [])}
+        base = {r.seed: r.score(k) for r in c.get((task, baseline, noise), [])}
         if method == baseline or not base:
             continue
-        diffs = [r.final - base[r.seed] for r in rs if r.seed in base]
+        diffs = [r.score(k) - base[r.seed] for r in rs if r.seed in base]
         if not diffs:
             continue
-        lo, hi = bootstrap_interval(diffs)
-        verdict = "" if math.isnan(lo) else (" (ahead)" if lo > 0 else " (behind)" if hi < 0 else " (tied)")
-        _, tlo, thi = t_interval(diffs)
+        boot = bootstrap_interval(diffs)
+        m, tlo, thi = t_interval(diffs)
+        out.append(Paired(task, noise, method, diffs, m, boot, (tlo, thi), thi - m, paired_verdict(boot, (tlo, thi))))
+    return out
+
+
+def _signed(lo: float, hi: float) -> str:
+    return "-" if math.isnan(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def paired_table(runs: list[Run], baseline: str, k: int = 1) -> str | None:
+    """Per (task, noise, method): score minus `baseline`'s on the same seeds (points), with a bootstrap and a t 95%
+    interval, the t half-width, the verdict (`paired_verdict`) and the count of seeds above; None when no run has
+    method `baseline`."""
+    rows = paired(runs, baseline, k)
+    if rows is None:
+        return None
+    lines = [
+        f"| task | noise | method | seeds paired | mean difference vs {baseline} (points) | bootstrap 95% CI "
+        f"| t 95% CI | CI half-width (t) | verdict | seeds above {baseline} |",
+        "|---" * 10 + "|",
+    ]
+    for p in rows:
+        half = "-" if math.isnan(p.half) else f"{100 * p.half:.1f}"
         lines.append(
-            f"| {task} | {noise} | {method} | {len(diffs)} | {100 * statistics.fmean(diffs):+.1f} "
-            f"| [{100 * lo:+.1f}, {100 * hi:+.1f}]{verdict} | [{100 * tlo:+.1f}, {100 * thi:+.1f}] "
-            f"| {sum(d > 0 for d in diffs)} of {len(diffs)} |"
+            f"| {p.task} | {p.noise} | {p.method} | {len(p.diffs)} | {100 * p.mean:+.1f} | {_signed(*p.boot)} "
+            f"| {_signed(*p.t)} | {half} | {p.verdict} | {sum(d > 0 for d in p.diffs)} of {len(p.diffs)} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict_table(runs: list[Run], baseline: str, k: int = 1) -> str | None:
+    """One row per (task, noise, non-baseline method), noises in the study's order: mean paired difference (points),
+    t 95% interval, verdict (`paired_verdict`) and "close" (yes when |mean| < 2 t half-widths: more seeds needed);
+    None when no run has method `baseline`."""
+    rows = paired(runs, baseline, k)
+    if rows is None:
+        return None
+    lines = [
+        f"| task | noise | method | mean difference vs {baseline} (points) | t 95% CI | verdict | close |",
+        "|---" * 7 + "|",
+    ]
+    for p in sorted(rows, key=lambda p: (p.task, noise_key(p.noise))):  # stable: methods stay in the study's order
+        lines.append(
+            f"| {p.task} | {p.noise} | {p.method} | {100 * p.mean:+.1f} | {_signed(*p.t)} | {p.verdict} "
+            f"| {'yes' if p.close else 'no'} |"
         )
     return "\n".join(lines)

@@ -248,9 +248,10 @@ def test_arith_teacher_option_runs_to_convergence_on_the_teacher_task() -> None:
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(["task=arith_teacher"])
-    assert (cfg.task.name, cfg.task.teacher, cfg.task.teacher_error_rate) == ("arith", "drop_carry", 0.8)
+    assert (cfg.task.name, cfg.task.teacher, cfg.task.teacher_error_rate) == ("arith_teacher", "drop_carry", 0.8)
     assert target_acc(cfg) is None and cfg.sft.max_steps == 2400  # a fixed step count, no threshold
     assert (cfg.sft.batch_size, cfg.sft.lr_schedule) == (64, "cosine")  # small batches, a decay that settles
+    assert compose_cfg([]).task.name == "arith_teacher"  # the default task
     task = make_task(cfg)
     assert isinstance(task, ArithTask) and task.teacher_accuracy() == pytest.approx(0.514)
     assert task.teacher_column == 2  # the class's default: the hundreds digit
