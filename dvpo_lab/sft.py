@@ -170,7 +170,9 @@ class SFTModule(L.LightningModule):
         return float(scores.mean()) if len(scores) else float("nan")
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.sft.lr, weight_decay=self.cfg.sft.get("weight_decay", 0.0))
+        opt = torch.optim.AdamW(
+            self.policy.parameters(), lr=self.cfg.sft.lr, weight_decay=self.cfg.sft.get("weight_decay", 0.0)
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, sft=self.cfg.sft, max_steps=self.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
