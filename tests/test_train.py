@@ -121,7 +121,7 @@ def test_same_seed_same_metrics(smoke_cfg, capsys):
 
     report.main([str(Path(other.paths.output_dir).parent)])  # the three runs above, aggregated
     out = capsys.readouterr().out
-    assert "| arith | ppo | flip0.2 | 3 | 3 |" in out, out  # 3 runs (seeds 7, 7, 8) of 3 RL steps
+    assert "| arith_teacher | ppo | flip0.2 | 3 | 3 |" in out, out  # 3 runs (seeds 7, 7, 8) of 3 RL steps
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(smoke_cfg):

@@ -40,7 +40,8 @@ def _check(overrides: list[str]) -> None:
 def test_each_offline_option_builds_its_class(option: str, cls: type) -> None:
     cfg = compose_cfg([f"task={option}", "task.n_test=20", "task.n_sft=4"])
     task = make_task(cfg)
-    assert type(task) is cls and task.name == cfg.task.name and len(task.test_problems()) == 20
+    assert type(task) is cls and task.name == cls.name and len(task.test_problems()) == 20
+    assert cfg.task.name == option  # the run's label: the option's name (arith_teacher builds an ArithTask)
     assert f"{cls.__module__}.{cls.__name__}" == cfg.task._target_
 
 
@@ -126,7 +127,7 @@ def test_what_cannot_be_built_is_one_config_error(node: dict, match: str) -> Non
 
 def test_arguments_not_in_the_yaml_are_set_without_plus() -> None:
     """The task node is open: any constructor argument is a plain override, as with a typed schema before."""
-    cfg = compose_cfg(["task.n_test=30", "task.digits=2"])
+    cfg = compose_cfg(["task=arith", "task.n_test=30", "task.digits=2"])
     assert (cfg.task.n_test, cfg.task.digits) == (30, 2)
     assert make_task(cfg).digits == 2
 
