@@ -145,6 +145,8 @@ def test_report_on_hand_made_runs(tmp_path):
                 )
     (tmp_path / "ppo_flip0.3_1").mkdir()
     (tmp_path / "ppo_flip0.3_1" / "fingerprint.txt").write_text("x\n")  # started, never finished
+    (tmp_path / "ppo_flip0.3_2").mkdir()
+    (tmp_path / "ppo_flip0.3_2" / "failed.txt").write_text("ValueError: boom\n")  # raised
     text = report.write_report([tmp_path], tmp_path / "out").read_text()
     assert "| arith | dvpo | flip0.2 | 3 | 20 | 50.0 | 71.0 [68.5, 73.5] | 1.0 |" in text
     assert "| arith | flip0.2 | dvpo | 3 | +4.0 | [+4.0, +4.0] | [+4.0, +4.0] | 0.0 | ahead | 3 of 3 |" in text
@@ -156,6 +158,11 @@ def test_report_on_hand_made_runs(tmp_path):
     assert report.summary_table(report.load([ledger])) == table
     from_ledger = report.write_report([ledger], tmp_path / "b").read_text()
     assert "| arith | dvpo | flip0.2 | 3 | 20 | 50.0 | 71.0" in from_ledger
+    # line by line the same report, the failed and unfinished jobs named alike, except the line naming the source
+    assert "| failed | ppo_flip0.3_2 | 0 of 0 | ValueError: boom |" in text
+    assert [x for i, x in enumerate(from_ledger.splitlines()) if i != 2] == [
+        x for i, x in enumerate(text.splitlines()) if i != 2
+    ]
     assert report.restore(ledger, tmp_path / "restored") == 12  # finished jobs only
     assert report.summary_table(report.load([tmp_path / "restored"])) == table
 

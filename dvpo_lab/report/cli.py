@@ -108,6 +108,7 @@ def write_report(
         raise ValueError(bad)
     k, name = last_k, score_name(last_k)
     runs = load(roots)
+    dirs = [r for r in roots if r.is_dir()]
     common = split_common(runs)
     out.mkdir(parents=True, exist_ok=True)
     finished = [r for r in runs if r.status == "finished"]
@@ -184,19 +185,27 @@ def write_report(
             "| status | job | reached step | error |",
             "|---|---|---|---|",
         ]
-        for r in bad:
+        for r in bad:  # the job as the ledger names it, so that a report regenerated from the ledger is the same
             err = r.error.replace("|", "/")
-            lines.append(f"| {r.status} | {r.folder} | {r.last_step} of {r.total_steps} | {err} |")
+            lines.append(f"| {r.status} | {_job(r, dirs)} | {r.last_step} of {r.total_steps} | {err} |")
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    dirs = [r for r in roots if r.is_dir()]
     if dirs:  # the ledger: this report's input in one small file (python -m dvpo_lab.report out/runs.jsonl)
         with (out / LEDGER).open("w") as f:
             for r in runs:
-                root = next((d for d in dirs if r.folder.is_relative_to(d)), dirs[0])
-                f.write(json.dumps(ledger_line(r, root)) + "\n")
+                f.write(json.dumps(ledger_line(r, _root(r, dirs))) + "\n")
     return path
+
+
+def _root(r: Run, dirs: list[Path]) -> Path:
+    """The report's input folder that holds `r` (the first one when none does)."""
+    return next((d for d in dirs if r.folder.is_relative_to(d)), dirs[0])
+
+
+def _job(r: Run, dirs: list[Path]) -> Path:
+    """`r`'s folder relative to its input folder: the `job` of its ledger line (a ledger's runs already are)."""
+    return r.folder.relative_to(_root(r, dirs)) if dirs and r.folder.is_relative_to(_root(r, dirs)) else r.folder
 
 
 def main(argv: list[str] | None = None) -> None:
