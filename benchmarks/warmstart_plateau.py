@@ -1,8 +1,8 @@
 """Is the `task=arith_teacher` warm-start on a plateau, the same on any machine, and is RL the way up?
 
-`python benchmarks/warmstart_plateau.py [--out DIR] [--jobs N] [--part grid|vs|all] [overrides ...]`
+`python benchmarks/warmstart_plateau.py [--out DIR] [--jobs N] [--part grid|vs|step|all] [overrides ...]`
 
-Two measurements, each a set of ordinary `python -m dvpo_lab` runs in folders under `--out` (a run whose
+Three measurements, each a set of ordinary `python -m dvpo_lab` runs in folders under `--out` (a run whose
 result is already there is read back, not rerun, so an interrupted benchmark resumes):
 
 1. `grid`: the warm-start (`mode=sft`, its own `paths.cache_dir` each) for every sft seed x thread count x
@@ -15,6 +15,12 @@ result is already there is read back, not rerun, so an interrupted benchmark res
    `--rl-seeds`, against the same warm-start's SFT continued in process for the longest RL run's wall time
    (same recipe and demonstrations, a fresh optimizer with its warmup, a new data order). Prints both end
    points, RL's last-3-evaluation mean minus SFT per seed and the mean difference with a 95 % t-interval.
+
+3. `step`: the warm-start's own step, timed in process for each `--threads` (no run folder): forward alone, and
+   forward + backward + gradient clip + AdamW, on batches of the recipe's demonstrations; prints the model's
+   parameters, tokens per step, ms per step, the matmul rate it implies (6 x parameters x tokens per step, in
+   GFLOP/s) and the warm-start's projected training time (`sft.max_steps` x the step). Where that rate is near
+   the CPU's fp32 matmul peak, only fewer demonstrations seen make the warm-start shorter.
 
 Run it on a quiet machine and name the CPU (`lscpu | grep 'Model name'`) beside the times. Extra arguments are
 Hydra overrides for every run (e.g. `task.teacher_error_rate=0.9`).
@@ -246,10 +252,72 @@ def rl_vs_sft(args, extra: list[str]) -> None:
         )
 
 
+def step_time(args, extra: list[str], steps: int = 40) -> None:
+    import tempfile
+
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from dvpo_lab.config import compose_config
+    from dvpo_lab.models.build import build_policy, build_tokenizer
+    from dvpo_lab.run import make_task
+    from dvpo_lab.sft import _collate, _encode_demos
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(["task=arith_teacher", *extra], tmp)
+    task = make_task(cfg)
+    tokenizer = build_tokenizer(cfg.model)
+    policy = build_policy(cfg.model, tokenizer)  # the random init: the step's cost does not depend on the weights
+    params = sum(p.numel() for p in policy.parameters())
+    demos = [p for p in task.sft_problems() if p.solution]
+    gen = torch.Generator().manual_seed(cfg.sft.seed)
+    loader = DataLoader(
+        _encode_demos(tokenizer, task, demos),
+        batch_size=cfg.sft.batch_size,
+        sampler=RandomSampler(range(len(demos)), replacement=True, num_samples=10**8, generator=gen),
+        collate_fn=_collate(tokenizer.pad_token_id),
+    )
+    batches = iter(loader)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.sft.lr)
+
+    def train_step(batch) -> None:
+        policy(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    def forward(batch) -> None:
+        with torch.no_grad():
+            policy(**batch)
+
+    print(f"\nmodel: {params:,} parameters; sft.batch_size {cfg.sft.batch_size}, sft.max_steps {cfg.sft.max_steps}")
+    print(
+        "\n| threads | tokens per step | forward ms | train step ms | GFLOP/s (6 N T / step) | projected training s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        timed = {}
+        for name, fn in (("forward", forward), ("train", train_step)):
+            for _ in range(5):  # warm-up
+                fn(next(batches))
+            work = [next(batches) for _ in range(steps)]
+            t0 = time.perf_counter()
+            for batch in work:
+                fn(batch)
+            timed[name] = (time.perf_counter() - t0) / steps
+        tokens = statistics.mean(int(b["input_ids"].numel()) for b in work)
+        rate = 6 * params * tokens / timed["train"] / 1e9
+        print(
+            f"| {threads} | {tokens:.0f} | {1000 * timed['forward']:.1f} | {1000 * timed['train']:.1f} | {rate:.0f} "
+            f"| {cfg.sft.max_steps * timed['train']:.0f} |"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("outputs/warmstart_plateau"))
-    p.add_argument("--part", choices=["grid", "vs", "all"], default="all")
+    p.add_argument("--part", choices=["grid", "vs", "step", "all"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sft seeds of the grid")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--paths", nargs="+", choices=sorted(PATHS), default=["native", "torch", "aten_default"])
@@ -265,6 +333,8 @@ def main() -> None:
         grid(args, extra)
     if args.part in ("vs", "all"):
         rl_vs_sft(args, extra)
+    if args.part in ("step", "all"):
+        step_time(args, extra)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         if (folder / "warmstart.json").exists():
             info = json.loads((folder / "warmstart.json").read_text())
             log.info("warm-start: reusing %s (acc %.3f after %d steps)", folder, info["acc"], info["steps"])
+            _warn_if_short_of_teacher(cfg, task, info["acc"])
             return folder
         max_steps = cfg.task.get("sft_max_steps") or cfg.sft.max_steps
         batch_size = cfg.task.get("sft_batch_size") or cfg.sft.batch_size
@@ -238,4 +239,29 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
         log.info(
             "warm-start: acc %.3f after %d steps, %.0f s -> %s", info["acc"], info["steps"], info["seconds"], folder
         )
+        _warn_if_short_of_teacher(cfg, task, info["acc"])
         return folder
+
+
+def _warn_if_short_of_teacher(cfg: DictConfig, task: Task, acc: float, margin: float = 0.1) -> bool:
+    """Warn (and return True) when a warm-start run to a fixed step count (no `sft.target_acc`) ends more than
+    `margin` below the accuracy its imperfect teacher converges to (`task.teacher_accuracy()`, tasks that have
+    one, on the same `sft.eval_limit` test problems): the accuracy jump has not come yet, so the run starts RL
+    far below the plateau its figures assume. On `task=arith_teacher` the jump comes at step 600 to past 2400
+    with the seed and the float path (docs/testbed.md)."""
+    teacher = getattr(task, "teacher_accuracy", None)
+    if teacher is None or target_acc(cfg) is not None or acc != acc:
+        return False
+    level = teacher(task.test_problems()[: cfg.sft.eval_limit])
+    if level >= 1.0 or acc >= level - margin:
+        return False
+    log.warning(
+        "warm-start: greedy accuracy %.1f %% is far below the %.1f %% its teacher's demonstrations converge to: "
+        "the accuracy jump has not come within sft.max_steps=%d on this seed and float path, so RL starts below "
+        "the plateau; rerun with another sft.seed (e.g. sft.seed=%d) or a larger sft.max_steps",
+        100 * acc,
+        100 * level,
+        cfg.task.get("sft_max_steps") or cfg.sft.max_steps,
+        cfg.sft.seed + 1,
+    )
+    return True

@@ -49,3 +49,27 @@ def test_weight_decay_reaches_adamw(wd):
     module = SFTModule(build_policy(cfg.model, build_tokenizer(cfg.model)), None, make_task(cfg), cfg, max_steps=4)
     opt = module.configure_optimizers()["optimizer"]
     assert [g["weight_decay"] for g in opt.param_groups] == [wd]
+
+
+def test_a_warm_start_short_of_its_teacher_warns(smoke_cfg, caplog):
+    """A fixed-budget warm-start that ends far below its teacher's plateau (4 smoke steps: ~0 %; the teacher's
+    accuracy on the same test problems is ~50 %) says so, in the run and again when the cache is reused; exact
+    demonstrations (teacher accuracy 1) and a threshold-stopped warm-start do not."""
+    from dvpo_lab.run import make_task
+    from dvpo_lab.sft import _warn_if_short_of_teacher, warm_start
+
+    cfg = smoke_cfg("task=arith_teacher", "model.warm_start=true")
+    task = make_task(cfg)
+    with caplog.at_level("WARNING", logger="dvpo_lab.sft"):
+        warm_start(cfg, task)
+        warm_start(cfg, task)  # from the cache
+    warned = [r.getMessage() for r in caplog.records if "far below" in r.getMessage()]
+    assert len(warned) == 2 and "sft.max_steps=4" in warned[0] and "sft.seed=1" in warned[0], warned
+    level = task.teacher_accuracy(task.test_problems()[: cfg.sft.eval_limit])  # the same problems as the check
+    assert 0.2 < level < 1.0
+    assert _warn_if_short_of_teacher(cfg, task, level - 0.05) is False  # within 0.1 of the teacher's plateau
+    assert _warn_if_short_of_teacher(cfg, task, level - 0.2) is True
+    exact = smoke_cfg("task=arith")
+    assert _warn_if_short_of_teacher(exact, make_task(exact), 0.0) is False  # an exact teacher: 100 %, no plateau
+    threshold = smoke_cfg("task=arith_teacher", "sft.target_acc=0.3")
+    assert _warn_if_short_of_teacher(threshold, make_task(threshold), 0.0) is False
