@@ -125,6 +125,26 @@ def grid(args, extra: list[str]) -> None:
     )
 
 
+def demo_batches(cfg, task, tokenizer, seed: int):
+    """An endless iterator of the warm-start's batches (`sft.batch_size` demonstrations drawn with replacement, the
+    order seeded by `seed`), collated as `dvpo_lab.sft` does."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from dvpo_lab.sft import _collate, _encode_demos
+
+    demos = [p for p in task.sft_problems() if p.solution]
+    gen = torch.Generator().manual_seed(seed)
+    return iter(
+        DataLoader(
+            _encode_demos(tokenizer, task, demos),
+            batch_size=cfg.sft.batch_size,
+            sampler=RandomSampler(range(len(demos)), replacement=True, num_samples=10**8, generator=gen),
+            collate_fn=_collate(tokenizer.pad_token_id),
+        )
+    )
+
+
 def continue_sft(overrides: list[str], cache: Path, seconds: float, threads: int, every: int = 25) -> dict:
     """More SFT from the cached warm-start of `overrides` for `seconds` of wall time, the warm-start's recipe
     (AdamW at `sft.lr` after a fresh `sft.warmup_steps` warmup, its batch size, gradient clip 1), on the same
@@ -134,13 +154,12 @@ def continue_sft(overrides: list[str], cache: Path, seconds: float, threads: int
     import tempfile
 
     import torch
-    from torch.utils.data import DataLoader, RandomSampler
 
     from dvpo_lab.config import compose_config
     from dvpo_lab.evaluate import greedy_scores
     from dvpo_lab.models.build import build_policy, build_tokenizer
     from dvpo_lab.run import make_task
-    from dvpo_lab.sft import _collate, _encode_demos, warm_start
+    from dvpo_lab.sft import warm_start
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,16 +168,7 @@ def continue_sft(overrides: list[str], cache: Path, seconds: float, threads: int
     folder = warm_start(cfg, task)  # cached: only read back
     tokenizer = build_tokenizer(cfg.model)
     policy = build_policy(cfg.model, tokenizer, path=str(folder))
-    demos = [p for p in task.sft_problems() if p.solution]
-    gen = torch.Generator().manual_seed(cfg.sft.seed + 1000)
-    loader = iter(
-        DataLoader(
-            _encode_demos(tokenizer, task, demos),
-            batch_size=cfg.sft.batch_size,
-            sampler=RandomSampler(range(len(demos)), replacement=True, num_samples=10**8, generator=gen),
-            collate_fn=_collate(tokenizer.pad_token_id),
-        )
-    )
+    loader = demo_batches(cfg, task, tokenizer, seed=cfg.sft.seed + 1000)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.sft.lr, weight_decay=0.0)
     warmup = max(1, cfg.sft.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
@@ -256,12 +266,10 @@ def step_time(args, extra: list[str], steps: int = 40) -> None:
     import tempfile
 
     import torch
-    from torch.utils.data import DataLoader, RandomSampler
 
     from dvpo_lab.config import compose_config
     from dvpo_lab.models.build import build_policy, build_tokenizer
     from dvpo_lab.run import make_task
-    from dvpo_lab.sft import _collate, _encode_demos
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config(["task=arith_teacher", *extra], tmp)
@@ -269,15 +277,7 @@ def step_time(args, extra: list[str], steps: int = 40) -> None:
     tokenizer = build_tokenizer(cfg.model)
     policy = build_policy(cfg.model, tokenizer)  # the random init: the step's cost does not depend on the weights
     params = sum(p.numel() for p in policy.parameters())
-    demos = [p for p in task.sft_problems() if p.solution]
-    gen = torch.Generator().manual_seed(cfg.sft.seed)
-    loader = DataLoader(
-        _encode_demos(tokenizer, task, demos),
-        batch_size=cfg.sft.batch_size,
-        sampler=RandomSampler(range(len(demos)), replacement=True, num_samples=10**8, generator=gen),
-        collate_fn=_collate(tokenizer.pad_token_id),
-    )
-    batches = iter(loader)
+    batches = demo_batches(cfg, task, tokenizer, seed=cfg.sft.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.sft.lr)
 
     def train_step(batch) -> None:

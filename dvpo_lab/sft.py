@@ -40,6 +40,11 @@ def target_acc(cfg: DictConfig) -> float | None:
     return task_target if task_target is not None else cfg.sft.target_acc
 
 
+def sft_max_steps(cfg: DictConfig) -> int:
+    """The warm-start's step budget: the task's own (`task.sft_max_steps`) when it sets one, else `sft.max_steps`."""
+    return cfg.task.get("sft_max_steps") or cfg.sft.max_steps
+
+
 def warm_start_key(cfg: DictConfig) -> str:
     """Hash of the config fields that determine the warm-started weights."""
     spec = {
@@ -187,7 +192,7 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
             log.info("warm-start: reusing %s (acc %.3f after %d steps)", folder, info["acc"], info["steps"])
             _warn_if_short_of_teacher(cfg, task, info["acc"])
             return folder
-        max_steps = cfg.task.get("sft_max_steps") or cfg.sft.max_steps
+        max_steps = sft_max_steps(cfg)
         batch_size = cfg.task.get("sft_batch_size") or cfg.sft.batch_size
         log.info("warm-start: training %s for up to %d steps (cached for later runs)", folder.name, max_steps)
         tokenizer = build_tokenizer(cfg.model)
@@ -261,7 +266,7 @@ def _warn_if_short_of_teacher(cfg: DictConfig, task: Task, acc: float, margin: f
         "the plateau; rerun with another sft.seed (e.g. sft.seed=%d) or a larger sft.max_steps",
         100 * acc,
         100 * level,
-        cfg.task.get("sft_max_steps") or cfg.sft.max_steps,
+        sft_max_steps(cfg),
         cfg.sft.seed + 1,
     )
     return True

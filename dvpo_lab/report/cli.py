@@ -39,7 +39,7 @@ import statistics
 from pathlib import Path
 
 from dvpo_lab.report.plots import plot_accuracy_vs_noise, plot_learning_curves
-from dvpo_lab.report.runs import LEDGER, Run, ledger_line, load, restore, split_common
+from dvpo_lab.report.runs import LEDGER, Run, job_name, ledger_line, load, restore, split_common
 from dvpo_lab.report.tables import (
     choice_of_k_table,
     paired_table,
@@ -187,7 +187,8 @@ def write_report(
         ]
         for r in bad:  # the job as the ledger names it, so that a report regenerated from the ledger is the same
             err = r.error.replace("|", "/")
-            lines.append(f"| {r.status} | {_job(r, dirs)} | {r.last_step} of {r.total_steps} | {err} |")
+            job = job_name(r.folder, _root(r, dirs)) if dirs else r.folder  # a ledger's runs already are
+            lines.append(f"| {r.status} | {job} | {r.last_step} of {r.total_steps} | {err} |")
         lines.append("")
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -201,11 +202,6 @@ def write_report(
 def _root(r: Run, dirs: list[Path]) -> Path:
     """The report's input folder that holds `r` (the first one when none does)."""
     return next((d for d in dirs if r.folder.is_relative_to(d)), dirs[0])
-
-
-def _job(r: Run, dirs: list[Path]) -> Path:
-    """`r`'s folder relative to its input folder: the `job` of its ledger line (a ledger's runs already are)."""
-    return r.folder.relative_to(_root(r, dirs)) if dirs and r.folder.is_relative_to(_root(r, dirs)) else r.folder
 
 
 def main(argv: list[str] | None = None) -> None:

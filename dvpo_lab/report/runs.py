@@ -182,11 +182,15 @@ def load(roots: list[Path]) -> list[Run]:
     return runs
 
 
+def job_name(folder: Path, root: Path) -> str:
+    """A job's name in a ledger and in a report: its folder relative to `root` when inside it, else the folder."""
+    return str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
+
+
 def ledger_line(r: Run, root: Path) -> dict:
-    """`r` as one ledger line (a JSON-able dict); the job's folder is stored relative to `root` when inside it."""
-    folder = str(r.folder.relative_to(root)) if r.folder.is_relative_to(root) else str(r.folder)
+    """`r` as one ledger line (a JSON-able dict); the job's folder is stored relative to `root` (`job_name`)."""
     return {
-        "job": folder,
+        "job": job_name(r.folder, root),
         "status": r.status,
         "task": r.task,
         "algo": r.algo,
