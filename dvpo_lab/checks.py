@@ -346,6 +346,8 @@ RULES: list[Rule] = [
     ("sft.batch_size", at_least(1, integer=True), "an integer >= 1"),
     ("sft.max_steps", at_least(1, integer=True), "an integer >= 1"),
     ("sft.warmup_steps", at_least(0, integer=True), "an integer >= 0"),
+    ("sft.decay_steps", at_least(1, integer=True), "an integer >= 1 (the wsd schedule's decay phase)"),
+    ("sft.decay_below_loss", above(0.0, optional=True), "null (decay at sft.max_steps - sft.decay_steps) or > 0"),
     ("sft.target_acc", between(0.0, 1.0, lo_open=True, optional=True), "null (run sft.max_steps) or in (0, 1]"),
     ("sft.eval_every", at_least(1, integer=True), "an integer >= 1"),
     ("sft.eval_limit", at_least(1, integer=True), "an integer >= 1"),

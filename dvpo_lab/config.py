@@ -47,7 +47,7 @@ DType = choice_enum("DType", ("float32", "bfloat16", "float16"), __name__)
 TokenizerKind = choice_enum("TokenizerKind", ("char", "auto"), __name__)
 ExportLora = choice_enum("ExportLora", ("merged", "adapter"), __name__)
 Mode = choice_enum("Mode", ("train", "sft", "eval"), __name__)
-LRSchedule = choice_enum("LRSchedule", ("constant", "cosine"), __name__)
+LRSchedule = choice_enum("LRSchedule", ("constant", "cosine", "wsd"), __name__)
 
 
 @dataclass
@@ -200,9 +200,15 @@ class SFTConfig:
     max_steps: int = 600
     warmup_steps: int = 50
     # after the warmup: constant | cosine (decays to min_lr_ratio x lr at max_steps, so the last steps settle
-    # instead of moving the answers the data leaves near a tie)
+    # instead of moving the answers the data leaves near a tie) | wsd (warmup-stable-decay: flat, then a cosine
+    # to min_lr_ratio x lr over the last decay_steps, after which the warm-start stops)
     lr_schedule: LRSchedule = LRSchedule.constant
     min_lr_ratio: float = 0.0
+    decay_steps: int = 400  # wsd: length of the decay phase
+    # wsd: start the decay once the smoothed training loss (an EMA over ~20 steps) falls below this, i.e. a fixed
+    # step count past the loss drop, wherever it comes; null = at max_steps - decay_steps. A run whose loss never
+    # falls that low decays at max_steps - decay_steps and warns
+    decay_below_loss: float | None = None
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     target_acc: float | None = 0.3  # stop once greedy test accuracy reaches this (null = run max_steps)
     eval_every: int = 10  # steps between accuracy checks (the accuracy rises steeply: check often)

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import time
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -32,6 +31,9 @@ from dvpo_lab.tasks import Problem, Task, task_arguments
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+# The wsd trigger's smoothing: an EMA of the per-batch loss with a ~20-step window. At batch 64 on arith_teacher the
+# per-batch loss scatters by ~30 % around its trend, too much to compare one batch with a threshold.
+LOSS_EMA = 0.95
 
 
 def target_acc(cfg: DictConfig) -> float | None:
@@ -64,6 +66,9 @@ def warm_start_key(cfg: DictConfig) -> str:
     for key, default in (("lr_schedule", "constant"), ("min_lr_ratio", 0.0), ("weight_decay", 0.0)):
         if spec["sft"].get(key, default) == default:
             spec["sft"].pop(key, None)
+    if spec["sft"].get("lr_schedule") != "wsd":  # the decay phase's keys only act under wsd
+        spec["sft"].pop("decay_steps", None)
+        spec["sft"].pop("decay_below_loss", None)
     for key in ("sft_batch_size", "sft_target_acc"):
         if spec["task"].get(key) is None:
             spec["task"].pop(key, None)
@@ -119,17 +124,30 @@ def _collate(pad_id: int):
     return collate
 
 
-def lr_factor(step: int, *, sft: DictConfig, max_steps: int) -> float:
-    """The warm-start's learning rate at optimizer step `step` (0-based) as a fraction of `sft.lr`: a linear warmup
-    over `sft.warmup_steps`, then 1 (`sft.lr_schedule=constant`) or a cosine from 1 to `sft.min_lr_ratio` at
-    `max_steps` (`cosine`)."""
+def lr_factor(step: int, *, sft: DictConfig, max_steps: int, decay_start: int | None = None) -> float:
+    """The warm-start's learning rate at optimizer step `step` (0-based) as a fraction of `sft.lr`.
+
+    A linear warmup over `sft.warmup_steps`, then:
+    - `constant`: 1;
+    - `cosine`: a cosine from 1 to `sft.min_lr_ratio` at `max_steps`;
+    - `wsd` (warmup-stable-decay, Hu et al. 2024, arXiv 2404.06395): 1 until `decay_start`, then a cosine from 1 to
+      `sft.min_lr_ratio` over `sft.decay_steps`, and the floor after. `decay_start` is the step the loss trigger
+      fired (`sft.decay_below_loss`); None = not fired (yet), which decays at `max_steps - sft.decay_steps`.
+    """
     warmup = max(1, sft.warmup_steps)
     if step + 1 < warmup:
         return (step + 1) / warmup
-    if sft.get("lr_schedule", "constant") != "cosine":
-        return 1.0
+    schedule = sft.get("lr_schedule", "constant")
     floor = sft.get("min_lr_ratio", 0.0)
-    progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
+    if schedule == "cosine":
+        progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
+    elif schedule == "wsd":
+        start = decay_start if decay_start is not None else max(warmup, max_steps - sft.decay_steps)
+        if step < start:
+            return 1.0
+        progress = min(1.0, (step - start + 1) / sft.decay_steps)
+    else:
+        return 1.0
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -143,6 +161,8 @@ class SFTModule(L.LightningModule):
         self.eval_problems = task.test_problems()[: cfg.sft.eval_limit]
         self.last_acc = float("nan")
         self.curve: list[tuple[int, float]] = []  # (SFT step, greedy accuracy), saved in warmstart.json
+        self.loss_ema = float("nan")  # the smoothed training loss the wsd trigger watches
+        self.decay_start: int | None = None  # wsd: the first decay step, once the loss trigger has fired
 
     def training_step(self, batch, batch_idx):
         loss = self.policy(**batch).loss
@@ -150,7 +170,31 @@ class SFTModule(L.LightningModule):
             raise FloatingPointError(f"sft/loss is {loss.item()} at step {self.global_step}; lower sft.lr")
         self.log("sft/loss", loss, prog_bar=True)
         step = self.global_step + 1
-        if step % self.cfg.sft.eval_every == 0 or step == self.max_steps:
+        sft = self.cfg.sft
+        stop_at = self.max_steps
+        if sft.get("lr_schedule") == "wsd":
+            value = loss.item()
+            self.loss_ema = (
+                value if self.loss_ema != self.loss_ema else LOSS_EMA * self.loss_ema + (1 - LOSS_EMA) * value
+            )
+            trigger = sft.get("decay_below_loss")
+            if (
+                trigger is not None
+                and self.decay_start is None
+                and sft.warmup_steps <= step < self.max_steps - sft.decay_steps  # only in the stable phase
+                and self.loss_ema < trigger
+            ):
+                self.decay_start = step  # the next optimizer step (0-based index `step`) is the first decay step
+                log.info(
+                    "warm-start: loss EMA %.4f < sft.decay_below_loss=%g at step %d: decaying for %d steps",
+                    self.loss_ema,
+                    trigger,
+                    step,
+                    sft.decay_steps,
+                )
+            if self.decay_start is not None:
+                stop_at = min(self.max_steps, self.decay_start + sft.decay_steps)
+        if step % sft.eval_every == 0 or step == stop_at:
             self.last_acc = self.accuracy()
             self.curve.append((step, self.last_acc))
             self.log("sft/acc", self.last_acc, prog_bar=True)
@@ -158,6 +202,8 @@ class SFTModule(L.LightningModule):
             if target is not None and self.last_acc >= target:
                 log.info("warm-start reached acc %.3f >= target %.3f at step %d", self.last_acc, target, step)
                 self.trainer.should_stop = True
+        if step == stop_at < self.max_steps:
+            self.trainer.should_stop = True
         return loss
 
     def accuracy(self) -> float:
@@ -178,7 +224,9 @@ class SFTModule(L.LightningModule):
         opt = torch.optim.AdamW(
             self.policy.parameters(), lr=self.cfg.sft.lr, weight_decay=self.cfg.sft.get("weight_decay", 0.0)
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(lr_factor, sft=self.cfg.sft, max_steps=self.max_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, sft=self.cfg.sft, max_steps=self.max_steps, decay_start=self.decay_start)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -239,6 +287,19 @@ def warm_start(cfg: DictConfig, task: Task) -> Path:
             "demos": len(demos),
             "curve": module.curve,
         }
+        if cfg.sft.get("lr_schedule") == "wsd":
+            info["decay_start"] = module.decay_start  # None: the loss trigger never fired (or none was set)
+            info["loss_ema"] = module.loss_ema
+            if module.decay_start is None and cfg.sft.get("decay_below_loss") is not None:
+                log.warning(
+                    "warm-start: the smoothed loss (%.4f) never fell below sft.decay_below_loss=%g within "
+                    "sft.max_steps=%d, so the decay ran over the last sft.decay_steps=%d steps instead; raise "
+                    "sft.max_steps or try another sft.seed",
+                    module.loss_ema,
+                    cfg.sft.decay_below_loss,
+                    max_steps,
+                    cfg.sft.decay_steps,
+                )
         (tmp / "warmstart.json").write_text(json.dumps(info, indent=1))
         tmp.rename(folder)
         log.info(

@@ -1,10 +1,12 @@
 """The warm-start's learning-rate schedule (`sft.lr_schedule`): the constant one is the old warmup-then-flat
-factor step for step, the cosine one decays to `sft.min_lr_ratio`, and only a non-default schedule changes the
-warm-start cache key (caches made before the key existed stay valid), as does a non-zero `sft.weight_decay`,
-which reaches AdamW."""
+factor step for step, the cosine one decays to `sft.min_lr_ratio`, the wsd one is flat until its loss trigger
+(or `max_steps - decay_steps`) and then decays over `sft.decay_steps` and stops, and only a non-default schedule
+changes the warm-start cache key (caches made before the key existed stay valid), as does a non-zero
+`sft.weight_decay`, which reaches AdamW."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -31,12 +33,45 @@ def test_cosine_schedule_decays_from_one_to_the_floor(floor):
     assert all(a >= b for a, b in zip(f[49:], f[50:]))  # never rises after the warmup
 
 
+@pytest.mark.parametrize("decay_start", [None, 300])
+def test_wsd_schedule_is_flat_then_a_cosine_over_decay_steps(decay_start):
+    sft = OmegaConf.create({"warmup_steps": 50, "lr_schedule": "wsd", "min_lr_ratio": 0.0, "decay_steps": 200})
+    f = [lr_factor(s, sft=sft, max_steps=1000, decay_start=decay_start) for s in range(1000)]
+    start = 800 if decay_start is None else decay_start  # no trigger: the last decay_steps of max_steps
+    assert f[0] == pytest.approx(1 / 50) and all(x == 1.0 for x in f[49:start])
+    assert f[start] < 1.0 and f[start + 99] == pytest.approx(0.5) and f[start + 199] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(f[start:], f[start + 1 :]))
+    assert all(x == 0.0 for x in f[start + 199 :])  # the floor after the decay
+
+
 def test_only_a_non_default_schedule_changes_the_cache_key():
     default = warm_start_key(compose_cfg(["task=arith"]))  # the schema's sft defaults
     same = ["task=arith", "sft.lr_schedule=constant", "sft.min_lr_ratio=0.0", "sft.weight_decay=0.0"]
     assert warm_start_key(compose_cfg(same)) == default
     assert warm_start_key(compose_cfg(["task=arith", "sft.lr_schedule=cosine"])) != default
     assert warm_start_key(compose_cfg(["task=arith", "sft.weight_decay=0.1"])) != default
+    # the decay phase's keys act only under wsd
+    assert warm_start_key(compose_cfg(["task=arith", "sft.decay_steps=7", "sft.decay_below_loss=0.1"])) == default
+    wsd = warm_start_key(compose_cfg(["task=arith", "sft.lr_schedule=wsd"]))
+    assert warm_start_key(compose_cfg(["task=arith", "sft.lr_schedule=wsd", "sft.decay_below_loss=0.1"])) != wsd
+
+
+def test_wsd_warm_start_stops_decay_steps_after_its_loss_trigger(smoke_cfg, caplog):
+    """A real smoke warm-start: a trigger the first smoothed loss is below fires at the end of the warmup and the
+    run stops `decay_steps` later at the floor of its learning rate; a trigger no loss reaches never fires, the
+    run decays over its last `decay_steps` and warns, naming the key."""
+    from dvpo_lab.run import make_task
+    from dvpo_lab.sft import warm_start
+
+    common = ["task=arith_teacher", "model.warm_start=true", "sft.lr_schedule=wsd", "sft.warmup_steps=2"]
+    fired = smoke_cfg(*common, "sft.decay_below_loss=100", "sft.decay_steps=3", "sft.max_steps=20")
+    info = json.loads((warm_start(fired, make_task(fired)) / "warmstart.json").read_text())
+    assert info["decay_start"] == 2 and info["steps"] == 5 and info["curve"][-1][0] == 5, info
+    never = smoke_cfg(*common, "sft.decay_below_loss=1e-9", "sft.decay_steps=3", "sft.max_steps=6")
+    with caplog.at_level("WARNING", logger="dvpo_lab.sft"):
+        info = json.loads((warm_start(never, make_task(never)) / "warmstart.json").read_text())
+    assert info["decay_start"] is None and info["steps"] == 6 and info["loss_ema"] > 1e-9, info
+    assert any("sft.decay_below_loss=1e-09" in r.getMessage() for r in caplog.records), caplog.text
 
 
 @pytest.mark.parametrize("wd", [0.0, 0.1])
