@@ -10,7 +10,7 @@ result is already there is read back, not rerun, so an interrupted benchmark res
    the torch path instead of the compiled kernels; the warm-start never calls them, so it must match `native`
    bit for bit) and `aten_default` (`ATEN_CPU_CAPABILITY=default`: torch's CPU kernels without AVX2/AVX-512,
    another floating-point path on the same CPU). Prints the greedy accuracy on the 500 test problems (`val/acc`'s)
-   per run, its spread, the step it first reached the plateau and the wall time.
+   per run, its spread, the step it first reached the plateau, the step its wsd decay began and the wall time.
 2. `vs`: from the first sft seed's warm-start, `--rl-steps` RL steps with the clean reward for each
    `--rl-seeds`, against the same warm-start's SFT continued in process for the longest RL run's wall time
    (same recipe and demonstrations, a fresh optimizer with its warmup, a new data order). Prints both end
@@ -19,8 +19,8 @@ result is already there is read back, not rerun, so an interrupted benchmark res
 3. `step`: the warm-start's own step, timed in process for each `--threads` (no run folder): forward alone, and
    forward + backward + gradient clip + AdamW, on batches of the recipe's demonstrations; prints the model's
    parameters, tokens per step, ms per step, the matmul rate it implies (6 x parameters x tokens per step, in
-   GFLOP/s) and the warm-start's projected training time (`sft.max_steps` x the step). Where that rate is near
-   the CPU's fp32 matmul peak, only fewer demonstrations seen make the warm-start shorter.
+   GFLOP/s) and the training time of 1000 warm-start steps (a `task=arith_teacher` warm-start takes 1300-2000).
+   Where that rate is near the CPU's fp32 matmul peak, only fewer demonstrations seen make the warm-start shorter.
 
 Run it on a quiet machine and name the CPU (`lscpu | grep 'Model name'`) beside the times. Extra arguments are
 Hydra overrides for every run (e.g. `task.teacher_error_rate=0.9`).
@@ -111,17 +111,21 @@ def grid(args, extra: list[str]) -> None:
         for (s, t, p), fut in futs.items():
             info = fut.result()
             rows.append((s, t, p, info))
-    print("\n| sft seed | threads | float path | acc % (sft.eval_limit) | plateau from step | steps | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| sft seed | threads | float path | acc % (sft.eval_limit) | plateau from step | decay from step | steps "
+        "| wall s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for s, t, p, info in rows:
         print(
-            f"| {s} | {t} | {p} | {100 * info['acc']:.1f} | {plateau_step(info['curve'])} | {info['steps']} "
+            f"| {s} | {t} | {p} | {100 * info['acc']:.1f} | {plateau_step(info['curve'])} "
+            f"| {info.get('decay_start', '-')} | {info['steps']} "
             f"| {info['seconds']:.0f} |"
         )
     accs = [100 * info["acc"] for *_, info in rows]
     print(
         f"\nspread (max - min): {max(accs) - min(accs):.1f} points over {len(accs)} warm-starts; "
-        f"mean {statistics.mean(accs):.1f} %"
+        f"mean {statistics.mean(accs):.1f} %, sd {statistics.stdev(accs) if len(accs) > 1 else 0.0:.1f}"
     )
 
 
@@ -290,10 +294,8 @@ def step_time(args, extra: list[str], steps: int = 40) -> None:
         with torch.no_grad():
             policy(**batch)
 
-    print(f"\nmodel: {params:,} parameters; sft.batch_size {cfg.sft.batch_size}, sft.max_steps {cfg.sft.max_steps}")
-    print(
-        "\n| threads | tokens per step | forward ms | train step ms | GFLOP/s (6 N T / step) | projected training s |"
-    )
+    print(f"\nmodel: {params:,} parameters; sft.batch_size {cfg.sft.batch_size}")
+    print("\n| threads | tokens per step | forward ms | train step ms | GFLOP/s (6 N T / step) | s per 1000 steps |")
     print("|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -310,7 +312,7 @@ def step_time(args, extra: list[str], steps: int = 40) -> None:
         rate = 6 * params * tokens / timed["train"] / 1e9
         print(
             f"| {threads} | {tokens:.0f} | {1000 * timed['forward']:.1f} | {1000 * timed['train']:.1f} | {rate:.0f} "
-            f"| {cfg.sft.max_steps * timed['train']:.0f} |"
+            f"| {1000 * timed['train']:.0f} |"
         )
 
 
