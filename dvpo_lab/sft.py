@@ -172,29 +172,7 @@ class SFTModule(L.LightningModule):
         self.log("sft/loss", loss, prog_bar=True)
         step = self.global_step + 1
         sft = self.cfg.sft
-        stop_at = self.max_steps
-        if sft.get("lr_schedule") == "wsd":
-            value = loss.item()
-            self.loss_ema = (
-                value if self.loss_ema != self.loss_ema else LOSS_EMA * self.loss_ema + (1 - LOSS_EMA) * value
-            )
-            trigger = sft.get("decay_below_loss")
-            if (
-                trigger is not None
-                and self.decay_start is None
-                and sft.warmup_steps <= step < self.max_steps - sft.decay_steps  # only in the stable phase
-                and self.loss_ema < trigger
-            ):
-                self.decay_start = step  # the next optimizer step (0-based index `step`) is the first decay step
-                log.info(
-                    "warm-start: loss EMA %.4f < sft.decay_below_loss=%g at step %d: decaying for %d steps",
-                    self.loss_ema,
-                    trigger,
-                    step,
-                    sft.decay_steps,
-                )
-            if self.decay_start is not None:
-                stop_at = min(self.max_steps, self.decay_start + sft.decay_steps)
+        stop_at = self._wsd_stop_at(loss.item(), step) if sft.get("lr_schedule") == "wsd" else self.max_steps
         if step % sft.eval_every == 0 or step == stop_at:
             self.last_acc = self.accuracy()
             self.curve.append((step, self.last_acc))
@@ -206,6 +184,31 @@ class SFTModule(L.LightningModule):
         if step == stop_at < self.max_steps:
             self.trainer.should_stop = True
         return loss
+
+    def _wsd_stop_at(self, loss: float, step: int) -> int:
+        """Update the smoothed loss (EMA with `LOSS_EMA`), fire the wsd trigger once it falls below
+        `sft.decay_below_loss` in the stable phase, and return the step the warm-start stops at: `sft.decay_steps`
+        after the trigger, else `max_steps`. `step` is 1-based (optimizer steps done, this one included)."""
+        sft = self.cfg.sft
+        self.loss_ema = loss if self.loss_ema != self.loss_ema else LOSS_EMA * self.loss_ema + (1 - LOSS_EMA) * loss
+        trigger = sft.get("decay_below_loss")
+        if (
+            trigger is not None
+            and self.decay_start is None
+            and sft.warmup_steps <= step < self.max_steps - sft.decay_steps  # only in the stable phase
+            and self.loss_ema < trigger
+        ):
+            self.decay_start = step  # the next optimizer step (0-based index `step`) is the first decay step
+            log.info(
+                "warm-start: loss EMA %.4f < sft.decay_below_loss=%g at step %d: decaying for %d steps",
+                self.loss_ema,
+                trigger,
+                step,
+                sft.decay_steps,
+            )
+        if self.decay_start is None:
+            return self.max_steps
+        return min(self.max_steps, self.decay_start + sft.decay_steps)
 
     def accuracy(self) -> float:
         # the RL run's budgets, so this accuracy and RL step-0 val/acc see the same (possibly truncated) prompts

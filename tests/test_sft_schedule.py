@@ -74,6 +74,30 @@ def test_wsd_warm_start_stops_decay_steps_after_its_loss_trigger(smoke_cfg, capl
     assert any("sft.decay_below_loss=1e-09" in r.getMessage() for r in caplog.records), caplog.text
 
 
+def test_wsd_trigger_fires_once_on_the_smoothed_loss_in_the_stable_phase():
+    """The trigger watches the loss EMA (LOSS_EMA), not the raw loss: one loss below the trigger does not fire it;
+    a loss that stays at 0 fires it at the first step where LOSS_EMA**k < trigger, once, and the stop step is
+    `decay_steps` later; inside the last `decay_steps` of `max_steps` it no longer fires."""
+    from dvpo_lab.models.build import build_policy, build_tokenizer
+    from dvpo_lab.run import make_task
+    from dvpo_lab.sft import LOSS_EMA, SFTModule
+
+    cfg = compose_cfg(["debug=smoke", "sft.lr_schedule=wsd", "sft.warmup_steps=0", "sft.decay_below_loss=0.5"])
+    cfg.sft.decay_steps = 10
+    policy, task = build_policy(cfg.model, build_tokenizer(cfg.model)), make_task(cfg)
+
+    module = SFTModule(policy, None, task, cfg, max_steps=100)
+    assert module._wsd_stop_at(1.0, 1) == 100 and module._wsd_stop_at(0.0, 2) == 100  # EMA 0.95: not below 0.5
+    assert module.decay_start is None and module.loss_ema == pytest.approx(LOSS_EMA)
+    k = math.ceil(math.log(0.5) / math.log(LOSS_EMA))  # EMA after k zero losses from 1: LOSS_EMA**k
+    stops = [module._wsd_stop_at(0.0, step) for step in range(3, 3 + k + 20)]
+    assert module.decay_start == 1 + k and set(stops[k - 2 :]) == {1 + k + 10}, (module.decay_start, stops)
+    assert set(stops[: k - 2]) == {100}  # steps 3 .. k: EMA LOSS_EMA**2 .. LOSS_EMA**(k-1) >= 0.5
+
+    late = SFTModule(policy, None, task, cfg, max_steps=100)
+    assert [late._wsd_stop_at(0.0, step) for step in (90, 95, 99)] == [100] * 3 and late.decay_start is None
+
+
 @pytest.mark.parametrize("wd", [0.0, 0.1])
 def test_weight_decay_reaches_adamw(wd):
     from dvpo_lab.models.build import build_policy, build_tokenizer
