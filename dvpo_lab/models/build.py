@@ -66,7 +66,11 @@ def build_policy(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, path: str
     if cfg.gradient_checkpointing:
         # non-reentrant: works with frozen inputs (LoRA) and under FSDP; the critic's backbone, a copy of the
         # decoder, inherits it
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers >= 5.24 renames the call (the old name warns, to be removed in v6); both take the same kwargs
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     return model

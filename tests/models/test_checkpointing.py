@@ -24,9 +24,11 @@ def _grads(checkpointing: bool) -> tuple[dict[str, torch.Tensor], dict[str, torc
         nonlocal recomputed
         recomputed += 1
 
-    # a forward pre-hook on the first layer fires once per forward: twice per step when the backward recomputes it
-    # (a post-hook would not: torch stops the recomputation early, once it has the tensors the backward needs)
-    policy.get_decoder().layers[0].register_forward_pre_hook(count)
+    # a forward pre-hook on the first layer's attention fires once per forward: twice per step when the backward
+    # recomputes the layer (a post-hook would not: torch stops the recomputation early, once it has the tensors the
+    # backward needs). Not a hook on the layer itself: transformers >= 5.24 checkpoints the layer's `forward`, so
+    # the layer's own hooks stay outside the recomputation and fire once either way.
+    policy.get_decoder().layers[0].self_attn.register_forward_pre_hook(count)
     logits = policy(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
     values = critic(ids, mask, pos, num_positions=ids.shape[1])
     (logits.log_softmax(-1).mean() + values.square().mean()).backward()
