@@ -66,7 +66,7 @@ def _steps(run_dir: Path) -> dict[int, dict[str, str]]:
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     """Kill a real run after a checkpoint, resume with ckpt_path=last: same metrics as a run never killed."""
     cache = tmp_path / "cache"
-    steps = 12
+    steps = 8
     args = [*SMOKE, f"total_steps={steps}", "eval_every=4", "ckpt_every=1", "noise=flip0.2", "seed=3"]
     full = run_cli([*args, "task_name=full", f"hydra.run.dir={tmp_path}/full"], tmp_path, cache)
     assert full.returncode == 0, full.stderr[-3000:]
@@ -93,7 +93,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
                 epoch = torch.load(ckpt, weights_only=False)["epoch"]
             except Exception:  # being written
                 epoch = -1
-            if epoch >= 4:
+            if epoch >= 3:
                 proc.send_signal(signal.SIGKILL)
                 killed_at = epoch
                 break

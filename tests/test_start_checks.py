@@ -312,15 +312,15 @@ def test_ckpt_path_refuses_another_configs_checkpoint(tmp_path, smoke_cfg):
 
 
 # ----------------------------------------------------------------------------- one-line errors, exit status
+# One command per way a bad input is caught (a value check, a key the schema lacks with and without `+`, a group
+# option Hydra cannot find, a preset against its algorithm); each check's other members are tested in-process
+# above (temperature, loss_agg_mode, nested keys), without a ~5 s interpreter start each.
 @pytest.mark.parametrize(
     "args, words",
     [
         (["rollout.minibatch_size=7"], ["rollout.minibatch_size=7", "divide"]),
-        (["rollout.temperature=0"], ["rollout.temperature=0"]),
-        (["algo.loss_agg_mode=seq-mean"], ["algo.loss_agg_mode=seq-mean", "seq-mean-token-mean"]),
         (["+algo.gama=0.9"], ["algo.gama=0.9", "algo.gamma"]),
         (["algo.gama=0.9"], ["algo.gama", "did you mean algo.gamma?"]),
-        (["algo.dist.kapa=0.1"], ["algo.dist.kapa", "did you mean algo.dist.kappa?"]),
         (["noise=flip0.25"], ["flip0.25", "flip0.2 | flip0.3"]),
         (["experiment=ablation_1_qr", "algo=ppo"], ["algo=ppo", "experiment=ablation_1_qr"]),
     ],
@@ -339,6 +339,7 @@ def test_full_error_keeps_the_traceback(tmp_path, monkeypatch):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
+@pytest.mark.slow  # its joblib twin runs by default: test_sweeps.py::test_sweep_survives_a_failing_job_then_...
 def test_a_sweep_with_failed_jobs_exits_non_zero_naming_them(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli([*SMOKE, "rollout.minibatch_size=3,2", f"hydra.sweep.dir={sweep}", "-m"], tmp_path)

@@ -65,9 +65,12 @@ def test_sweep_survives_a_failing_job_then_skips_and_resumes(tmp_path):
         "-m",
     ]  # 3 does not divide the 4 responses of a smoke step
     first = run_cli(args, tmp_path)
-    assert first.returncode == 1 and "1 job(s)" in first.stderr, first.stderr[-3000:]  # every job ran, then rc 1
+    out = first.stdout + first.stderr
+    assert first.returncode == 1 and "Traceback" not in out, out[-3000:]  # every job ran, then rc 1
     root = tmp_path / "smoke" / "sweeps" / "noise_robustness"
     good, bad = _job(root, 2), _job(root, 3)
+    line = [ln for ln in out.splitlines() if ln.startswith("error:")][-1]  # after each job's own line
+    assert "1 job(s)" in line and bad.name in line and good.name not in line and "resume=true" in line, line
     assert (good / "summary.json").exists()
     assert "minibatch_size" in (bad / "failed.txt").read_text()  # recorded in its folder, the sweep went on
 

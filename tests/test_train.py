@@ -58,13 +58,13 @@ CRITIC_KEYS = {
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_every_algorithm_trains_20_steps_with_finite_metrics(smoke_cfg, algo):
+def test_every_algorithm_trains_8_steps_with_finite_metrics(smoke_cfg, algo):
     cfg = smoke_cfg(
         f"algo={algo}",
         "noise=flip0.2",
-        "total_steps=20",
-        "eval_every=10",
-        "ckpt_every=10",
+        "total_steps=8",
+        "eval_every=4",
+        "ckpt_every=4",
         *(["critic.n_quantiles=16"] if algo == "dvpo" else []),
     )  # a key of the quantile critic only
     out = Path(cfg.paths.output_dir)
