@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
@@ -24,6 +25,21 @@ SHARED_GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 register_configs()
+
+
+def _share_cores_among_workers() -> None:
+    """Under pytest-xdist, give each worker its share of the cores: torch would otherwise start one thread per
+    core in every worker (and in every CLI subprocess, which inherits OMP_NUM_THREADS). A test that sets
+    `threads` in its config still gets what it asks for."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_cores_among_workers()
 
 
 def compose_cfg(
