@@ -24,7 +24,7 @@ import yaml
 from dvpo_lab import report
 from dvpo_lab.report.cli import _command
 from dvpo_lab.report.stats import paired_verdict
-from dvpo_lab.report.tables import choice_of_k_table, paired_table, verdict_table
+from dvpo_lab.report.tables import choice_of_k_table, paired_table, seed_spread_table, verdict_table
 from tests.conftest import ROOT
 
 RESULTS = ROOT / "docs" / "results"
@@ -175,6 +175,28 @@ def test_choice_of_k_table_counts_cells(tmp_path):
     ]
     text = report.write_report([tmp_path], tmp_path / "out", last_k=2).read_text()
     assert "## Scoring: last k evaluations" in text and "| 2 (this report) | 0.5 | 2 of 2 |" in text
+
+
+def test_seed_spread_table_splits_the_seed_effect_from_the_residual(tmp_path):
+    """none: ppo 60, 70, 80 and dvpo 63, 72, 81 on seeds 1-3. Seed means 61.5, 71, 80.5 (sd 9.5); method means 70,
+    72; residuals -0.5, 0, +0.5 (ppo) and +0.5, 0, -0.5 (dvpo): sqrt(4 x 0.25 / (2 x 1)) = 0.7 points; the seed
+    effect's share 2 x 2 x 9.5^2 / (that + 1.0) = 100 %; cell sds 10.0 and 9.0 (median 9.5). dvpo's seed 4 has no
+    ppo run and stays out; flip0.2 has one method and gets no row."""
+    for seed, (a, b) in enumerate(((0.60, 0.63), (0.70, 0.72), (0.80, 0.81)), start=1):
+        _write_run(tmp_path, "ppo", "none", seed, [a])
+        _write_run(tmp_path, "dvpo", "none", seed, [b])
+    _write_run(tmp_path, "dvpo", "none", 4, [0.20])
+    _write_run(tmp_path, "ppo", "flip0.2", 1, [0.5])
+    _write_run(tmp_path, "ppo", "flip0.2", 2, [0.6])
+    rows = seed_spread_table(report.load([tmp_path])).splitlines()[2:]
+    assert rows == ["| arith | none | 3 x 2 | 9.5 | 9.5 | 0.7 | 100 |"]
+    text = report.write_report([tmp_path], tmp_path / "out").read_text()
+    assert "## Where the seed spread comes from" in text
+    # one method only: no block, so no table and no section
+    _write_run(tmp_path / "one", "ppo", "none", 1, [0.5])
+    _write_run(tmp_path / "one", "ppo", "none", 2, [0.6])
+    assert seed_spread_table(report.load([tmp_path / "one"])) is None
+    assert "## Where the seed spread" not in report.write_report([tmp_path / "one"], tmp_path / "o2").read_text()
 
 
 def test_command_names_last_k(tmp_path):

@@ -45,6 +45,7 @@ from dvpo_lab.report.tables import (
     paired_table,
     per_seed_table,
     score_name,
+    seed_spread_table,
     summary_table,
     verdict_table,
 )
@@ -148,6 +149,18 @@ def write_report(
             "![learning curves](learning_curves.png)",
             "",
         ]
+        spread = seed_spread_table(runs, k)
+        if spread:
+            lines += [
+                "## Where the seed spread comes from",
+                "",
+                f"Per noise level, the seeds every method ran ({score}): a seed moves every method alike (its "
+                "warm-start, when each seed has its own) or each method on its own (the residual). A cell's seed "
+                "sd holds both; a comparison paired on seeds cancels the first. Points, except the share.",
+                "",
+                spread,
+                "",
+            ]
         paired = paired_table(runs, baseline, k)
         if paired:
             lines += [

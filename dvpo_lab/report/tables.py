@@ -1,5 +1,5 @@
-"""Markdown tables of a sweep (per cell, per seed, the choice of k, paired against a baseline, the verdict per noise
-level) and the order of their rows.
+"""Markdown tables of a sweep (per cell, per seed, the choice of k, where the seed spread comes from, paired
+against a baseline, the verdict per noise level) and the order of their rows.
 
 A cell is (task, method, noise) and holds its finished runs sorted by seed. A run's score is `Run.score(k)`: its
 final evaluation (k = 1) or the mean of its last k evaluations during RL. Rows follow the study's order:
@@ -130,6 +130,45 @@ def choice_of_k_table(runs: list[Run], ks: tuple[int, ...] = (1, 2, 3, 4, 5), ch
         mark = " (this report)" if k == chosen else ""
         lines.append(f"| {k}{mark} | {statistics.median(sds):.1f} | {sum(sd <= 2 for sd in sds)} of {len(sds)} |")
     return "\n".join(lines)
+
+
+def seed_spread_table(runs: list[Run], k: int = 1) -> str | None:
+    """Where a cell's seed sd comes from, per (task, noise) with at least two methods and two seeds that every one
+    of those methods ran (a complete seed x method block; other seeds are left out here). The scores `Run.score(k)`
+    are fit as grand mean + seed effect + method effect + residual (two-way analysis of variance without
+    replication). Columns, in points: the median seed sd of the column's cells (on the block's seeds); the sd over
+    seeds of the seed effect (each seed's score averaged over the methods): what that seed's warm-start and draws
+    do to every method alike; the residual sd, sqrt(SS_res / ((seeds - 1)(methods - 1))): the spread a cell would
+    keep if every seed shared one seed effect, the part a comparison paired on seeds sees; and the seed effect's
+    share of the column's variance, SS_seed / (SS_seed + SS_res), %. None when no (task, noise) has such a block."""
+    by_col: dict[tuple[str, str], dict[str, dict[int, float]]] = defaultdict(dict)
+    for (task, method, noise), rs in cells(runs).items():
+        by_col[(task, noise)][method] = {r.seed: r.score(k) for r in rs}
+    lines = [
+        "| task | noise | seeds x methods | median cell seed sd | seed effect sd | residual sd | seed share of "
+        "variance % |",
+        "|---" * 7 + "|",
+    ]
+    for (task, noise), per_method in sorted(by_col.items(), key=lambda kv: (kv[0][0], noise_key(kv[0][1]))):
+        seeds = sorted(set.intersection(*(set(v) for v in per_method.values())))
+        methods = list(per_method)
+        n, m = len(seeds), len(methods)
+        if n < 2 or m < 2:
+            continue
+        x = [[per_method[j][i] for j in methods] for i in seeds]  # [seed][method]
+        grand = statistics.fmean(v for row in x for v in row)
+        seed_eff = [statistics.fmean(row) - grand for row in x]
+        meth_eff = [statistics.fmean(x[i][j] for i in range(n)) - grand for j in range(m)]
+        ss_res = sum((x[i][j] - grand - seed_eff[i] - meth_eff[j]) ** 2 for i in range(n) for j in range(m))
+        ss_seed = m * sum(e * e for e in seed_eff)
+        share = 100 * ss_seed / (ss_seed + ss_res) if ss_seed + ss_res > 0 else math.nan
+        cell_sd = statistics.median(statistics.stdev(x[i][j] for i in range(n)) for j in range(m))
+        lines.append(
+            f"| {task} | {noise} | {n} x {m} | {100 * cell_sd:.1f} "
+            f"| {100 * statistics.stdev(seed_eff):.1f} | {100 * math.sqrt(ss_res / ((n - 1) * (m - 1))):.1f} "
+            f"| {share:.0f} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else None
 
 
 @dataclass
