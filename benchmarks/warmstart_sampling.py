@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dvpo_lab.config import compose_config  # noqa: E402
+from dvpo_lab.evaluate import greedy_scores  # noqa: E402
 from dvpo_lab.models.build import build_policy, build_tokenizer  # noqa: E402
 from dvpo_lab.multiturn import sample_for_task  # noqa: E402
 from dvpo_lab.report import load  # noqa: E402
@@ -46,17 +47,25 @@ def warmstart_figures(seed: int, samples: int, overrides: list[str], out: Path) 
     policy = build_policy(cfg.model, tokenizer, str(folder)).eval()
     problems = task.test_problems()
     max_new_tokens = cfg.rollout.max_new_tokens or task.max_response_len
-    kw = dict(max_new_tokens=max_new_tokens, max_prompt_len=prompt_budget(policy, max_new_tokens))
-    greedy, sampled = [], []
+    max_prompt_len = prompt_budget(policy, max_new_tokens)
+    sampled = []
     with torch.no_grad():
+        g, _ = greedy_scores(policy, tokenizer, task, problems, 250, max_new_tokens, max_prompt_len)
         for i in range(0, len(problems), 250):
-            chunk = problems[i : i + 250]
-            ro = sample_for_task(policy, tokenizer, task, chunk, do_sample=False, **kw)
-            greedy.append(task.score(ro.texts, chunk).float())
-            rep = [p for p in chunk for _ in range(samples)]
-            ro = sample_for_task(policy, tokenizer, task, rep, do_sample=True, temperature=1.0, seed=seed + i, **kw)
+            rep = [p for p in problems[i : i + 250] for _ in range(samples)]
+            ro = sample_for_task(
+                policy,
+                tokenizer,
+                task,
+                rep,
+                max_new_tokens=max_new_tokens,
+                max_prompt_len=max_prompt_len,
+                do_sample=True,
+                temperature=1.0,
+                seed=seed + i,
+            )
             sampled.append(task.score(ro.texts, rep).float().view(-1, samples))
-    g, s = torch.cat(greedy), torch.cat(sampled)
+    g, s = g.float(), torch.cat(sampled)
     wrong = s[g == 0]
     return dict(
         zip(

@@ -1,4 +1,5 @@
-"""Intervals over seeds: the 95% t-interval of a mean and a seeded percentile bootstrap of a mean.
+"""Intervals over seeds: the 95% t-interval of a mean and a seeded percentile bootstrap of a mean; and the split of
+a seed x method block of scores into a seed effect and a residual.
 
 Both take a list of per-seed values (accuracies or paired differences, fractions) and return bounds in the
 same unit; `paired_verdict` reads the two intervals of a paired difference together. The bootstrap is numpy's
@@ -50,3 +51,18 @@ def paired_verdict(boot: tuple[float, float], t: tuple[float, float]) -> str:
     if boot[0] <= 0 <= boot[1] and t[0] <= 0 <= t[1]:
         return "tied"
     return "unclear (intervals disagree)"
+
+
+def seed_effect_split(x: list[list[float]]) -> tuple[float, float, float]:
+    """Two-way analysis of variance without replication of scores `x[seed][method]` (at least 2 x 2):
+    x = grand mean + seed effect + method effect + residual. Returns (sd over seeds of the seed effect, each seed's
+    mean over the methods minus the grand mean; residual sd, sqrt(SS_res / ((seeds - 1)(methods - 1))); the seed
+    effect's share of the two, SS_seed / (SS_seed + SS_res), nan when both are 0), in the unit of `x`."""
+    a = np.asarray(x, dtype=float)
+    n, m = a.shape
+    grand = a.mean()
+    seed_eff = a.mean(1) - grand
+    resid = a - grand - seed_eff[:, None] - (a.mean(0) - grand)[None, :]
+    ss_seed, ss_res = m * float((seed_eff**2).sum()), float((resid**2).sum())
+    share = ss_seed / (ss_seed + ss_res) if ss_seed + ss_res > 0 else math.nan
+    return float(seed_eff.std(ddof=1)), math.sqrt(ss_res / ((n - 1) * (m - 1))), share

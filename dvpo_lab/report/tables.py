@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from dvpo_lab.report.runs import Run
-from dvpo_lab.report.stats import bootstrap_interval, paired_verdict, t_interval
+from dvpo_lab.report.stats import bootstrap_interval, paired_verdict, seed_effect_split, t_interval
 
 NOISE_ORDER = ["none", "flip0.1", "flip0.2", "flip0.3", "asym_fp0.1_fn0.3", "gauss0.3", "rm0.72", "majority_vote"]
 
@@ -156,17 +156,11 @@ def seed_spread_table(runs: list[Run], k: int = 1) -> str | None:
         if n < 2 or m < 2:
             continue
         x = [[per_method[j][i] for j in methods] for i in seeds]  # [seed][method]
-        grand = statistics.fmean(v for row in x for v in row)
-        seed_eff = [statistics.fmean(row) - grand for row in x]
-        meth_eff = [statistics.fmean(x[i][j] for i in range(n)) - grand for j in range(m)]
-        ss_res = sum((x[i][j] - grand - seed_eff[i] - meth_eff[j]) ** 2 for i in range(n) for j in range(m))
-        ss_seed = m * sum(e * e for e in seed_eff)
-        share = 100 * ss_seed / (ss_seed + ss_res) if ss_seed + ss_res > 0 else math.nan
+        seed_sd, resid_sd, share = seed_effect_split(x)
         cell_sd = statistics.median(statistics.stdev(x[i][j] for i in range(n)) for j in range(m))
         lines.append(
-            f"| {task} | {noise} | {n} x {m} | {100 * cell_sd:.1f} "
-            f"| {100 * statistics.stdev(seed_eff):.1f} | {100 * math.sqrt(ss_res / ((n - 1) * (m - 1))):.1f} "
-            f"| {share:.0f} |"
+            f"| {task} | {noise} | {n} x {m} | {100 * cell_sd:.1f} | {100 * seed_sd:.1f} | {100 * resid_sd:.1f} "
+            f"| {100 * share:.0f} |"
         )
     return "\n".join(lines) if len(lines) > 2 else None
 
