@@ -170,6 +170,30 @@ def test_report_on_hand_made_runs(tmp_path):
     assert report.summary_table(report.load([tmp_path / "restored"])) == table
 
 
+def test_restored_jobs_keep_the_run_time_measured_where_they_ran(tmp_path):
+    """A study resumed on another machine from a committed ledger: the restored jobs have no fingerprint.txt, so
+    their run time must come from the ledger, not be lost (the report sums run time over all jobs)."""
+    import json
+    import os
+
+    d = tmp_path / "sweep" / "algo=ppo,seed=1"
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("- algo=ppo\n- seed=1\n")
+    (d / "fingerprint.txt").write_text("x\n")
+    hist = [{"step": 0, "val/acc": 0.5}, {"step": 10, "val/acc": 0.75}]
+    summary = {"algo": "ppo", "task": "arith", "noise": "none", "seed": 1, "total_steps": 10, "history": hist}
+    (d / "summary.json").write_text(json.dumps(summary))
+    os.utime(d / "fingerprint.txt", (1000.0, 1000.0))
+    os.utime(d / "summary.json", (1137.0, 1137.0))  # 137 s of RL
+    report.write_report([tmp_path / "sweep"], tmp_path / "out")
+    assert report.restore(tmp_path / "out" / report.LEDGER, tmp_path / "elsewhere") == 1
+    (restored,) = report.load([tmp_path / "elsewhere"])
+    assert not (tmp_path / "elsewhere" / "algo=ppo,seed=1" / "fingerprint.txt").exists()
+    assert restored.wall_s == pytest.approx(137.0) and restored.final == 0.75
+    text = report.write_report([tmp_path / "elsewhere"], tmp_path / "out2").read_text()
+    assert "137 s per run on average" in text
+
+
 def test_wandb_offline_groups_tags_and_logs_sample_tables(smoke_cfg, monkeypatch, tmp_path):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

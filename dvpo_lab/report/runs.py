@@ -145,7 +145,11 @@ def load(roots: list[Path]) -> list[Run]:
         if summ.exists():
             s = json.loads(summ.read_text())
             start = folder / "fingerprint.txt"
-            wall = summ.stat().st_mtime - start.stat().st_mtime if start.exists() else math.nan
+            # a job restored from a ledger has no start marker: its summary carries the run time measured where it ran
+            if start.exists():
+                wall = summ.stat().st_mtime - start.stat().st_mtime
+            else:
+                wall = s["wall_s"] if s.get("wall_s") is not None else math.nan
             runs.append(
                 Run(
                     folder,
@@ -225,8 +229,9 @@ def ledger_run(d: dict) -> Run:
 
 def restore(ledger: Path, sweep_dir: Path) -> int:
     """Recreate the finished jobs of a ledger as folders under `sweep_dir` (summary.json + the job's overrides),
-    so that rerunning the study's command on another machine skips them (resume=true) and runs only the rest.
-    Returns the number of folders written (jobs whose `summary.json` already exists are left alone)."""
+    so that rerunning the study's command on another machine skips them (resume=true) and runs only the rest;
+    each keeps the run time measured where it ran (`wall_s` in its summary.json). Returns the number of folders
+    written (jobs whose `summary.json` already exists are left alone)."""
     n = 0
     for line in ledger.read_text().splitlines():
         d = json.loads(line) if line.strip() else None
@@ -250,6 +255,7 @@ def restore(ledger: Path, sweep_dir: Path) -> int:
                     "final/val_acc": r.final,
                     "best/val_acc": max((h["val/acc"] for h in r.history), default=math.nan),
                     "history": r.history,
+                    "wall_s": None if math.isnan(r.wall_s) else r.wall_s,  # where it ran; `load` reads it back
                     "restored_from": str(ledger),
                 },
                 indent=1,
