@@ -72,14 +72,19 @@ def test_counter_streams_equal_the_recorded_values() -> None:
         0.36386766851291696,
         0.6261151342849822,
     ]
-    assert counter_normal(2, 5, INDEX).tolist() == [
-        1.6630878733335221,
-        1.7647769075756665,
-        -0.4045146656328505,
-        1.1779654048297123,
-        -0.35334441685760876,
-        0.07503503369334419,
-    ]
+    # the uniforms are exact (integer hashes scaled by 2**-53); the normals pass them through numpy's log1p and cos,
+    # whose SIMD paths differ in the last bit between CPUs (AVX-512 vs AVX2): equal to 1e-12, not bit for bit
+    assert counter_normal(2, 5, INDEX).tolist() == pytest.approx(
+        [
+            1.6630878733335221,
+            1.7647769075756665,
+            -0.4045146656328505,
+            1.1779654048297123,
+            -0.35334441685760876,
+            0.07503503369334419,
+        ],
+        rel=1e-12,
+    )
 
 
 @pytest.mark.parametrize("seed, step, domain", [(5, 9, DOMAIN_SAMPLE), (5, 9, DOMAIN_GROUP), (-1, 2**40, 0)])
